@@ -1,0 +1,1 @@
+"""Editing backends, one sub-package per family."""

@@ -1,0 +1,58 @@
+"""The `editspec` command line.
+
+Commands are thin: they call the library and print.  Exit codes follow one contract, applied
+here and nowhere else: 0 success, 1 it ran but a check or expectation failed, 2 it could not
+run (usage, syntax or validation error, missing model).  The front-end commands (check, fmt,
+ir) never import torch, so they start fast.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from editspec import __version__
+from editspec.errors import EditspecError
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+class EditspecGroup(click.Group):
+    """A click group that turns `EditspecError` into diagnostics on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EditspecError as error:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(error.render(color=_stderr_is_tty()), err=True)
+            ctx.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+@click.group(cls=EditspecGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="editspec")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors (for reporting bugs).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Knowledge edits for language models, as code.
+
+    Write facts to change in a `.edit` file, check it, compile it against a model with a
+    backend, and verify the result.
+
+    \b
+    Examples:
+      editspec check specs/examples/leadership.edit
+      editspec fmt --check specs/
+      editspec ir specs/examples/leadership.edit > leadership.ir.json
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug

@@ -1,0 +1,1 @@
+"""The .edit grammar, shipped as package data."""
