@@ -56,3 +56,20 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+
+
+# Command modules register themselves here; each lists its click commands in `COMMANDS`.
+_COMMAND_MODULES = [
+]
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(f"editspec.commands.{name}")
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register_commands()
