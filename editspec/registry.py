@@ -1,0 +1,74 @@
+"""The backend registry: built-in backends and third-party ones from the `editspec.backends`
+entry-point group.  Entries name their classes by import path, so looking up a backend's
+settings (for `editspec check`) never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from editspec.errors import EditspecError, did_you_mean
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """Where a backend lives: `config` and `backend` are "module:attribute" paths."""
+
+    name: str
+    config: str
+    backend: str
+    summary: str
+
+    def config_class(self):
+        return _import(self.config)
+
+    def backend_class(self):
+        return _import(self.backend)
+
+
+# The backend names of editspec's design.  `check` accepts settings for one of these even when
+# it is not installed yet (it cannot check them); `compile` refuses it with a clear error.
+DESIGNED_BACKENDS = ("rome", "memit", "alphaedit", "ft", "sense", "melo", "grace", "ike", "retrieval")
+
+# Built-in backends are listed here once they are real (a backend that is not real yet is not
+# registered).
+_BUILTIN: list[BackendEntry] = []
+
+
+def _import(path: str):
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def register(entry: BackendEntry, table: dict[str, BackendEntry]) -> None:
+    """Add `entry` to `table`, refusing duplicate or non-lowercase names."""
+    if entry.name != entry.name.lower() or not entry.name.replace("_", "").isalnum():
+        raise ValueError(f"backend name {entry.name!r} must be lowercase letters, digits and _")
+    if entry.name in table:
+        raise ValueError(f"backend {entry.name!r} is registered twice")
+    table[entry.name] = entry
+
+
+@lru_cache(maxsize=1)
+def backends() -> dict[str, BackendEntry]:
+    """Every registered backend by name (built-ins first, then entry points)."""
+    table: dict[str, BackendEntry] = {}
+    for entry in _BUILTIN:
+        register(entry, table)
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group="editspec.backends"):
+        entry = point.load()
+        if isinstance(entry, BackendEntry):
+            register(entry, table)
+    return table
+
+
+def get_backend(name: str) -> BackendEntry:
+    """The entry for `name`, or an EditspecError suggesting the nearest registered name."""
+    table = backends()
+    if name not in table:
+        hint = did_you_mean(name, table) or "no backends are installed"
+        raise EditspecError(f"unknown backend `{name}`", hint=hint)
+    return table[name]

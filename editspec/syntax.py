@@ -1,0 +1,210 @@
+"""Parsing `.edit` text into a lark tree, with comments kept aside and friendly syntax errors.
+
+Example:
+    >>> from editspec.syntax import parse
+    >>> parse('model "smollm2-135m"\\n', "x.edit").tree.children[0].data
+    Token('RULE', 'model_decl')
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from editspec.errors import Diagnostic, EditspecError, Location
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """A parsed file: its text, syntax tree and comments (tokens with line and column)."""
+
+    path: str
+    text: str
+    tree: Tree
+    comments: tuple[Token, ...]
+
+    def line(self, number: int) -> str:
+        return line_of(self.text, number)
+
+
+def line_of(text: str, number: int) -> str:
+    lines = text.splitlines()
+    return lines[number - 1] if 0 < number <= len(lines) else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark.open_from_package(
+        "editspec.grammar",
+        "editspec.lark",
+        parser="lalr",
+        strict=True,
+        propagate_positions=True,
+        maybe_placeholders=False,
+    )
+
+
+def decode(data: bytes, path: str) -> str:
+    """UTF-8 text of a spec file; binary junk or invalid UTF-8 is a diagnostic, not a crash."""
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise EditspecError(Diagnostic(
+            "this is not a text file (it contains NUL bytes)",
+            Location(path, line, 1), hint=".edit files are UTF-8 text"))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
+        raise EditspecError(Diagnostic(
+            f"invalid UTF-8 (byte 0x{data[error.start]:02x})",
+            Location(path, line, column),
+            hint="save the file as UTF-8",
+            source_line=data.splitlines()[line - 1].decode("utf-8", errors="replace") if data.splitlines() else "",
+        )) from None
+    return text.removeprefix("\ufeff")
+
+
+def parse(text: str, path: str = "<string>") -> ParsedFile:
+    """Parse spec text.  Raises `EditspecError` with one positioned diagnostic on a syntax error."""
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as error:
+        raise EditspecError(_syntax_diagnostic(error, text, path)) from None
+    return ParsedFile(path, text, tree, tuple(_scan_comments(text)))
+
+
+def _scan_comments(text: str) -> list[Token]:
+    """Comments are `#` to end of line outside strings.  Scanning by hand keeps the shared
+    parser free of per-call callbacks (lark's `lexer_callbacks` are fixed at construction)."""
+    found: list[Token] = []
+    line, column, index, n = 1, 1, 0, len(text)
+    in_string = False
+    while index < n:
+        char = text[index]
+        if in_string:
+            if char == "\\":
+                index += 2
+                column += 2
+                continue
+            if char == '"' or char == "\n":
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "#":
+            end = text.find("\n", index)
+            end = n if end == -1 else end
+            found.append(Token("COMMENT", text[index:end].rstrip(), start_pos=index, line=line, column=column))
+            column += end - index
+            index = end
+            continue
+        if char == "\n":
+            line, column = line + 1, 1
+        else:
+            column += 1
+        index += 1
+    return found
+
+
+# Known mistakes, matched with lark's `match_examples`: (message, hint) -> examples.
+_KNOWN_MISTAKES: dict[tuple[str, str], list[str]] = {
+    ("expected `->` between the subject and the new object",
+     'write `edit REL("subject") -> "new object"`'): [
+        'edit ceo("Twitter") "Linda"', 'edit ceo("Twitter") = "Linda"', 'edit ceo("Twitter")\n',
+    ],
+    ("an edit names its relation and subject as `REL(\"subject\")`",
+     'write `edit ceo("Twitter") -> "Linda Yaccarino"`'): [
+        'edit "Twitter" -> "Linda"', 'edit ceo "Twitter" -> "Linda"', 'edit ceo(Twitter) -> "Linda"',
+    ],
+    ("a relation block takes `prompt`, `paraphrase` or `question` templates",
+     'write `prompt "The CEO of {subject} is"`'): [
+        'relation r { "The {subject}" }', 'relation r { template "x" }', 'relation r { prompts "x" }',
+    ],
+    ("unclosed block: expected `}`", "every `{` needs a matching `}`"): [
+        "relation r {", "edit r(\"a\") -> \"b\" {", "expect {", "backend memit {", 'relation r { prompt "x"',
+    ],
+    ("a threshold needs `>=` or `<=` and a number", "for example `efficacy >= 0.95`"): [
+        "expect { efficacy 0.95 }", "expect { efficacy > 0.95 }", "expect { efficacy = 0.95 }",
+        "expect { efficacy >= }", "expect { efficacy >= high }",
+    ],
+    ("a range is written `START..END`", "for example `layers 4..8`"): [
+        "backend memit { layers 4...8 }", "backend memit { layers 4.. }", "backend memit { layers 4-8 }",
+    ],
+}
+
+_TOP_LEVEL = "model, relation, edit, edits, canonical, forget, preserve, expect, backend or import"
+
+
+def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnostic:
+    line, column = max(getattr(error, "line", 1), 1), max(getattr(error, "column", 1), 1)
+    if isinstance(error, UnexpectedEOF) or getattr(error, "token", None) == "$END" or (
+        isinstance(error, UnexpectedToken) and error.token.type == "$END"
+    ):
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+    message, hint = "syntax error", None
+    matched = _character_mistake(error, text)
+    try:
+        matched = matched or error.match_examples(_parser().parse, _KNOWN_MISTAKES, use_accepts=True)
+    except Exception:  # matching is best-effort; the generic message below still applies
+        matched = None
+    if matched:
+        message, hint = matched
+    elif isinstance(error, UnexpectedCharacters):
+        char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else ""
+        message = f"unexpected character {char!r}"
+        hint = _expected_hint(error.allowed)
+    elif isinstance(error, UnexpectedToken):
+        token = error.token
+        shown = "end of file" if token.type == "$END" else f"`{token}`"
+        message = f"unexpected {shown}"
+        hint = _expected_hint(error.accepts or error.expected)
+    elif isinstance(error, UnexpectedEOF):
+        message = "unexpected end of file"
+        hint = _expected_hint(error.expected)
+    return Diagnostic(message, Location(path, line, column), hint=hint, source_line=line_of(text, line))
+
+
+def _character_mistake(error: UnexpectedInput, text: str) -> tuple[str, str] | None:
+    if not isinstance(error, UnexpectedCharacters) or error.pos_in_stream >= len(text):
+        return None
+    char = text[error.pos_in_stream]
+    if char == '"':
+        return "unterminated string", 'close the string with `"` on the same line (write `\\n` for a line break)'
+    if char in "'\u201c\u201d\u2018\u2019":
+        return "strings are written in straight double quotes", f'use "...", not {char}...{char}'
+    return None
+
+
+_TERMINAL_NAMES = {
+    "STRING": 'a string ("...")', "NAME": "a name", "NUMBER": "a number", "COMPARATOR": "`>=` or `<=`",
+    "TEMPLATE_KIND": "`prompt`, `paraphrase` or `question`", "LBRACE": "`{`", "RBRACE": "`}`",
+    "LPAR": "`(`", "RPAR": "`)`", "__ANON_0": "`->`", "VBAR": "`|`", "PERCENT": "`%`", "SLASH": "`/`",
+    "LSQB": "`[`", "RSQB": "`]`", "COMMA": "`,`",
+}
+
+
+def _expected_hint(expected) -> str | None:
+    if not expected:
+        return None
+    parser = _parser()
+    names = []
+    for terminal in sorted(expected):
+        if terminal in _TERMINAL_NAMES:
+            names.append(_TERMINAL_NAMES[terminal])
+            continue
+        try:
+            pattern = parser.get_terminal(terminal).pattern
+        except KeyError:
+            continue
+        if pattern.type == "str":
+            names.append(f"`{pattern.value}`")
+        else:
+            names.append(terminal.lower())
+    names = sorted(set(names))
+    if {"`model`", "`relation`", "`edit`"} <= set(names):
+        return f"expected a declaration: {_TOP_LEVEL}"
+    return "expected " + ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1] if names else None
