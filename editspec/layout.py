@@ -95,7 +95,7 @@ LAYOUTS: dict[str, ModelLayout] = {
         mlp_out="gpt_neox.layers.{}.mlp.dense_4h_to_h",
         embed="gpt_neox.embed_in",
         final_norm="gpt_neox.final_layer_norm",
-        lm_head="embed_out",
+        lm_head="lm_head",  # `embed_out` before transformers 5; `output_head` finds either
     ),
 }
 
