@@ -38,9 +38,8 @@ class _Printer:
         self.lines.append(_Line(indent, text, tag))
 
     def has_comment_within(self, node: Tree) -> bool:
-        if node.meta.line == node.meta.end_line:
-            return False
-        return any(node.meta.line <= c <= node.meta.end_line for c in self.comment_lines)
+        """A comment before the node's last line would be lost inside a one-line block."""
+        return any(node.meta.line <= c < node.meta.end_line for c in self.comment_lines)
 
     # -- generic block shapes ---------------------------------------------------------------
     def block(self, indent: int, head: str, node: Tree, entries: list[tuple[str, int]], closing_tag: int | None = None,
@@ -49,7 +48,8 @@ class _Printer:
         if allow_inline and len(entries) == 1 and not self.has_comment_within(node):
             inline = f"{head} {{ {entries[0][0]} }}"
             if len(INDENT * indent + inline) <= MAX_INLINE:
-                self.emit(indent, inline, node.meta.line)
+                # Tagged with the last line, so a comment that ended the block's source follows it.
+                self.emit(indent, inline, node.meta.end_line)
                 return
         if not entries:
             self.emit(indent, f"{head} {{}}", node.meta.line)
