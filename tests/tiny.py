@@ -73,9 +73,12 @@ def tiny_model(model_type: str = "llama", *, seed: int = 0, dtype=torch.float64,
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with `VOCAB` entries, trained on `SENTENCES`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with `VOCAB` entries, trained on `SENTENCES`.
+
+    With `bos`, it prepends ``<|endoftext|>`` to every encoding, like Llama tokenizers do.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -85,6 +88,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)]
+        )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     fast.pad_token = fast.eos_token
     return fast
