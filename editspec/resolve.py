@@ -8,6 +8,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -224,9 +226,27 @@ def _edit_files_near(path: str) -> list[str]:
 
 def analyse(path: str | os.PathLike, *, text: str | None = None) -> Analysis:
     """Load and check a spec, collecting every diagnostic (errors and warnings) at once."""
+    path = str(path)
+    with _no_cyclic_gc():
+        return _analyse(path, text)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Loading allocates many small acyclic objects; the cyclic collector would rescan them all
+    repeatedly (a third of the time on a 10,000-edit spec).  Reference counting still frees them."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _analyse(path: str, text: str | None) -> Analysis:
     from editspec.checks import check_spec
 
-    path = str(path)
     loader = _Loader()
     try:
         if text is None:
