@@ -1,7 +1,7 @@
 """Canonical formatting of `.edit` files: idempotent, comment-preserving, meaning-preserving.
 
-The layout depends only on the syntax tree (and where comments sit), never on the input's
-spacing: two spaces of indentation, one blank line between declarations, keyword columns
+The layout depends only on the syntax tree and where comments sit (a trailing comment keeps its
+column when the code fits before it), never on other spacing: two spaces of indentation, one blank line between declarations, keyword columns
 aligned inside a block, a block with a single entry kept on one line when it fits.
 
 Example:
@@ -26,6 +26,7 @@ class _Line:
     text: str
     tag: int  # the source line this output line comes from (for placing comments)
     trailing: str = ""
+    trailing_column: int = 0  # where the comment stood in the source; kept when the code fits before it
 
 
 class _Printer:
@@ -188,17 +189,18 @@ class _Printer:
 
     def render(self) -> str:
         source_lines = self.parsed.text.splitlines()
-        trailing: dict[int, str] = {}
+        trailing: dict[int, Token] = {}
         own_line: list[Token] = []
         for comment in self.parsed.comments:
             before = source_lines[comment.line - 1][: comment.column - 1]
-            (trailing.__setitem__(comment.line, str(comment)) if before.strip() else own_line.append(comment))
+            (trailing.__setitem__(comment.line, comment) if before.strip() else own_line.append(comment))
         last_with_tag = {line.tag: i for i, line in enumerate(self.lines) if line.text}
-        for tag, text in trailing.items():
+        for tag, comment in trailing.items():
             if tag in last_with_tag:
-                self.lines[last_with_tag[tag]].trailing = text
+                self.lines[last_with_tag[tag]].trailing = str(comment)
+                self.lines[last_with_tag[tag]].trailing_column = comment.column
             else:  # no output line comes from that source line: keep the comment on its own line
-                own_line.append(Token("COMMENT", text, line=tag, column=1))
+                own_line.append(Token("COMMENT", str(comment), line=tag, column=1))
         own_line.sort(key=lambda c: c.line)
 
         out: list[str] = []
@@ -215,7 +217,8 @@ class _Printer:
                 pending += 1
             text = INDENT * line.indent + line.text
             if line.trailing:
-                text = f"{text}  {line.trailing}" if line.text else line.trailing
+                # Comments aligned in a column stay in that column; otherwise two spaces after the code.
+                text = text.ljust(max(len(text) + 2, line.trailing_column - 1)) + line.trailing
             out.append(text)
         if pending < len(own_line) and out:
             out.append("")

@@ -69,11 +69,18 @@ def test_debug_shows_a_traceback(tmp_path):
 
 def test_fmt_rewrites_and_check_mode_reports(tmp_path):
     path = tmp_path / "a.edit"
-    path.write_text('relation r{prompt "The r of {subject} is"}   edit r("A")->"B"  # why\n')
+    path.write_text('relation r{prompt "The r of {subject} is"}\nedit r("A")->"B"  # why\n')
     check = run("fmt", "--check", str(path))
     assert check.exit_code == 1 and "+edit r(\"A\") -> \"B\"  # why" in check.stdout
     assert run("fmt", str(path)).exit_code == 0
     assert path.read_text() == 'relation r {\n  prompt "The r of {subject} is"\n}\n\nedit r("A") -> "B"  # why\n'
+    assert run("fmt", "--check", str(path)).exit_code == 0
+
+
+def test_fmt_keeps_comments_aligned_in_a_column(tmp_path):
+    path = tmp_path / "a.edit"
+    text = 'import "a.edit"           # which model\nimport "b.edit"           # shared relations\n'
+    path.write_text(text)
     assert run("fmt", "--check", str(path)).exit_code == 0
 
 
