@@ -61,6 +61,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 # Command modules register themselves here; each lists its click commands in `COMMANDS`.
 _COMMAND_MODULES = [
     "frontend",
+    "models",
 ]
 
 
