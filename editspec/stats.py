@@ -76,7 +76,8 @@ class SecondMoment:
         if self.count == 0:
             raise EditspecError("no tokens were seen, so there are no statistics",
                                 hint="use a corpus with some text in it")
-        return self.sum / self.count
+        # Summed gemm products are symmetric only up to rounding; solvers want it exact.
+        return (self.sum + self.sum.T) / (2 * self.count)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,12 @@ def collect_second_moments(model, tokenizer, layers: Iterable[int], documents: l
 
         return pre_hook
 
-    batches = _batches(tokenizer, documents, max_length, batch_tokens)
+    # With sliding-window attention, a padded query whose whole window is padding gets NaN
+    # (eager attention), and 0 * NaN then reaches real tokens in the next layer: keep the
+    # padding of every row in a batch shorter than the window.
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    max_padding = window - 1 if isinstance(window, int) and window > 0 else None
+    batches = _batches(tokenizer, documents, max_length, batch_tokens, max_padding)
     total = sum(int(mask.sum()) for _, mask in batches)
     device = model.get_input_embeddings().weight.device
     handles = [modules[layer].register_forward_pre_hook(hook_for(layer, layer == layers[-1]))
@@ -227,14 +233,18 @@ def collect_second_moments(model, tokenizer, layers: Iterable[int], documents: l
         bar.close()
     for layer in layers:
         moments.setdefault(layer, SecondMoment(_key_dim(modules[layer]), dtype=dtype))
+        if not torch.isfinite(moments[layer].sum).all():
+            raise EditspecError(f"the keys of layer {layer} contain NaN or inf on this corpus",
+                                hint="check the model's weights and dtype (float32 is safest)")
     return moments
 
 
-def _batches(tokenizer, documents: list[str], max_length: int, batch_tokens: int):
+def _batches(tokenizer, documents: list[str], max_length: int, batch_tokens: int,
+             max_padding: int | None = None):
     """Right-padded `(input_ids, attention_mask)` batches of at most ~`batch_tokens` slots.
 
     Documents are sorted by length (longest first) so that each batch pads little; the sum
-    does not depend on the order.
+    does not depend on the order.  No row gets more than `max_padding` pad tokens.
     """
     encoded = tokenizer(list(documents), truncation=True, max_length=max_length)["input_ids"]
     encoded = sorted((ids for ids in encoded if ids), key=len, reverse=True)
@@ -243,6 +253,9 @@ def _batches(tokenizer, documents: list[str], max_length: int, batch_tokens: int
     while start < len(encoded):
         width = len(encoded[start])
         count = max(1, min(len(encoded) - start, batch_tokens // width))
+        if max_padding is not None:
+            while count > 1 and width - len(encoded[start + count - 1]) > max_padding:
+                count -= 1
         chunk = encoded[start:start + count]
         input_ids = torch.full((count, width), pad, dtype=torch.long)
         mask = torch.zeros((count, width), dtype=torch.long)
