@@ -33,7 +33,7 @@ _ARCH = {
     "mistral": dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=None),
     "qwen2": dict(num_attention_heads=4, num_key_value_heads=2),
     "gemma3_text": dict(
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=64,
         query_pre_attn_scalar=8,
     ),
     "gpt_neox": dict(num_attention_heads=4, use_parallel_residual=True),

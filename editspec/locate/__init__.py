@@ -1,0 +1,20 @@
+"""Machinery the locate-then-edit methods (ROME, MEMIT, AlphaEdit) share.
+
+- `EditRequest` / `prepare_requests`: facts and their tokenised prompts over context templates;
+- `template_keys` / `average_keys` / `request_keys`: keys k* at the subject's last token;
+- `optimise_targets`: the δ vectors for many facts in one batched pass;
+- `select_layers`: `layer auto`, one layer per fact;
+- `second_moment_for`, `EditResult`, `templates_for`: small shared pieces.
+"""
+from .common import EditResult, StatsSource, second_moment_for, templates_for
+from .keys import average_keys, collect_at, request_keys, template_keys
+from .layers import layer_scores, select_layers
+from .requests import KL_PROMPT, EditRequest, PreparedRequest, flatten_groups, prepare_requests
+from .targets import OptimSettings, Targets, frozen, optimise_targets
+
+__all__ = [
+    "EditRequest", "EditResult", "KL_PROMPT", "OptimSettings", "PreparedRequest", "StatsSource",
+    "Targets", "average_keys", "collect_at", "flatten_groups", "frozen", "layer_scores",
+    "optimise_targets", "prepare_requests", "request_keys", "second_moment_for", "select_layers",
+    "template_keys", "templates_for",
+]

@@ -1,0 +1,47 @@
+"""Small pieces every locate-then-edit backend shares: statistics lookup, results, templates."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence, Union
+
+import torch
+
+from editspec.deltas import Delta
+from editspec.errors import EditspecError
+from editspec.tokens import context_templates
+
+# Second moments C = E[k kᵀ] per layer: a mapping, or a callable (e.g. a cached stats helper).
+StatsSource = Union[Mapping[int, torch.Tensor], Callable[[int], torch.Tensor], None]
+
+
+def second_moment_for(stats: StatsSource, layer: int, d_k: int, ridge: float = 0.0) -> torch.Tensor | None:
+    """``C + ridge·tr(C)/d_k·I`` for `layer` as float64 [d_k, d_k]; None means identity (no stats)."""
+    if stats is None:
+        return None
+    c = stats(layer) if callable(stats) else stats.get(layer)
+    if c is None:
+        raise EditspecError(f"no second-moment statistics for layer {layer}")
+    c = torch.as_tensor(c).to("cpu", torch.float64)
+    if tuple(c.shape) != (d_k, d_k):
+        raise EditspecError(f"statistics for layer {layer} are {tuple(c.shape)}, expected ({d_k}, {d_k})")
+    if not bool(torch.isfinite(c).all()):
+        raise EditspecError(f"statistics for layer {layer} contain NaN or inf")
+    if ridge:
+        c = c + ridge * torch.trace(c) / d_k * torch.eye(d_k, dtype=torch.float64)
+    return c
+
+
+def templates_for(model, tokenizer, templates: Sequence[Sequence[str]] | None,
+                  counts: Sequence[tuple[int, int]], seed: int) -> list[list[str]]:
+    """The given template groups, or groups sampled from the (unedited) model with `seed`."""
+    if templates is not None:
+        return [list(g) for g in templates]
+    return context_templates(model, tokenizer, counts, seed=seed)
+
+
+@dataclass
+class EditResult:
+    """What a backend computes: the deltas, plus per-fact numbers worth logging."""
+
+    deltas: list[Delta]
+    facts: list[dict] = field(default_factory=list)

@@ -1,0 +1,251 @@
+"""Target vectors for many facts at once: the δ added at one module's output (ROME/MEMIT §1.2, §2.1).
+
+All facts of a chunk run in one batch, each with its own δ, its rewriting rows (one per
+context template) and its KL row.  Two savings keep this fast on CPU:
+
+- δ enters at the subject's last token, so every token before it is unaffected: those
+  prefixes run once, without grad, and their attention keys/values are reused at every step;
+  only the few tokens from the subject's last token on are recomputed.
+- logits are formed only where the loss reads them (target positions and the KL position).
+
+A fact stops (and leaves the batch) once its loss is below `stop_loss`.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from editspec.hooks import add_to_output, record_outputs
+from editspec.layout import output_head
+from editspec.tokens import right_pad
+
+from .requests import PreparedRequest
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """How δ is optimised; the backends' configs fill these in."""
+
+    lr: float = 0.5
+    steps: int = 25
+    kl_factor: float = 0.0625
+    weight_decay: float = 1e-3
+    clamp_factor: float = 4.0
+    stop_loss: float = 0.05
+    facts_per_batch: int = 16
+    cache_prefix: bool = True  # reuse the tokens before the subject; False recomputes whole rows
+
+
+@dataclass
+class Targets:
+    """Per-fact results: δ [n, d], the site output before δ at the bare prompt [n, d], final losses."""
+
+    delta: torch.Tensor
+    init: torch.Tensor
+    loss: torch.Tensor
+    nll: torch.Tensor
+    steps: torch.Tensor
+
+    @property
+    def value(self) -> torch.Tensor:
+        """``init + delta``: v* (ROME, at the MLP output) or z (MEMIT, at the block output)."""
+        return self.init + self.delta
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """Eval mode and no parameter gradients inside the block; both restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    training = model.training
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+def _cache_kwarg(base) -> str:
+    # transformers 5 renamed `past_key_values` to `cache`.
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _make_cache(kv, rows: torch.Tensor, config):
+    from transformers import DynamicCache
+
+    data = [(k[rows], v[rows]) for k, v in kv]
+    try:
+        return DynamicCache(ddp_cache_data=data, config=config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache.from_legacy_cache(tuple(data))
+
+
+class _Chunk:
+    """The token layout of one chunk of facts: prefixes (left-padded, cached) and suffixes."""
+
+    def __init__(self, facts: Sequence[PreparedRequest], pad: int, cache_prefix: bool = True):
+        self.rows, self.fact, self.subject, self.bare = [], [], [], []
+        sup_row, sup_pos, sup_tgt, sup_w, self.kl_rows = [], [], [], [], []
+        for f, prep in enumerate(facts):
+            m = len(prep.target_ids)
+            for r in range(prep.num_rows):
+                row = len(self.rows)
+                s = prep.subject_index[r]
+                if r == 0:
+                    self.bare.append(row)
+                for j in range(m):  # logits at prompt_len-1+j predict target j
+                    sup_row.append(row)
+                    sup_pos.append(prep.prompt_len[r] - 1 + j - (s if cache_prefix else 0))
+                    sup_tgt.append(prep.target_ids[j])
+                    sup_w.append(1.0 / (m * prep.num_rows))
+                self._add(prep.rows[r], s, f)
+            self.kl_rows.append(len(self.rows))
+            self._add(prep.kl_row, prep.kl_index, f)
+        self.fact_t = torch.tensor(self.fact)
+        self.sup_row, self.sup_pos = torch.tensor(sup_row), torch.tensor(sup_pos)
+        self.sup_tgt, self.sup_w = torch.tensor(sup_tgt), torch.tensor(sup_w)
+        self.sup_fact = self.fact_t[self.sup_row]
+        self.pad = pad
+        # Rows split at the subject's last token; without a prefix cache the whole row is the suffix.
+        self.split = list(self.subject) if cache_prefix else [0] * len(self.rows)
+        self.at_subject = torch.tensor([s - p for s, p in zip(self.subject, self.split)])
+        prefixes = [r[:p] for r, p in zip(self.rows, self.split)]
+        self.width = max(len(p) for p in prefixes)
+        # Right-padded, so real prefix tokens never see a pad; the mask hides pads from the suffix.
+        self.prefix_ids, self.prefix_mask = right_pad(prefixes, pad) if self.width else (None, None)
+        self.prefix_len = torch.tensor([len(p) for p in prefixes])
+        self.suffix_ids, self.suffix_mask = right_pad([r[p:] for r, p in zip(self.rows, self.split)], pad)
+
+    def _add(self, row, s, f):
+        self.rows.append(list(row))
+        self.subject.append(s)
+        self.fact.append(f)
+
+
+def _logits(hidden, head_w, head_b, softcap):
+    logits = hidden @ head_w.T  # [N, vocab]
+    if head_b is not None:
+        logits = logits + head_b
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.float()
+
+
+def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: OptimSettings, pad: int):
+    base = model.base_model
+    head_w, head_b = output_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    device, dtype = head_w.device, head_w.dtype
+    # A sliding window shorter than the rows would see the pad gap between prefix and suffix.
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    longest = max(len(r) for p in facts for r in (*p.rows, p.kl_row))
+    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window))
+    n = len(facts)
+    kwarg = _cache_kwarg(base)
+    kv = None
+    if c.width:
+        # Every position attends (causally) in this pass: a row made only of pads would otherwise
+        # have no key to attend to and turn NaN in float64.  Pads sit after the real tokens, so
+        # the real tokens' keys and values are exact; the pads' are finite and masked out later.
+        pos = torch.arange(c.width).expand(len(c.rows), -1)
+        with torch.no_grad():
+            out = base(input_ids=c.prefix_ids.to(device), attention_mask=torch.ones_like(c.prefix_ids).to(device),
+                       position_ids=pos.to(device), use_cache=True)
+        cache = getattr(out, "cache", None)
+        kv = _kv_of(cache if cache is not None else out.past_key_values)
+    # Both sites (MLP output, block output) live in the residual width d_model.
+    delta = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=s.lr)
+    active = torch.ones(n, dtype=torch.bool)
+    init = kl0 = None
+    loss_out, nll_out = torch.zeros(n), torch.zeros(n)
+    steps_out = torch.zeros(n, dtype=torch.long)
+    for it in range(s.steps):
+        rows = torch.nonzero(active[c.fact_t]).squeeze(1)  # rows of facts still optimising
+        suffix_len = c.suffix_mask[rows].sum(1).max()
+        ids = c.suffix_ids[rows, :suffix_len]
+        mask = c.suffix_mask[rows, :suffix_len]
+        if kv is not None:
+            mask = torch.cat([c.prefix_mask[rows], mask], 1)
+        positions = c.prefix_len[rows].unsqueeze(1) + torch.arange(int(suffix_len))
+        kwargs = {kwarg: _make_cache(kv, rows.to(device), model.config)} if kv is not None else {}
+        row_delta = delta[c.fact_t[rows].to(device)]  # [rows, d]
+        at_subject = c.at_subject[rows]  # the subject's last token, in suffix coordinates
+        # The recorder is registered first, so it sees the site output before δ is added.
+        with record_outputs(model, [site] if init is None else []) as seen, \
+                add_to_output(model, site, row_delta, at_subject):
+            hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
+        if init is None:
+            bare = torch.tensor(c.bare)
+            init = seen[site][bare.to(device), c.at_subject[bare].to(device)].detach()  # [n, d], bare prompt
+        where = {int(r): i for i, r in enumerate(rows)}  # chunk row -> batch row
+        sup = torch.tensor([k for k, r in enumerate(c.sup_row.tolist()) if int(r) in where], dtype=torch.long)
+        sup_batch = torch.tensor([where[int(r)] for r in c.sup_row[sup]], dtype=torch.long)
+        logp = torch.log_softmax(_logits(hidden[sup_batch.to(device), c.sup_pos[sup].to(device)], head_w, head_b, softcap), -1)
+        token_nll = -logp.gather(1, c.sup_tgt[sup].to(device).unsqueeze(1)).squeeze(1)  # [N]
+        nll = torch.zeros(n, device=device).index_add(0, c.sup_fact[sup].to(device), token_nll * c.sup_w[sup].to(device))
+        kl_batch = torch.tensor([where[r] for r in c.kl_rows if r in where], dtype=torch.long)
+        kl_facts = c.fact_t[torch.tensor(c.kl_rows)][active]
+        kl_at = c.at_subject[torch.tensor(c.kl_rows)[active]].to(device)
+        kl_logp = torch.log_softmax(_logits(hidden[kl_batch.to(device), kl_at], head_w, head_b, softcap), -1)
+        if kl0 is None:
+            kl0 = kl_logp.detach()  # p_0: the unedited next-token distribution at the subject
+        kl = torch.zeros(n, device=device)
+        kl[kl_facts.to(device)] = (kl_logp.exp() * (kl_logp - kl0[kl_facts.to(device)])).sum(-1)
+        init_norm = init.float().norm(dim=-1)
+        decay = delta.float().norm(dim=-1) / init_norm ** 2
+        loss = nll + s.kl_factor * kl + s.weight_decay * decay  # [n]
+        idx = active.nonzero().squeeze(1)
+        loss_out[idx] = loss.detach().cpu()[idx]
+        nll_out[idx] = nll.detach().cpu()[idx]
+        steps_out[idx] = it
+        active = active & (loss.detach().cpu() >= s.stop_loss)
+        if it == s.steps - 1 or not bool(active.any()):
+            break  # the final iteration only evaluates
+        opt.zero_grad()
+        loss[active.to(device)].sum().backward()
+        keep = delta.detach().clone()
+        opt.step()
+        with torch.no_grad():
+            delta[~active.to(device)] = keep[~active.to(device)]  # finished facts stay put
+            limit = s.clamp_factor * init_norm
+            norm = delta.float().norm(dim=-1)
+            scale = torch.where(norm > limit, limit / norm.clamp(min=1e-30), torch.ones_like(norm))
+            delta.mul_(scale.to(delta.dtype).unsqueeze(1))
+    return delta.detach().to("cpu", torch.float64), init.to("cpu", torch.float64), loss_out, nll_out, steps_out
+
+
+def optimise_targets(
+    model, sites: Sequence[str], prepared: Sequence[PreparedRequest], settings: OptimSettings, *, pad: int,
+) -> Targets:
+    """Optimise one δ per request, added at module ``sites[i]``'s output at its subject token.
+
+    Facts with the same site run together in chunks of `settings.facts_per_batch`; results come
+    back in request order, float64 on CPU.  The model's weights are never changed.
+    """
+    n = len(prepared)
+    parts: dict[int, tuple] = {}
+    with frozen(model):
+        for site in dict.fromkeys(sites):
+            members = [i for i in range(n) if sites[i] == site]
+            for start in range(0, len(members), settings.facts_per_batch):
+                chunk = members[start:start + settings.facts_per_batch]
+                result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad)
+                for j, i in enumerate(chunk):
+                    parts[i] = tuple(t[j] for t in result)
+    stacked = [torch.stack([parts[i][k] for i in range(n)]) for k in range(5)]
+    return Targets(*stacked)

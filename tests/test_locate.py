@@ -1,0 +1,56 @@
+"""Shared locate machinery: the cached-prefix optimisation equals the plain one; layer auto."""
+import dataclasses
+
+import pytest
+import torch
+
+from editspec.layout import layout_for
+from editspec.locate import (
+    EditRequest, OptimSettings, layer_scores, optimise_targets, prepare_requests, select_layers,
+)
+from editspec.tokens import context_templates
+from tiny import TYPES, tiny_model, tiny_tokenizer
+
+FACTS = [
+    EditRequest("The capital of {} is", "France", "Rome"),
+    EditRequest("{} plays", "Michael Jordan", "football"),
+    EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English"),
+]
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("site", ["mlp_out", "block"])
+def test_prefix_cache_and_batching_do_not_change_targets(model_type, site):
+    model, tok = tiny_model(model_type), tiny_tokenizer()
+    layout = layout_for(model)
+    groups = context_templates(model, tok, ((2, 4), (2, 7)), seed=0)
+    prep = prepare_requests(tok, FACTS, groups)
+    path = layout.mlp_out_at(1) if site == "mlp_out" else layout.block_at(1)
+    fast = OptimSettings(steps=4, facts_per_batch=3)
+    a = optimise_targets(model, [path] * 3, prep, fast, pad=0)
+    b = optimise_targets(model, [path] * 3, prep, dataclasses.replace(fast, cache_prefix=False, facts_per_batch=1), pad=0)
+    # Gemma's norms compute in float32 even in a float64 model, hence the float32 tolerance.
+    assert torch.allclose(a.init, b.init, atol=1e-5)
+    assert torch.allclose(a.delta, b.delta, atol=1e-6)
+    assert torch.allclose(a.loss, b.loss, atol=1e-5)
+    assert bool((a.nll < a.nll.new_full((3,), 100)).all())
+
+
+def test_loss_falls_and_early_stop_freezes_facts():
+    model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
+    layout = layout_for(model)
+    prep = prepare_requests(tok, FACTS, [["{}"]])
+    path = layout.block_at(0)  # δ reaches the target positions through layer 1's attention
+    one = optimise_targets(model, [path] * 3, prep, OptimSettings(steps=1, clamp_factor=100), pad=0)
+    many = optimise_targets(model, [path] * 3, prep, OptimSettings(steps=40, clamp_factor=100, stop_loss=0.5), pad=0)
+    assert bool((many.nll < one.nll).all())
+    assert bool(((many.loss < 0.5) | (many.steps == 39)).all())
+
+
+def test_layer_auto_picks_a_candidate_per_fact():
+    model, tok = tiny_model("gpt2"), tiny_tokenizer()
+    layout = layout_for(model)
+    prep = prepare_requests(tok, FACTS, [["{}"]])
+    scores = layer_scores(model, layout, prep, [0, 1, 2], pad=0)
+    assert scores.shape == (3, 3) and bool((scores > 0).all())
+    assert select_layers(model, layout, prep, [0, 1, 2], pad=0) == [int(j) for j in scores.argmin(1)]
