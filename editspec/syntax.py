@@ -135,6 +135,10 @@ _KNOWN_MISTAKES: dict[tuple[str, str], list[str]] = {
     ],
 }
 
+# A mistake in the first declaration leaves the LALR parser in a different state than the same
+# mistake in a later one, so every example is also matched after a declaration.
+_KNOWN_MISTAKES = {label: examples + [f'model "m"\n{e}' for e in examples] for label, examples in _KNOWN_MISTAKES.items()}
+
 _TOP_LEVEL = "model, relation, edit, edits, canonical, forget, preserve, expect, backend or import"
 
 
@@ -174,8 +178,9 @@ def _character_mistake(error: UnexpectedInput, text: str) -> tuple[str, str] | N
     char = text[error.pos_in_stream]
     if char == '"':
         return "unterminated string", 'close the string with `"` on the same line (write `\\n` for a line break)'
-    if char in "'\u201c\u201d\u2018\u2019":
-        return "strings are written in straight double quotes", f'use "...", not {char}...{char}'
+    closing = {"'": "'", "\u201c": "\u201d", "\u201d": "\u201d", "\u2018": "\u2019", "\u2019": "\u2019"}
+    if char in closing:
+        return "strings are written in straight double quotes", f'use "...", not {char}...{closing[char]}'
     return None
 
 
