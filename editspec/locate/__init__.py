@@ -4,17 +4,19 @@
 - `template_keys` / `average_keys` / `request_keys`: keys k* at the subject's last token;
 - `optimise_targets`: the δ vectors for many facts in one batched pass;
 - `select_layers`: `layer auto`, one layer per fact;
+- `spread_over_layers`: MEMIT's residual spreading, with the solve passed in;
 - `second_moment_for`, `EditResult`, `templates_for`: small shared pieces.
 """
 from .common import EditResult, StatsSource, second_moment_for, templates_for
 from .keys import average_keys, collect_at, request_keys, template_keys
 from .layers import layer_scores, select_layers
 from .requests import KL_PROMPT, EditRequest, PreparedRequest, flatten_groups, prepare_requests
+from .spread import Solver, request_key_matrix, revert_all, spread_over_layers
 from .targets import OptimSettings, Targets, frozen, optimise_targets
 
 __all__ = [
-    "EditRequest", "EditResult", "KL_PROMPT", "OptimSettings", "PreparedRequest", "StatsSource",
+    "EditRequest", "EditResult", "KL_PROMPT", "OptimSettings", "PreparedRequest", "Solver", "StatsSource",
     "Targets", "average_keys", "collect_at", "flatten_groups", "frozen", "layer_scores",
-    "optimise_targets", "prepare_requests", "request_keys", "second_moment_for", "select_layers",
-    "template_keys", "templates_for",
+    "optimise_targets", "prepare_requests", "request_key_matrix", "request_keys", "revert_all",
+    "second_moment_for", "select_layers", "spread_over_layers", "template_keys", "templates_for",
 ]

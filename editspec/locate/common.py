@@ -41,7 +41,8 @@ def templates_for(model, tokenizer, templates: Sequence[Sequence[str]] | None,
 
 @dataclass
 class EditResult:
-    """What a backend computes: the deltas, plus per-fact numbers worth logging."""
+    """What a backend computes: the deltas, plus per-fact and per-layer numbers worth logging."""
 
     deltas: list[Delta]
     facts: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)

@@ -1,0 +1,105 @@
+"""MEMIT's update math: batched residual targets z, then a λC-regularised solve per layer.
+
+Example::
+
+    result = memit_deltas(model, tokenizer, requests, MemitConfig(layers=(4, 5, 6, 7, 8)),
+                          stats=lambda layer: second_moment(model, tokenizer, layer))
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from editspec.layout import layout_for
+from editspec.locate import (
+    EditRequest, EditResult, OptimSettings, StatsSource, optimise_targets, prepare_requests,
+    revert_all, second_moment_for, spread_over_layers, templates_for,
+)
+from editspec.tokens import pad_id
+
+
+def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
+    """[heuristic] `count` consecutive layers starting near 14% of the depth (SmolLM2: 4-8)."""
+    start = min(max(round(num_layers * 0.14), 0), max(num_layers - count, 0))
+    return tuple(range(start, min(start + count, num_layers)))
+
+
+class MemitConfig(BaseModel):
+    """MEMIT settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §2.3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: tuple[int, ...] | None = Field(
+        (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")
+    mom2_update_weight: float = Field(
+        3000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; scale with d_k.")
+    mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
+    v_lr: float = Field(0.5, gt=0, description="Adam learning rate for the residual target δ.")
+    v_num_grad_steps: int = Field(25, ge=1, description="Most optimisation iterations for δ (the last only evaluates).")
+    v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖h_init‖² in the loss.")
+    clamp_norm_factor: float = Field(4.0, gt=0, description="δ is kept within this multiple of ‖h^L_init‖.")
+    kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
+    stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
+    context_template_counts: tuple[tuple[int, int], ...] = Field(
+        ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
+    template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
+    facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, layers):
+        if layers is not None and (not layers or sorted(set(layers)) != list(layers)):
+            raise ValueError("layers must be a non-empty increasing list without repeats")
+        return layers
+
+    def optim(self) -> OptimSettings:
+        """The δ-optimisation settings."""
+        return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
+                             self.clamp_norm_factor, self.stop_loss, self.facts_per_batch)
+
+
+def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor | None, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of ``Δ = Rsd·Kᵀ·(λC + K Kᵀ)⁻¹`` (math order, K as columns); C None means identity.
+
+    `keys` [n, d_k] and `residual` [n, d_v] hold one row per fact.  Returns
+    ``(left = Rsdᵀ [d_v, n], right = ((λC + KKᵀ)⁻¹ K)ᵀ [n, d_k])`` in float64: the solution of
+    ``Δ (λC + KKᵀ) = Rsd Kᵀ``, the least-squares edit that keeps λ·C's keys in place.
+    """
+    k = keys.to(torch.float64)
+    d_k = k.shape[1]
+    c = torch.eye(d_k, dtype=torch.float64) if cov is None else cov
+    system = weight * c + k.T @ k  # [d_k, d_k], symmetric
+    right = torch.linalg.solve(system, k.T).T  # [n, d_k]
+    return residual.to(torch.float64).T.contiguous(), right.contiguous()
+
+
+def memit_deltas(
+    model, tokenizer, requests: Sequence[EditRequest], config: MemitConfig = MemitConfig(), *,
+    stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
+) -> EditResult:
+    """One delta per edited layer (rank ≤ number of facts); the model is left unchanged.
+
+    `stats` gives C = E[kkᵀ] per layer (mapping or callable), computed on the unedited model;
+    None uses the identity.  `templates` are context-template groups; None samples them.
+    """
+    layout = layout_for(model)
+    pad = pad_id(tokenizer)
+    layers = config.layers or default_layers(layout.num_layers(model))
+    groups = templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed)
+    prepared = prepare_requests(tokenizer, requests, groups)
+    last = layers[-1]
+    targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, config.optim(), pad=pad)
+    covs = {}
+
+    def solve(layer, keys, residual):
+        if layer not in covs:
+            covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
+        return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
+
+    deltas, handles, logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve, pad=pad)
+    revert_all(handles)
+    facts = [{"subject": p.request.subject, "loss": float(targets.loss[i]), "nll": float(targets.nll[i]),
+              "steps": int(targets.steps[i]) + 1, "target": targets.value[i]} for i, p in enumerate(prepared)]
+    return EditResult(deltas, facts, logs)

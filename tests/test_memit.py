@@ -1,0 +1,92 @@
+"""MEMIT's oracle (ALGORITHMS.md §11, items 9-11) on tiny float64 models."""
+import pytest
+import torch
+
+from editspec.backends.memit import MemitConfig, default_layers, memit_deltas, memit_update
+from editspec.backends.rome import rank_one_update
+from editspec.deltas import apply_deltas
+from editspec.layout import layout_for
+from editspec.locate import EditRequest, prepare_requests, template_keys
+from editspec.tokens import context_templates
+from tiny import INTERMEDIATE, tiny_model, tiny_tokenizer
+
+FACTS = [
+    EditRequest("The capital of {} is", "France", "Rome", "Paris"),
+    EditRequest("{} plays", "Michael Jordan", "football"),
+    EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English"),
+]
+
+
+def _cov(seed=0, n=4000, d=INTERMEDIATE):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+    return keys.T @ keys / n
+
+
+def test_one_fact_one_layer_matches_rome_as_lambda_vanishes():
+    g = torch.Generator().manual_seed(0)
+    cov = _cov()
+    k = torch.randn(1, INTERMEDIATE, generator=g, dtype=torch.float64)
+    r = torch.randn(1, 32, generator=g, dtype=torch.float64)
+    left, right = memit_update(k, r, cov, 1e-6)
+    rl, rr, _ = rank_one_update(r[0], k[0], cov)
+    assert torch.allclose(left @ right, rl @ rr, atol=1e-8)
+    # General λ: Δk = r·m/(λ+m), m = kᵀC⁻¹k.
+    lam = 50.0
+    left, right = memit_update(k, r, cov, lam)
+    m = k[0] @ torch.linalg.solve(cov, k[0])
+    assert torch.allclose(left @ right @ k[0], r[0] * m / (lam + m), atol=1e-10)
+
+
+def _model_cov(model, layers):
+    """C = E[kkᵀ] of the tiny model's own keys over random token sequences."""
+    from editspec.hooks import record_inputs
+    layout = layout_for(model)
+    ids = torch.randint(1, 300, (64, 16), generator=torch.Generator().manual_seed(0))
+    paths = [layout.mlp_out_at(l) for l in layers]
+    with torch.no_grad(), record_inputs(model, paths) as seen:
+        model(ids)
+    return {l: (lambda k: k.T @ k / len(k))(seen[p].reshape(-1, seen[p].shape[-1]).double()) for l, p in zip(layers, paths)}
+
+
+def test_normal_equations_rank_and_exact_fit():
+    g = torch.Generator().manual_seed(1)
+    cov = _cov(1)
+    keys = torch.randn(5, INTERMEDIATE, generator=g, dtype=torch.float64)
+    rsd = torch.randn(5, 32, generator=g, dtype=torch.float64)
+    lam = 20.0
+    left, right = memit_update(keys, rsd, cov, lam)
+    delta = left @ right
+    assert torch.allclose(delta @ (lam * cov + keys.T @ keys), rsd.T @ keys, atol=1e-9)
+    assert torch.linalg.matrix_rank(delta) <= 5
+    left, right = memit_update(keys, rsd, cov, 0.0)
+    assert torch.allclose(left @ right @ keys.T, rsd.T, atol=1e-8)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_spreading_moves_h_towards_targets_and_model_is_untouched(model_type):
+    model, tok = tiny_model(model_type, layers=4), tiny_tokenizer()
+    layout = layout_for(model)
+    groups = context_templates(model, tok, ((2, 6),), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = MemitConfig(layers=(0, 1, 2), mom2_update_weight=0.5, mom2_ridge=0.0, v_num_grad_steps=5)
+    result = memit_deltas(model, tok, FACTS, config, stats=_model_cov(model, range(3)), templates=groups)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [d.module for d in result.deltas] == [layout.mlp_out_at(l) for l in (0, 1, 2)]
+    assert all(torch.linalg.matrix_rank(d.dense()) <= 3 for d in result.deltas)
+    prep = prepare_requests(tok, FACTS, groups)
+    z = torch.stack([f["target"] for f in result.facts])
+    _, h0 = template_keys(model, layout, prep, [0], pad=0, block_layer=2)
+    with apply_deltas(model, result.deltas):
+        _, h1 = template_keys(model, layout, prep, [0], pad=0, block_layer=2)
+    assert bool(((z - h1).norm(dim=1) < (z - h0).norm(dim=1)).all())
+    # Each layer took its share of the residual: later layers saw a smaller remaining gap.
+    gaps = [log["residual_norm"] for log in result.layers]
+    assert gaps[-1] < gaps[0]
+
+
+def test_default_layers():
+    assert default_layers(30) == (4, 5, 6, 7, 8)
+    assert default_layers(3) == (0, 1, 2)
+    with pytest.raises(ValueError):
+        MemitConfig(layers=(5, 4))
