@@ -1,0 +1,145 @@
+"""AlphaEdit's update math: a projector onto the preserved keys' null space, and its solve.
+
+Sequential use: pass the returned state to the next call (on the model with the earlier
+deltas applied); it carries the cached projectors and the running sum ``K_p K_pᵀ`` of every
+earlier batch's keys, so new edits also keep the old ones in place.
+
+Example::
+
+    state = None
+    for batch in batches:
+        result, state = alphaedit_deltas(model, tokenizer, batch, stats=C, state=state)
+        apply_deltas(model, result.deltas)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from editspec.layout import layout_for
+from editspec.locate import (
+    EditRequest, EditResult, OptimSettings, StatsSource, optimise_targets, prepare_requests,
+    request_key_matrix, revert_all, second_moment_for, spread_over_layers, template_keys, templates_for,
+)
+from editspec.tokens import pad_id
+
+
+class AlphaEditConfig(BaseModel):
+    """AlphaEdit settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: tuple[int, ...] = Field((4, 5, 6, 7, 8), description="Edited layers (their MLP value projections).")
+    nullspace_threshold: float = Field(
+        2e-2, gt=0, description="Eigenvalues of C below this count as null directions (see `threshold_mode`).")
+    threshold_mode: Literal["absolute", "relative"] = Field(
+        "absolute", description="`absolute`: compare eigenvalues with the threshold (the reference); "
+        "`relative`: with threshold × the largest eigenvalue, robust to the statistics' scale.")
+    l2: float = Field(10.0, ge=0, description="α: ridge on the projected solve (keeps it well posed).")
+    v_lr: float = Field(0.5, gt=0, description="Adam learning rate for the residual target δ.")
+    v_num_grad_steps: int = Field(25, ge=1, description="Most optimisation iterations for δ (the last only evaluates).")
+    v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖h_init‖² in the loss.")
+    clamp_norm_factor: float = Field(4.0, gt=0, description="δ is kept within this multiple of ‖h^L_init‖.")
+    kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
+    stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
+    context_template_counts: tuple[tuple[int, int], ...] = Field(
+        ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
+    template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
+    facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, layers):
+        if not layers or sorted(set(layers)) != list(layers):
+            raise ValueError("layers must be a non-empty increasing list without repeats")
+        return layers
+
+    def optim(self) -> OptimSettings:
+        """The δ-optimisation settings."""
+        return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
+                             self.clamp_norm_factor, self.stop_loss, self.facts_per_batch)
+
+
+@dataclass
+class AlphaEditState:
+    """What sequential AlphaEdit carries between batches, per layer (float64 CPU)."""
+
+    projectors: dict[int, torch.Tensor] = field(default_factory=dict)  # P [d_k, d_k]
+    preserved: dict[int, torch.Tensor] = field(default_factory=dict)  # Σ K_p K_pᵀ [d_k, d_k]
+    edits: int = 0
+
+
+def nullspace_projector(cov: torch.Tensor, threshold: float, mode: str = "absolute") -> torch.Tensor:
+    """``P = U₀U₀ᵀ`` over the eigenvectors of C whose eigenvalue is below the threshold.
+
+    P is symmetric and idempotent; ``P k ≈ 0`` for keys in C's well-sampled span.
+    """
+    values, vectors = torch.linalg.eigh(cov.to(torch.float64))
+    limit = threshold * float(values.max()) if mode == "relative" else threshold
+    null = vectors[:, values < limit]  # [d_k, d_null]
+    return null @ null.T
+
+
+def alphaedit_update(
+    keys: torch.Tensor, residual: torch.Tensor, projector: torch.Tensor, preserved: torch.Tensor | None, l2: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of ``Δ = Rsd·(M⁻¹ P K)ᵀ``, ``M = P(KKᵀ + K_pK_pᵀ) + αI`` (math order, K as columns).
+
+    `keys` [n, d_k], `residual` [n, d_v].  Returns ``(Rsdᵀ [d_v, n], (M⁻¹PK)ᵀ [n, d_k])`` in
+    float64.  The result satisfies ``Δ = ΔP``, so keys that P annihilates keep their outputs.
+    """
+    k = keys.to(torch.float64)
+    d_k = k.shape[1]
+    gram = k.T @ k if preserved is None else k.T @ k + preserved
+    system = projector @ gram + l2 * torch.eye(d_k, dtype=torch.float64)
+    right = torch.linalg.solve(system, projector @ k.T).T  # [n, d_k]
+    return residual.to(torch.float64).T.contiguous(), right.contiguous()
+
+
+def alphaedit_deltas(
+    model, tokenizer, requests: Sequence[EditRequest], config: AlphaEditConfig = AlphaEditConfig(), *,
+    stats: StatsSource = None, state: AlphaEditState | None = None,
+    templates: Sequence[Sequence[str]] | None = None,
+) -> tuple[EditResult, AlphaEditState]:
+    """One delta per edited layer for this batch, and the state for the next batch.
+
+    `stats` gives C = E[kkᵀ] of the unedited model per layer (required: the null space is C's).
+    The model is left unchanged; the returned state is a new object.
+    """
+    if stats is None:
+        from editspec.errors import EditspecError
+        raise EditspecError("AlphaEdit needs second-moment statistics: its null space is that of C")
+    layout = layout_for(model)
+    pad = pad_id(tokenizer)
+    layers = config.layers
+    old = state or AlphaEditState()
+    new = AlphaEditState(dict(old.projectors), dict(old.preserved), old.edits)
+    groups = templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed)
+    prepared = prepare_requests(tokenizer, requests, groups)
+    targets = optimise_targets(model, [layout.block_at(layers[-1])] * len(prepared), prepared, config.optim(), pad=pad)
+
+    def solve(layer, keys, residual):
+        if layer not in new.projectors:
+            cov = second_moment_for(stats, layer, keys.shape[1])
+            new.projectors[layer] = nullspace_projector(cov, config.nullspace_threshold, config.threshold_mode)
+        return alphaedit_update(keys, residual, new.projectors[layer], new.preserved.get(layer), config.l2)
+
+    deltas, handles, logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve, pad=pad)
+    try:
+        # The keys of this batch, on the model with this batch applied, join the preserved set.
+        keys, _ = template_keys(model, layout, prepared, list(layers), pad=pad)
+        for layer in layers:
+            k = request_key_matrix(keys[layer], prepared)
+            gram = k.T @ k
+            new.preserved[layer] = gram if layer not in new.preserved else new.preserved[layer] + gram
+    finally:
+        revert_all(handles)
+    new.edits += len(prepared)
+    for log, layer in zip(logs, layers):
+        log["nullspace_rank"] = int(round(float(torch.trace(new.projectors[layer]))))
+    facts = [{"subject": p.request.subject, "loss": float(targets.loss[i]), "nll": float(targets.nll[i]),
+              "steps": int(targets.steps[i]) + 1, "target": targets.value[i]} for i, p in enumerate(prepared)]
+    return EditResult(deltas, facts, logs), new

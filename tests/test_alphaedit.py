@@ -1,0 +1,79 @@
+"""AlphaEdit's oracle (ALGORITHMS.md §11, items 13-15) on tiny float64 models."""
+import pytest
+import torch
+
+from editspec.backends.alphaedit import AlphaEditConfig, alphaedit_deltas, alphaedit_update, nullspace_projector
+from editspec.deltas import apply_deltas
+from editspec.errors import EditspecError
+from editspec.locate import EditRequest
+from editspec.tokens import context_templates
+from tiny import INTERMEDIATE, tiny_model, tiny_tokenizer
+
+D = INTERMEDIATE
+
+
+def _low_rank_keys(rank=40, n=2000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank, D, generator=g, dtype=torch.float64)
+    return torch.randn(n, rank, generator=g, dtype=torch.float64) @ basis  # [n, D], rank 40
+
+
+def test_projector_is_symmetric_idempotent_and_kills_preserved_keys():
+    k0 = _low_rank_keys()
+    cov = k0.T @ k0 / len(k0)
+    p = nullspace_projector(cov, 1e-8)
+    assert torch.allclose(p, p.T, atol=1e-12) and torch.allclose(p @ p, p, atol=1e-10)
+    assert round(float(torch.trace(p))) == D - 40
+    assert (p @ k0.T).norm() / k0.norm() < 1e-8
+    assert torch.allclose(nullspace_projector(cov * 1e6, 1e-14, "relative"), p, atol=1e-8)
+
+
+def test_update_lies_in_null_space_so_preserved_outputs_stay():
+    g = torch.Generator().manual_seed(1)
+    k0 = _low_rank_keys()
+    p = nullspace_projector(k0.T @ k0 / len(k0), 1e-8)
+    keys = torch.randn(4, D, generator=g, dtype=torch.float64)
+    rsd = torch.randn(4, 32, generator=g, dtype=torch.float64)
+    previous = torch.randn(3, D, generator=g, dtype=torch.float64)
+    left, right = alphaedit_update(keys, rsd, p, previous.T @ previous, 10.0)
+    delta = left @ right
+    assert torch.allclose(delta, delta @ p, atol=1e-10)
+    assert (delta @ k0.T).norm() < 1e-8 * delta.norm() * k0.norm()
+
+
+def test_identity_projector_and_empty_cache_is_ridge_solution():
+    g = torch.Generator().manual_seed(2)
+    keys = torch.randn(5, D, generator=g, dtype=torch.float64)
+    rsd = torch.randn(5, 32, generator=g, dtype=torch.float64)
+    left, right = alphaedit_update(keys, rsd, torch.eye(D, dtype=torch.float64), None, 3.0)
+    ridge = rsd.T @ keys @ torch.linalg.inv(keys.T @ keys + 3.0 * torch.eye(D, dtype=torch.float64))
+    assert torch.allclose(left @ right, ridge, atol=1e-10)
+
+
+def test_sequential_batches_keep_preserved_outputs_and_grow_state():
+    model, tok = tiny_model("llama", layers=4), tiny_tokenizer()
+    groups = context_templates(model, tok, ((2, 6),), seed=0)
+    # Preserved keys span only part of the space, so a real null space exists.
+    k0 = _low_rank_keys(rank=30)
+    stats = {l: k0.T @ k0 / len(k0) for l in range(4)}
+    config = AlphaEditConfig(layers=(1, 2), nullspace_threshold=1e-8, v_num_grad_steps=4, l2=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first, state = alphaedit_deltas(model, tok, [EditRequest("The capital of {} is", "France", "Rome")],
+                                    config, stats=stats, templates=groups)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert state.edits == 1 and set(state.preserved) == {1, 2}
+    with apply_deltas(model, first.deltas):
+        second, state2 = alphaedit_deltas(model, tok, [EditRequest("{} plays", "Michael Jordan", "football")],
+                                          config, stats=stats, state=state, templates=groups)
+    assert state2.edits == 2 and state.edits == 1
+    assert not torch.equal(state2.preserved[1], state.preserved[1])
+    for d in first.deltas + second.deltas:
+        dense = d.dense()
+        assert (dense @ k0.T).norm() < 1e-8 * max(dense.norm(), 1e-30) * k0.norm()
+    assert [log["nullspace_rank"] for log in first.layers] == [D - 30, D - 30]
+
+
+def test_needs_statistics():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    with pytest.raises(EditspecError):
+        alphaedit_deltas(model, tok, [EditRequest("The capital of {} is", "France", "Rome")], templates=[["{}"]])
