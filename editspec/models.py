@@ -206,7 +206,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, de
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device_map)
         if target is not None:
             model.to(target)
-    except torch.OutOfMemoryError as error:
+    except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as error:
         raise EditspecError(f"model {path} does not fit on its device: {error}".splitlines()[0],
                             hint="try `--device-map auto` or `--dtype bfloat16`") from None
     model.eval()
