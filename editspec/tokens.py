@@ -17,6 +17,7 @@ Example::
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -121,6 +122,8 @@ def sample_context_templates(
     """
     generator = torch.Generator().manual_seed(seed)
     device = _device(model)
+    # transformers 5 renamed `past_key_values` to `cache`.
+    kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     groups: list[list[str]] = [["{}"]]
     for n, max_len in counts:
         seeds = [tokenizer(seed_words[i % len(seed_words)], add_special_tokens=True)["input_ids"] for i in range(n)]
@@ -129,13 +132,18 @@ def sample_context_templates(
         for width in sorted({len(s) for s in seeds}):
             rows = [i for i, s in enumerate(seeds) if len(s) == width]
             ids = torch.tensor([seeds[i] for i in rows], dtype=torch.long, device=device)
+            cache, step_ids = None, ids
             for _ in range(max(max_len - width, 0)):
-                logits = model(input_ids=ids).logits[:, -1, :].float().cpu()  # [rows, vocab]
+                # Rows share a length, so the KV cache needs no padding; only the last logits are used.
+                out = model(input_ids=step_ids, use_cache=True, **({kwarg: cache} if cache is not None else {}))
+                cache = getattr(out, "cache", None) or out.past_key_values
+                logits = out.logits[:, -1, :].float().cpu()  # [rows, vocab]
                 top = logits.topk(top_k, dim=-1)
                 probs = torch.softmax(top.values, dim=-1)
                 choice = torch.multinomial(probs, 1, generator=generator)  # [rows, 1]
                 next_ids = top.indices.gather(1, choice).to(device)
                 ids = torch.cat([ids, next_ids], dim=1)
+                step_ids = next_ids
             for r, i in enumerate(rows):
                 samples[i] = ids[r].tolist()
         texts = [tokenizer.decode(s, skip_special_tokens=True) for s in samples]

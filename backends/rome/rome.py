@@ -38,6 +38,8 @@ class RomeConfig(BaseModel):
     clamp_norm_factor: float = Field(4.0, gt=0, description="δ is kept within this multiple of ‖v_init‖.")
     kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
     stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
+    stop_prob: float = Field(
+        0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never).")
     context_template_counts: tuple[tuple[int, int], ...] = Field(
         ((10, 5), (10, 10)), description="Context templates as (count, max tokens) pairs, besides the bare prompt.")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
@@ -47,7 +49,8 @@ class RomeConfig(BaseModel):
     def optim(self) -> OptimSettings:
         """The δ-optimisation settings."""
         return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
-                             self.clamp_norm_factor, self.stop_loss, self.facts_per_batch)
+                             self.clamp_norm_factor, self.stop_loss, self.facts_per_batch,
+                             stop_prob=self.stop_prob)
 
 
 def rank_one_update(

@@ -8,7 +8,8 @@ context template) and its KL row.  Two savings keep this fast on CPU:
   only the few tokens from the subject's last token on are recomputed.
 - logits are formed only where the loss reads them (target positions and the KL position).
 
-A fact stops (and leaves the batch) once its loss is below `stop_loss`.
+A fact stops (and leaves the batch) once its loss is below `stop_loss` or the (geometric mean)
+probability of its target tokens reaches `stop_prob`.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class OptimSettings:
     clamp_factor: float = 4.0
     stop_loss: float = 0.05
     facts_per_batch: int = 16
+    stop_prob: float = 1.0  # also stop once exp(-mean target NLL) reaches this (1.0: never)
     cache_prefix: bool = True  # reuse the tokens before the subject; False recomputes whole rows
 
 
@@ -213,7 +215,8 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         loss_out[idx] = loss.detach().cpu()[idx]
         nll_out[idx] = nll.detach().cpu()[idx]
         steps_out[idx] = it
-        active = active & (loss.detach().cpu() >= s.stop_loss)
+        reached = (loss.detach().cpu() < s.stop_loss) | (torch.exp(-nll.detach().cpu()) >= s.stop_prob)
+        active = active & ~reached
         if it == s.steps - 1 or not bool(active.any()):
             break  # the final iteration only evaluates
         opt.zero_grad()
