@@ -17,20 +17,19 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from editspec.layout import layout_for
 from editspec.locate import (
-    EditRequest, EditResult, OptimSettings, StatsSource, optimise_targets, prepare_requests,
+    EditRequest, EditResult, ResidualTargetSettings, StatsSource, optimise_targets, prepare_requests,
     request_key_matrix, revert_all, second_moment_for, spread_over_layers, template_keys, templates_for,
 )
 from editspec.tokens import pad_id
 
 
-class AlphaEditConfig(BaseModel):
+class AlphaEditConfig(ResidualTargetSettings):
     """AlphaEdit settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §4)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     layers: tuple[int, ...] = Field((4, 5, 6, 7, 8), description="Edited layers (their MLP value projections).")
     nullspace_threshold: float = Field(
@@ -39,18 +38,6 @@ class AlphaEditConfig(BaseModel):
         "absolute", description="`absolute`: compare eigenvalues with the threshold (the reference); "
         "`relative`: with threshold × the largest eigenvalue, robust to the statistics' scale.")
     l2: float = Field(10.0, ge=0, description="α: ridge on the projected solve (keeps it well posed).")
-    v_lr: float = Field(0.5, gt=0, description="Adam learning rate for the residual target δ.")
-    v_num_grad_steps: int = Field(25, ge=1, description="Most optimisation iterations for δ (the last only evaluates).")
-    v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖h_init‖² in the loss.")
-    clamp_norm_factor: float = Field(4.0, gt=0, description="δ is kept within this multiple of ‖h^L_init‖.")
-    kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
-    stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
-    stop_prob: float = Field(
-        0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never).")
-    context_template_counts: tuple[tuple[int, int], ...] = Field(
-        ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
-    template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
-    facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
 
     @field_validator("layers")
     @classmethod
@@ -58,12 +45,6 @@ class AlphaEditConfig(BaseModel):
         if not layers or sorted(set(layers)) != list(layers):
             raise ValueError("layers must be a non-empty increasing list without repeats")
         return layers
-
-    def optim(self) -> OptimSettings:
-        """The δ-optimisation settings."""
-        return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
-                             self.clamp_norm_factor, self.stop_loss, self.facts_per_batch,
-                             stop_prob=self.stop_prob)
 
 
 @dataclass

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from editspec.layout import layout_for
 from editspec.locate import (
-    EditRequest, EditResult, OptimSettings, StatsSource, optimise_targets, prepare_requests,
+    EditRequest, EditResult, ResidualTargetSettings, StatsSource, optimise_targets, prepare_requests,
     revert_all, second_moment_for, spread_over_layers, templates_for,
 )
 from editspec.tokens import pad_id
@@ -26,28 +26,15 @@ def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
     return tuple(range(start, min(start + count, num_layers)))
 
 
-class MemitConfig(BaseModel):
+class MemitConfig(ResidualTargetSettings):
     """MEMIT settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §2.3)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     layers: tuple[int, ...] | None = Field(
         (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")
     mom2_update_weight: float = Field(
         3000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; scale with d_k.")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
-    v_lr: float = Field(0.5, gt=0, description="Adam learning rate for the residual target δ.")
-    v_num_grad_steps: int = Field(25, ge=1, description="Most optimisation iterations for δ (the last only evaluates).")
-    v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖h_init‖² in the loss.")
-    clamp_norm_factor: float = Field(4.0, gt=0, description="δ is kept within this multiple of ‖h^L_init‖.")
-    kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
-    stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
-    stop_prob: float = Field(
-        0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never).")
-    context_template_counts: tuple[tuple[int, int], ...] = Field(
-        ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
-    template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
-    facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
 
     @field_validator("layers")
     @classmethod
@@ -55,12 +42,6 @@ class MemitConfig(BaseModel):
         if layers is not None and (not layers or sorted(set(layers)) != list(layers)):
             raise ValueError("layers must be a non-empty increasing list without repeats")
         return layers
-
-    def optim(self) -> OptimSettings:
-        """The δ-optimisation settings."""
-        return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
-                             self.clamp_norm_factor, self.stop_loss, self.facts_per_batch,
-                             stop_prob=self.stop_prob)
 
 
 def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor | None, weight: float) -> tuple[torch.Tensor, torch.Tensor]:

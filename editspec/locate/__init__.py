@@ -12,10 +12,11 @@ from .keys import average_keys, collect_at, request_keys, template_keys
 from .layers import layer_scores, select_layers
 from .requests import KL_PROMPT, EditRequest, PreparedRequest, flatten_groups, prepare_requests
 from .spread import Solver, request_key_matrix, revert_all, spread_over_layers
+from .settings import ResidualTargetSettings
 from .targets import OptimSettings, Targets, frozen, optimise_targets
 
 __all__ = [
-    "EditRequest", "EditResult", "KL_PROMPT", "OptimSettings", "PreparedRequest", "Solver", "StatsSource",
+    "EditRequest", "EditResult", "KL_PROMPT", "OptimSettings", "PreparedRequest", "ResidualTargetSettings", "Solver", "StatsSource",
     "Targets", "average_keys", "collect_at", "flatten_groups", "frozen", "layer_scores",
     "optimise_targets", "prepare_requests", "request_key_matrix", "request_keys", "revert_all",
     "second_moment_for", "select_layers", "spread_over_layers", "template_keys", "templates_for",

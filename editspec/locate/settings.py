@@ -1,0 +1,31 @@
+"""Settings shared by the methods that optimise residual targets δ (MEMIT, AlphaEdit)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .targets import OptimSettings
+
+
+class ResidualTargetSettings(BaseModel):
+    """How the target vectors δ are optimised; a backend config adds its own solve settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v_lr: float = Field(0.5, gt=0, description="Adam learning rate for the residual target δ.")
+    v_num_grad_steps: int = Field(25, ge=1, description="Most optimisation iterations for δ (the last only evaluates).")
+    v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖h_init‖² in the loss.")
+    clamp_norm_factor: float = Field(4.0, gt=0, description="δ is kept within this multiple of ‖h^L_init‖.")
+    kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
+    stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
+    stop_prob: float = Field(
+        0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never).")
+    context_template_counts: tuple[tuple[int, int], ...] = Field(
+        ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
+    template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
+    facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
+
+    def optim(self) -> OptimSettings:
+        """The δ-optimisation settings."""
+        return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
+                             self.clamp_norm_factor, self.stop_loss, self.facts_per_batch,
+                             stop_prob=self.stop_prob)
