@@ -14,37 +14,18 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
-from pydantic import Field, field_validator
 
 from editspec.layout import layout_for
 from editspec.locate import (
-    EditRequest, EditResult, ResidualTargetSettings, StatsSource, optimise_targets, prepare_requests,
+    EditRequest, EditResult, StatsSource, optimise_targets, prepare_requests,
     request_key_matrix, revert_all, second_moment_for, spread_over_layers, template_keys, templates_for,
 )
 from editspec.tokens import pad_id
 
-
-class AlphaEditConfig(ResidualTargetSettings):
-    """AlphaEdit settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §4)."""
-
-
-    layers: tuple[int, ...] = Field((4, 5, 6, 7, 8), description="Edited layers (their MLP value projections).")
-    nullspace_threshold: float = Field(
-        2e-2, gt=0, description="Eigenvalues of C below this count as null directions (see `threshold_mode`).")
-    threshold_mode: Literal["absolute", "relative"] = Field(
-        "absolute", description="`absolute`: compare eigenvalues with the threshold (the reference); "
-        "`relative`: with threshold × the largest eigenvalue, robust to the statistics' scale.")
-    l2: float = Field(10.0, ge=0, description="α: ridge on the projected solve (keeps it well posed).")
-
-    @field_validator("layers")
-    @classmethod
-    def _sorted_unique(cls, layers):
-        if not layers or sorted(set(layers)) != list(layers):
-            raise ValueError("layers must be a non-empty increasing list without repeats")
-        return layers
+from .config import AlphaEditConfig
 
 
 @dataclass

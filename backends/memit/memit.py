@@ -10,38 +10,15 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from pydantic import Field, field_validator
 
 from editspec.layout import layout_for
 from editspec.locate import (
-    EditRequest, EditResult, ResidualTargetSettings, StatsSource, optimise_targets, prepare_requests,
+    EditRequest, EditResult, StatsSource, optimise_targets, prepare_requests,
     revert_all, second_moment_for, spread_over_layers, templates_for,
 )
 from editspec.tokens import pad_id
 
-
-def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
-    """[heuristic] `count` consecutive layers starting near 14% of the depth (SmolLM2: 4-8)."""
-    start = min(max(round(num_layers * 0.14), 0), max(num_layers - count, 0))
-    return tuple(range(start, min(start + count, num_layers)))
-
-
-class MemitConfig(ResidualTargetSettings):
-    """MEMIT settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §2.3)."""
-
-
-    layers: tuple[int, ...] | None = Field(
-        (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")
-    mom2_update_weight: float = Field(
-        3000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; scale with d_k.")
-    mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
-
-    @field_validator("layers")
-    @classmethod
-    def _sorted_unique(cls, layers):
-        if layers is not None and (not layers or sorted(set(layers)) != list(layers)):
-            raise ValueError("layers must be a non-empty increasing list without repeats")
-        return layers
+from .config import MemitConfig, default_layers
 
 
 def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor | None, weight: float) -> tuple[torch.Tensor, torch.Tensor]:

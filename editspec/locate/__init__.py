@@ -12,7 +12,7 @@ from .keys import average_keys, collect_at, request_keys, template_keys
 from .layers import layer_scores, select_layers
 from .requests import KL_PROMPT, EditRequest, PreparedRequest, flatten_groups, prepare_requests
 from .spread import Solver, request_key_matrix, revert_all, spread_over_layers
-from .settings import ResidualTargetSettings
+from editspec.target_settings import ResidualTargetSettings
 from .targets import OptimSettings, Targets, frozen, optimise_targets
 
 __all__ = [

@@ -1,9 +1,11 @@
-"""Settings shared by the methods that optimise residual targets δ (MEMIT, AlphaEdit)."""
+"""Settings shared by the methods that optimise residual targets δ (MEMIT, AlphaEdit).
+
+Kept free of torch so that `editspec check` can validate backend settings quickly.
+"""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .targets import OptimSettings
 
 
 class ResidualTargetSettings(BaseModel):
@@ -24,8 +26,10 @@ class ResidualTargetSettings(BaseModel):
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
     facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
 
-    def optim(self) -> OptimSettings:
-        """The δ-optimisation settings."""
+    def optim(self):
+        """The δ-optimisation settings (an `editspec.locate.OptimSettings`)."""
+        from editspec.locate.targets import OptimSettings
+
         return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
                              self.clamp_norm_factor, self.stop_loss, self.facts_per_batch,
                              stop_prob=self.stop_prob)

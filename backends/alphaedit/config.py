@@ -1,0 +1,27 @@
+"""AlphaEdit's settings (torch-free, so `editspec check` validates them without loading torch)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from editspec.target_settings import ResidualTargetSettings
+
+
+class AlphaEditConfig(ResidualTargetSettings):
+    """AlphaEdit settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §4)."""
+
+    layers: tuple[int, ...] = Field((4, 5, 6, 7, 8), description="Edited layers (their MLP value projections).")
+    nullspace_threshold: float = Field(
+        2e-2, gt=0, description="Eigenvalues of C below this count as null directions (see `threshold_mode`).")
+    threshold_mode: Literal["absolute", "relative"] = Field(
+        "absolute", description="`absolute`: compare eigenvalues with the threshold (the reference); "
+        "`relative`: with threshold × the largest eigenvalue, robust to the statistics' scale.")
+    l2: float = Field(10.0, ge=0, description="α: ridge on the projected solve (keeps it well posed).")
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, layers):
+        if not layers or sorted(set(layers)) != list(layers):
+            raise ValueError("layers must be a non-empty increasing list without repeats")
+        return layers

@@ -1,0 +1,29 @@
+"""MEMIT's settings (torch-free, so `editspec check` validates them without loading torch)."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from editspec.target_settings import ResidualTargetSettings
+
+
+def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
+    """[heuristic] `count` consecutive layers starting near 14% of the depth (SmolLM2: 4-8)."""
+    start = min(max(round(num_layers * 0.14), 0), max(num_layers - count, 0))
+    return tuple(range(start, min(start + count, num_layers)))
+
+
+class MemitConfig(ResidualTargetSettings):
+    """MEMIT settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §2.3)."""
+
+    layers: tuple[int, ...] | None = Field(
+        (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")
+    mom2_update_weight: float = Field(
+        3000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; scale with d_k.")
+    mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, layers):
+        if layers is not None and (not layers or sorted(set(layers)) != list(layers)):
+            raise ValueError("layers must be a non-empty increasing list without repeats")
+        return layers
