@@ -62,6 +62,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 _COMMAND_MODULES = [
     "frontend",
     "models",
+    "build",
 ]
 
 

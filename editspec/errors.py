@@ -89,3 +89,23 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
         shown = ", ".join(f"`{c}`" for c in candidates[:12])
         return f"known: {shown}" + (" …" if len(candidates) > 12 else "")
     return None
+
+
+def error_at(span, message: str, hint: str | None = None) -> EditspecError:
+    """An `EditspecError` pointing at an IR node's `span`, with its source line when readable.
+
+    Later stages (compile, verify) use it so that a problem still points at the spec line.
+
+    >>> raise error_at(edit.span, "the subject does not occur in the prompt")  # doctest: +SKIP
+    """
+    source = None
+    try:
+        with open(span.file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if number == span.line:
+                    source = line
+                    break
+    except (OSError, UnicodeDecodeError):
+        pass
+    location = Location(span.file, span.line, span.column, span.end_line, span.end_column)
+    return EditspecError(Diagnostic(message, location, hint=hint, source_line=source))

@@ -33,7 +33,15 @@ DESIGNED_BACKENDS = ("rome", "memit", "alphaedit", "ft", "sense", "melo", "grace
 
 # Built-in backends are listed here once they are real (a backend that is not real yet is not
 # registered).
-_BUILTIN: list[BackendEntry] = []
+_BUILTIN: list[BackendEntry] = [
+    BackendEntry("rome", "editspec.backends.rome:RomeConfig", "editspec.backends.rome.backend:RomeBackend",
+                 "one rank-one update per fact at one MLP layer (R-ROME by default)"),
+    BackendEntry("memit", "editspec.backends.memit:MemitConfig", "editspec.backends.memit.backend:MemitBackend",
+                 "many facts in one batch, spread over several MLP layers"),
+    BackendEntry("alphaedit", "editspec.backends.alphaedit:AlphaEditConfig",
+                 "editspec.backends.alphaedit.backend:AlphaEditBackend",
+                 "MEMIT with null-space-projected updates, for sequential batches (--on)"),
+]
 
 
 def _import(path: str):

@@ -24,6 +24,9 @@ class ResidualTargetSettings(BaseModel):
     context_template_counts: tuple[tuple[int, int], ...] = Field(
         ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
+    mom2_samples: int = Field(
+        2000, ge=1, description="Corpus documents (packaged Wikipedia summaries) for the second-moment statistics C; "
+        "computed once per model, layer and count, then cached (`editspec stats list`).")
     facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
 
     def optim(self):

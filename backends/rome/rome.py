@@ -93,7 +93,7 @@ def rome_deltas(
                 handles.append(apply_deltas(model, [delta]))
                 result.deltas.append(delta)
                 result.facts.append({
-                    "subject": prepared[i].request.subject, "layer": layer, "denominator": denom,
+                    "index": i, "subject": prepared[i].request.subject, "layer": layer, "denominator": denom,
                     "delta_norm": float(delta.dense().norm()), "loss": float(targets.loss[i]),
                     "nll": float(targets.nll[i]), "steps": int(targets.steps[i]) + 1,
                     "key": key, "target": target,
