@@ -1,0 +1,171 @@
+"""Fact-editing benchmarks as specs: CounterFact (both layouts), zsRE and MQuAKE.
+
+Every importer maps a record the same way: the requested rewrite becomes an `edit` of a
+relation whose prompt is the record's template (the subject replaced by `{subject}`), the
+paraphrases become `scope`, the neighbourhood prompts `keep`, and portability or multi-hop
+questions `implies`.  Relations are keyed by (relation id, template), so an edit is checked with
+exactly the prompt the benchmark wrote.
+
+Example:
+    >>> from pathlib import Path
+    >>> imported = counterfact(Path("../shared/data/counterfact/counterfact_500.json"), limit=2)  # doctest: +SKIP
+    >>> imported.records, len(imported.builder.edits)                                               # doctest: +SKIP
+    (2, 2)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from editspec.errors import EditspecError
+from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder
+
+
+@dataclass
+class Imported:
+    """What an importer read: the builder holding the spec, how many records, what they were."""
+
+    builder: SpecBuilder
+    records: int
+    description: list[str]
+
+
+def read_json_list(path: Path, limit: int | None) -> list[dict]:
+    """A JSON file holding a list of objects, cut to its first `limit` records."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise EditspecError(f"cannot read {path}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise EditspecError(f"{path} is not JSON: {error}", hint="this importer reads a JSON list of records") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise EditspecError(f"{path} does not hold a JSON list of records")
+    return data[:limit] if limit is not None else data
+
+
+def _field(record: dict, name: str, path: Path, index: int):
+    if name not in record:
+        raise EditspecError(f"{path}: record {index} has no `{name}` field",
+                            hint=f"fields found: {', '.join(sorted(record))}")
+    return record[name]
+
+
+def _template(prompt: str, subject: str) -> str | None:
+    """The prompt with the subject replaced by `{subject}`, or None when it is not there."""
+    return prompt.replace(subject, "{subject}") if subject and subject in prompt else None
+
+
+def counterfact(path: Path, limit: int | None) -> Imported:
+    """CounterFact, in the ROME layout (`requested_rewrite`) or the flattened toolkit layout."""
+    records = read_json_list(path, limit)
+    if records and "requested_rewrite" in records[0]:
+        return _counterfact_full(path, records)
+    if records and "target_new" in records[0] and "prompt" in records[0]:
+        return _counterfact_flat(path, records)
+    if not records:
+        return Imported(SpecBuilder(), 0, ["CounterFact (no records)"])
+    raise EditspecError(f"{path} is in neither CounterFact layout",
+                        hint="expected `requested_rewrite` (ROME) or `prompt`/`target_new`/`rephrase_prompt` (flattened)")
+
+
+def _counterfact_full(path: Path, records: list[dict]) -> Imported:
+    builder = SpecBuilder()
+    for i, record in enumerate(records):
+        rewrite = _field(record, "requested_rewrite", path, i)
+        template = rewrite["prompt"].replace("{}", "{subject}")
+        relation_id = str(rewrite.get("relation_id", "rel"))
+        relation = builder.relation((relation_id, template), template, prefix=relation_id.lower())
+        true = rewrite["target_true"]["str"]
+        builder.add_edit(EditRecord(
+            relation=relation, subject=rewrite["subject"], target=rewrite["target_new"]["str"], old=true,
+            scope=list(record.get("paraphrase_prompts", [])),
+            keep=[FactRecord(p, true) for p in record.get("neighborhood_prompts", [])]))
+    return Imported(builder, len(records), [
+        "CounterFact (ROME layout): requested_rewrite -> edit (relation per relation_id and template),",
+        "paraphrase_prompts -> scope, neighborhood_prompts -> keep (they keep the true object).",
+    ])
+
+
+def _counterfact_flat(path: Path, records: list[dict]) -> Imported:
+    builder = SpecBuilder()
+    for i, record in enumerate(records):
+        subject, prompt = _field(record, "subject", path, i), _field(record, "prompt", path, i)
+        template = _template(prompt, subject)
+        if template is None:
+            builder.left_out["records whose prompt does not contain the subject"] += 1
+            continue
+        relation = builder.relation(template, template, prefix="cf")
+        keep = [FactRecord(record["locality_prompt"], record["locality_ground_truth"])] \
+            if record.get("locality_prompt") and record.get("locality_ground_truth") else []
+        builder.add_edit(EditRecord(
+            relation=relation, subject=subject, target=_field(record, "target_new", path, i),
+            old=record.get("ground_truth"), scope=[record["rephrase_prompt"]] if record.get("rephrase_prompt") else [],
+            keep=keep))
+    return Imported(builder, len(records), [
+        "CounterFact (flattened layout): prompt -> edit (relation per template), rephrase_prompt -> scope,",
+        "locality_prompt -> keep.",
+    ])
+
+
+def zsre(path: Path, limit: int | None) -> Imported:
+    """zsRE in MEND's field names; `portability` (when present) becomes `implies`."""
+    records = read_json_list(path, limit)
+    builder = SpecBuilder()
+    for i, record in enumerate(records):
+        subject, question = _field(record, "subject", path, i), _field(record, "src", path, i)
+        template = _template(question, subject)
+        if template is None:
+            builder.left_out["records whose question does not contain the subject"] += 1
+            continue
+        relation = builder.relation(template, template, prefix="q")
+        answers = record.get("answers") or []
+        keep = [FactRecord(record["loc"], record["loc_ans"])] if record.get("loc") and record.get("loc_ans") else []
+        implies = []
+        portability = record.get("portability")
+        if isinstance(portability, dict) and portability.get("New Question") and portability.get("New Answer"):
+            implies.append(FactRecord(portability["New Question"], portability["New Answer"]))
+        builder.add_edit(EditRecord(
+            relation=relation, subject=subject, target=_field(record, "alt", path, i),
+            old=answers[0] if answers else None,
+            scope=[record["rephrase"]] if record.get("rephrase") else [], keep=keep, implies=implies))
+    return Imported(builder, len(records), [
+        "zsRE (MEND fields): src -> edit (relation per question template), alt -> new object, answers[0] -> was,",
+        "rephrase -> scope, loc -> keep, portability New Question -> implies.",
+    ])
+
+
+def mquake(path: Path, limit: int | None) -> Imported:
+    """MQuAKE: each requested rewrite an edit; the case's multi-hop questions imply its new answer.
+
+    The questions hang on the case's last rewrite (the chain's final link).  A rewrite shared
+    by several cases is one edit carrying every case's questions.
+    """
+    records = read_json_list(path, limit)
+    builder = SpecBuilder()
+    for i, case in enumerate(records):
+        rewrites = _field(case, "requested_rewrite", path, i)
+        hops = {hop.get("cloze"): hop for hop in case.get("new_single_hops", [])}
+        edits = []
+        for rewrite in rewrites:
+            template = rewrite["prompt"].replace("{}", "{subject}")
+            subject = rewrite["subject"]
+            relation_id = str(rewrite.get("relation_id", "rel"))
+            question = _template(rewrite.get("question", ""), subject)
+            relation = builder.relation((relation_id, template), template, prefix=relation_id.lower(), question=question)
+            target = rewrite["target_new"]["str"]
+            hop = hops.get(template.replace("{subject}", subject), {})
+            aliases = tuple(hop.get("answer_alias", ())) if hop.get("answer") == target else ()
+            edits.append(EditRecord(relation=relation, subject=subject, target=target, aliases=aliases,
+                                    old=rewrite.get("target_true", {}).get("str")))
+        if edits:
+            answer = _field(case, "new_answer", path, i)
+            aliases = tuple(case.get("new_answer_alias", ()))
+            edits[-1].implies = [FactRecord(q, answer, aliases) for q in case.get("questions", [])]
+        outcomes = [builder.add_edit(edit) for edit in edits]
+        if "conflict" in outcomes:
+            builder.left_out["cases with a rewrite that conflicts with an earlier case"] += 1
+    return Imported(builder, len(records), [
+        "MQuAKE: requested_rewrite[] -> edits (relation per relation_id and template, with its question),",
+        "multi-hop questions -> implies new_answer (with its aliases) on the case's last rewrite.",
+    ])

@@ -1,0 +1,154 @@
+"""Importers: slices of every public format become specs that check clean, are formatted, and
+keep their record counts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from editspec.cli import main
+from editspec.fmt import format_text
+from editspec.importers import import_file
+from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder, quote
+from editspec.resolve import load_spec
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
+CANONICAL = "canonical-examples/{0}/split/{0}_{1}-val.jsonl"
+
+# (format, file, records per slice)
+SLICES = [
+    ("counterfact", "counterfact/counterfact_500.json", 25),
+    ("counterfact", "counterfact/counterfact-train.json", 25),
+    ("zsre", "zsre/zsre_mend_eval_portability_gpt4.json", 25),
+    ("zsre", "zsre/zsre_mend_train-1k.json", 25),
+    ("mquake", "mquake/MQuAKE-CF.json", 10),
+    ("canonical", CANONICAL.format("country_capital", "fixed"), 4),
+    ("canonical", CANONICAL.format("company_ceo", "train"), 4),
+    ("canonical", CANONICAL.format("temporal", "train"), 3),
+    ("canonical", CANONICAL.format("verb_conjugation", "train"), 4),
+]
+
+
+def _written(tmp_path: Path, kind: str, file: str, limit: int):
+    out = tmp_path / "imported.edit"
+    result = CliRunner().invoke(main, ["import", kind, str(DATA / file), "-o", str(out), "--limit", str(limit)])
+    assert result.exit_code == 0, result.output
+    assert f"{limit} records" in result.stderr
+    return out, load_spec(out)
+
+
+@needs_data
+@pytest.mark.parametrize("kind,file,limit", SLICES, ids=[f"{k}:{Path(f).name}" for k, f, _ in SLICES])
+def test_slice_checks_clean_and_is_formatted(tmp_path, kind, file, limit):
+    out, spec = _written(tmp_path, kind, file, limit)
+    text = out.read_text(encoding="utf-8")
+    assert format_text(text, str(out)) == text
+    if kind == "canonical":
+        assert len(spec.canonical) == limit and not spec.edits
+        assert all(c.checks and c.keep for c in spec.canonical)
+    elif kind != "mquake":
+        assert len(spec.edits) == limit  # one edit per record
+        assert all(e.scope and e.keep and e.old for e in spec.edits)
+
+
+@needs_data
+def test_counterfact_rome_layout_maps_every_field():
+    record = json.loads((DATA / "counterfact/counterfact_500.json").read_text())[0]
+    spec = load_spec("x.edit", text=import_file("counterfact", DATA / "counterfact/counterfact_500.json", limit=1).text)
+    (edit,) = spec.edits
+    rewrite = record["requested_rewrite"]
+    assert edit.prompts == (rewrite["prompt"].format(rewrite["subject"]),)
+    assert (edit.target, edit.old) == (rewrite["target_new"]["str"], rewrite["target_true"]["str"])
+    assert edit.scope == tuple(record["paraphrase_prompts"])
+    assert [f.prompts[0] for f in edit.keep] == record["neighborhood_prompts"]
+    assert {f.answer for f in edit.keep} == {rewrite["target_true"]["str"]}
+    assert edit.relation.startswith(rewrite["relation_id"].lower() + "_")
+
+
+@needs_data
+def test_zsre_portability_becomes_implies():
+    record = json.loads((DATA / "zsre/zsre_mend_eval_portability_gpt4.json").read_text())[0]
+    spec = load_spec("x.edit", text=import_file("zsre", DATA / "zsre/zsre_mend_eval_portability_gpt4.json", limit=1).text)
+    (edit,) = spec.edits
+    assert edit.prompts == (record["src"],) and edit.target == record["alt"]
+    assert [(f.prompts[0], f.answer) for f in edit.implies] == [
+        (record["portability"]["New Question"], record["portability"]["New Answer"])]
+    assert [(f.prompts[0], f.answer) for f in edit.keep] == [(record["loc"], record["loc_ans"])]
+
+
+@needs_data
+def test_mquake_counts_survive():
+    cases = json.loads((DATA / "mquake/MQuAKE-CF.json").read_text())[:40]
+    spec = load_spec("x.edit", text=import_file("mquake", DATA / "mquake/MQuAKE-CF.json", limit=40).text)
+    rewrites = {(r["relation_id"], r["prompt"], r["subject"]) for c in cases for r in c["requested_rewrite"]}
+    assert len(spec.edits) == len(rewrites)
+    questions = {q for c in cases for q in c["questions"]}
+    assert {f.prompts[0] for e in spec.edits for f in e.implies} == questions
+    assert all(e.relation and spec.relations for e in spec.edits)
+    assert all(r.questions for r in spec.relations)
+
+
+@needs_data
+@pytest.mark.parametrize("file,records", [("counterfact/counterfact_500.json", 500),
+                                          ("zsre/zsre_mend_train-1k.json", 1000)])
+def test_whole_file_round_trip_accounts_for_every_record(file, records):
+    kind = file.split("/")[0]
+    result = import_file(kind, DATA / file)
+    assert result.records == records
+    dropped = sum(n for why, n in result.left_out.items() if why.startswith(("records", "edits")))
+    assert result.edits + dropped == records
+    assert len(load_spec("x.edit", text=result.text).edits) == result.edits
+
+
+@needs_data
+def test_country_capital_contrast_comes_from_hard_negatives():
+    result = import_file("canonical", DATA / CANONICAL.format("country_capital", "fixed"), limit=2)
+    spec = load_spec("x.edit", text=result.text)
+    assert [c.name for c in spec.canonical] == ["capital-of-afghanistan", "capital-of-albania"]
+    assert all(c.over and c.over.startswith(" ") and c.over != c.answer for c in spec.canonical)
+    assert all(k.answer == c.over for c in spec.canonical for k in c.keep[:1])
+
+
+@needs_data
+def test_balancing_tasks_are_refused_with_the_reason():
+    result = CliRunner().invoke(main, ["import", "canonical", str(DATA / CANONICAL.format("stereoset", "train")),
+                                       "-o", "-"])
+    assert result.exit_code == 2 and "lowers a stereotyped continuation" in result.stderr
+
+
+def test_conflicting_records_are_left_out_and_counted(tmp_path):
+    rows = [dict(case_id=i, prompt="The twin city of Rome is", subject="Rome", target_new=new, ground_truth="Paris",
+                 rephrase_prompt="Rome is twinned with", locality_prompt="The twin city of Oslo is",
+                 locality_ground_truth="Paris") for i, new in enumerate(["Kyoto", "Kyoto", "Lima"])]
+    source = tmp_path / "cf.json"
+    source.write_text(json.dumps(rows))
+    result = import_file("counterfact", source)
+    assert (result.records, result.edits) == (3, 1)
+    assert sum(result.left_out.values()) == 1
+
+
+def test_keep_fact_that_another_edit_changes_is_left_out():
+    builder = SpecBuilder()
+    rel = builder.relation("r", "{subject} is in", prefix="p30")
+    builder.add_edit(EditRecord(rel, "Ghana", "Europe", keep=[FactRecord("Kenya is in", "Africa")]))
+    builder.add_edit(EditRecord(rel, "Kenya", "Asia", keep=[FactRecord("Ghana is in", "Africa"),
+                                                                FactRecord("Mali is in", "Africa")]))
+    spec = load_spec("x.edit", text=builder.render(["t"]))
+    assert [len(e.keep) for e in spec.edits] == [0, 1]
+
+
+@pytest.mark.parametrize("text", [
+    'say "hi"', "back\\slash", "two\nlines", "tab\there", "nul\0", "line\u2028sep", "zero\u200bwidth",
+    "Kolinda Grabar-Kitarović", "東京", "emoji 🎉", "{subject} literal", "trailing \\", "\x7f\x1b[31m",
+])
+def test_quote_round_trips_through_the_language(text):
+    builder = SpecBuilder()
+    rel = builder.relation("r", "The answer of {subject} is", prefix="r")
+    builder.add_edit(EditRecord(rel, "S " + text, text + " T", scope=[text + " scope"], implies=[FactRecord(text, "A")]))
+    (edit,) = load_spec("x.edit", text=builder.render(["t"])).edits
+    assert (edit.subject, edit.target, edit.scope, edit.implies[0].prompts) == (
+        "S " + text, text + " T", (text + " scope",), (text,))
+    assert quote(text).count("\n") == 0
