@@ -63,6 +63,7 @@ _COMMAND_MODULES = [
     "frontend",
     "models",
     "build",
+    "importing",
 ]
 
 
