@@ -41,6 +41,11 @@ _BUILTIN: list[BackendEntry] = [
     BackendEntry("alphaedit", "editspec.backends.alphaedit:AlphaEditConfig",
                  "editspec.backends.alphaedit.backend:AlphaEditBackend",
                  "MEMIT with null-space-projected updates, for sequential batches (--on)"),
+    BackendEntry("ike", "editspec.backends.ike.config:IkeConfig", "editspec.backends.ike:IkeBackend",
+                 "API models: in-context demonstrations of the edits, behind a scope router"),
+    BackendEntry("retrieval", "editspec.backends.retrieval.config:RetrievalConfig",
+                 "editspec.backends.retrieval:RetrievalBackend",
+                 "API models: retrieved edit facts in an LTE-style prompt, behind a scope router"),
 ]
 
 

@@ -1,0 +1,23 @@
+"""IKE: edits as in-context demonstrations in front of an API model's requests (ALGORITHMS.md §8.1).
+
+    editspec compile specs/examples/leadership.edit --backend ike -o build/leadership.ike
+    editspec serve build/leadership.ike --upstream http://127.0.0.1:8000/v1
+"""
+from editspec.blackbox.backend import PluginBackend
+from editspec.blackbox.prompts import IKE_TEMPLATE
+
+from .config import IkeConfig
+
+
+class IkeBackend(PluginBackend):
+    """Routes in-scope requests to a prompt of IKE demonstrations ending in the edit's new fact."""
+
+    name = "ike"
+    config_class = IkeConfig
+    default_template = IKE_TEMPLATE
+
+    def plugin_settings(self, config) -> dict:
+        return {"demonstrations": config.demonstrations}
+
+
+__all__ = ["IkeBackend", "IkeConfig"]

@@ -1,0 +1,14 @@
+"""IKE's settings (torch-free, so `editspec check` validates them without loading torch)."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from editspec.blackbox.settings import PluginConfig
+
+
+class IkeConfig(PluginConfig):
+    """IKE: in-context demonstrations of copy, update and retain (ALGORITHMS.md §8.1)."""
+
+    demonstrations: int = Field(
+        16, ge=0, le=64, description="Demonstrations before the query, copy:update:retain = 1:3:4 "
+        "(the paper uses 32; 16 keeps SmolLM2's prompts near 600 tokens).")

@@ -1,0 +1,20 @@
+"""Retrieval: an edit memory, MiniLM retrieval and LTE's inference prompt (ALGORITHMS.md §8.2).
+
+    editspec compile specs/examples/leadership.edit --backend retrieval -o build/leadership.retrieval
+    editspec serve build/leadership.retrieval --upstream http://127.0.0.1:8000/v1
+"""
+from editspec.blackbox.backend import PluginBackend
+from editspec.blackbox.prompts import LTE_TEMPLATE
+
+from .config import RetrievalConfig
+
+
+class RetrievalBackend(PluginBackend):
+    """Routes in-scope requests to LTE's prompt carrying the top-k applicable facts."""
+
+    name = "retrieval"
+    config_class = RetrievalConfig
+    default_template = LTE_TEMPLATE
+
+
+__all__ = ["RetrievalBackend", "RetrievalConfig"]

