@@ -8,7 +8,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 
-class ResidualTargetSettings(BaseModel):
+class StatisticsSettings(BaseModel):
+    """Where the second-moment statistics C = E[kkᵀ] of a locate-then-edit backend come from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mom2_samples: int = Field(
+        2000, ge=1, description="Corpus documents for the second-moment statistics C; computed once per model, "
+        "layer, corpus and count, then cached (`editspec stats list`).")
+    mom2_corpus: str | None = Field(
+        None, description="A text or .jsonl file of documents for C; none means the packaged Wikipedia summaries.")
+
+
+class ResidualTargetSettings(StatisticsSettings):
     """How the target vectors δ are optimised; a backend config adds its own solve settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -24,9 +36,6 @@ class ResidualTargetSettings(BaseModel):
     context_template_counts: tuple[tuple[int, int], ...] = Field(
         ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
-    mom2_samples: int = Field(
-        2000, ge=1, description="Corpus documents (packaged Wikipedia summaries) for the second-moment statistics C; "
-        "computed once per model, layer and count, then cached (`editspec stats list`).")
     facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
 
     def optim(self):

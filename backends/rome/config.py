@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from editspec.target_settings import StatisticsSettings
 
 
-class RomeConfig(BaseModel):
+class RomeConfig(StatisticsSettings):
     """ROME settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §1.4)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     layer: int | Literal["auto"] = Field(5, description="Layer whose MLP value projection is edited, or `auto` to choose per fact.")
     auto_layers: tuple[int, ...] = Field((3, 4, 5, 6, 7, 8), description="Candidate layers for `layer: auto`.")
@@ -28,9 +28,6 @@ class RomeConfig(BaseModel):
         ((5, 5), (5, 10)), description="Context templates as (count, max tokens) pairs, besides the bare prompt "
         "(the reference uses ((10, 5), (10, 10)); half as many scored the same on SmolLM2 and run 30% faster).")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
-    mom2_samples: int = Field(
-        2000, ge=1, description="Corpus documents (packaged Wikipedia summaries) for the second-moment statistics C; "
-        "computed once per model, layer and count, then cached (`editspec stats list`).")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
     facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch.")
 

@@ -44,7 +44,7 @@ class LocateBackend(Backend):
         loaded, config = job.model, job.config
         layers = self.stats_layers(config, loaded.model)
         job.progress(f"second-moment statistics for layer(s) {', '.join(map(str, layers))}")
-        stats = second_moments(loaded, layers=layers, samples=config.mom2_samples)
+        stats = second_moments(loaded, layers=layers, samples=config.mom2_samples, corpus=config.mom2_corpus)
         templates = sampled_templates(loaded, config.context_template_counts, config.template_seed)
         return {"stats": stats, "templates": templates}
 
