@@ -64,6 +64,8 @@ _COMMAND_MODULES = [
     "models",
     "build",
     "importing",
+    "gitflow",
+    "serving",
 ]
 
 
