@@ -64,7 +64,6 @@ _COMMAND_MODULES = [
     "models",
     "build",
     "importing",
-    "gitflow",
     "serving",
 ]
 
