@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from editspec.cli import main
 from editspec.fmt import format_text
 from editspec.importers import import_file
-from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder, quote
+from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder
+from editspec.literals import quote
 from editspec.resolve import load_spec
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

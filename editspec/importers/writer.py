@@ -28,28 +28,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-_SIMPLE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
-_ESCAPED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn"}
-
-
-def quote(text: str) -> str:
-    """`text` as an `.edit` string literal that decodes back to exactly `text`.
-
-    Example:
-        >>> print(quote('say "hi"\\n\\u2028ok é'))
-        "say \\"hi\\"\\n\\u{2028}ok é"
-    """
-    out = ['"']
-    for char in text:
-        if char in _SIMPLE_ESCAPES:
-            out.append(_SIMPLE_ESCAPES[char])
-        elif unicodedata.category(char) in _ESCAPED_CATEGORIES:
-            out.append(f"\\u{{{ord(char):x}}}")  # invisible or line-breaking: spelt out
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
+from editspec.literals import quote
 
 def slug_words(text: str, limit: int = 6) -> list[str]:
     """Lower-case ASCII words of `text` (accents folded), at most `limit` of them."""
