@@ -1,0 +1,124 @@
+"""Specs in git: `editspec diff`, a semantic diff against a revision.  Never imports torch."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from editspec.errors import EditspecError
+
+
+def _split_arguments(arguments: tuple[str, ...]) -> tuple[str, list[str]]:
+    """`[REV] [SPEC...]`: the first argument is a revision unless it names a file or folder."""
+    if arguments and not os.path.exists(arguments[0]) and not arguments[0].endswith(".edit"):
+        return arguments[0], list(arguments[1:])
+    return "HEAD", list(arguments)
+
+
+def _specs_to_diff(root: Path, rev: str, paths: list[str]) -> list[str]:
+    """Repository paths of the specs to compare: those named (folders expanded) or every changed one."""
+    from editspec.gitrev import changed_specs, relative_to_root
+
+    changed = changed_specs(root, rev)
+    if not paths:
+        return changed
+    chosen: list[str] = []
+    for path in paths:
+        relative = relative_to_root(root, path)
+        if os.path.isdir(path):
+            below = [relative_to_root(root, p) for p in sorted(Path(path).rglob("*.edit"))]
+            prefix = "" if relative == "." else relative + "/"
+            chosen += below + [c for c in changed if c.startswith(prefix)]
+        else:
+            chosen.append(relative)
+    return list(dict.fromkeys(chosen))
+
+
+def _status(old, new, result) -> str:
+    if old is None or new is None:
+        return "added" if old is None else "deleted"
+    return "modified" if result else "unchanged"
+
+
+def _summary(counts: dict[str, dict[str, int]]) -> str:
+    parts = []
+    for section, numbers in counts.items():
+        done = [f"{n} {kind}" for kind, n in numbers.items() if n]
+        parts.append(f"{section}: {', '.join(done)}")
+    return "; ".join(parts) if parts else "no semantic change"
+
+
+@click.command()
+@click.argument("arguments", nargs=-1, metavar="[REV] [SPEC...]")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--exit-code", is_flag=True, help="Exit 1 when any spec changed in meaning (as `git diff --exit-code`).")
+def diff(arguments: tuple[str, ...], output_format: str, exit_code: bool) -> None:
+    """What the specs now mean, compared with git revision REV (default HEAD).
+
+    Edits are matched by relation and subject: an edit shows as added, removed, or changed
+    (new object, was, prompts, scope, keep, implies).  Canonical and forget blocks,
+    expectations, preserve budgets, backend settings and relations are compared too.
+    Formatting, comments and moved declarations are not changes.  With no SPEC, every .edit
+    file that differs from REV (new files included) is compared.  Old versions are read with
+    git, imports as they were at REV.
+
+    \b
+    Examples:
+      editspec diff                                 # working tree against HEAD
+      editspec diff HEAD~3 specs/examples/capitals.edit
+      editspec diff main --format json > spec-changes.json
+    """
+    from editspec.gitrev import RevisionTree, repo_root, resolve_revision
+    from editspec.resolve import analyse
+    from editspec.specdiff import diff_specs, render_text
+
+    rev, paths = _split_arguments(arguments)
+    root = repo_root(paths[0] if paths else ".")
+    commit = resolve_revision(root, rev)
+    specs = _specs_to_diff(root, rev, paths)
+    reports, failures, changed_any = [], [], False
+    with RevisionTree(root, commit) as tree:
+        for relative in specs:
+            current = root / relative
+            if not tree.exists(relative) and not current.is_file():
+                failures.append(EditspecError(f"{relative} is neither in the working tree nor at {rev}"))
+                continue
+            try:
+                old = tree.load(relative) if tree.exists(relative) else None
+                new = None
+                if current.is_file():
+                    analysis = analyse(str(current))
+                    if analysis.spec is None:
+                        raise EditspecError(analysis.errors)
+                    new = analysis.spec
+            except EditspecError as error:
+                failures.append(error)
+                continue
+            result = diff_specs(old, new)
+            changed_any = changed_any or bool(result)
+            reports.append((relative, _status(old, new, result), result))
+    if output_format == "json":
+        click.echo(json.dumps({
+            "revision": rev, "commit": commit,
+            "specs": [{"path": path, "status": status, "changed": bool(result), "counts": result.counts(),
+                       "changes": result.to_dict()} for path, status, result in reports],
+            "errors": [d.render() for e in failures for d in e.diagnostics],
+        }, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"{rev} ({commit[:10]}) -> working tree: {len(reports)} spec(s)")
+        for path, status, result in reports:
+            click.echo(f"{path} ({status}): {_summary(result.counts())}")
+            for line in render_text(result):
+                click.echo(line)
+    for error in failures:
+        click.echo(error.render(color=sys.stderr.isatty()), err=True)
+    if failures:
+        sys.exit(2)
+    if exit_code and changed_any:
+        sys.exit(1)
+
+
+COMMANDS = [diff]
