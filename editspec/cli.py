@@ -64,6 +64,7 @@ _COMMAND_MODULES = [
     "models",
     "build",
     "importing",
+    "gitflow",
     "serving",
 ]
 
