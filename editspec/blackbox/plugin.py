@@ -174,7 +174,14 @@ def load_plugin(artifact: Any, *, embedder=None) -> Plugin:
         raise EditspecError(f"{artifact.path} was compiled with `{artifact.backend}`, a white-box backend",
                             hint="compile with `--backend ike` or `--backend retrieval` for API models, "
                             "or use `editspec apply` for a local model")
-    folder = artifact.file(PLUGIN_DIR)
+    return open_plugin(artifact.file(PLUGIN_DIR), embedder=embedder)
+
+
+def open_plugin(folder: Path, *, embedder=None) -> Plugin:
+    """The plugin stored in a `plugin/` folder (`load_plugin` checks the artifact first).
+
+    `embedder` must be the one the plugin was compiled with; default: MiniLM.
+    """
     settings = json.loads((folder / ROUTER_FILE).read_text(encoding="utf-8"))
     memory = EditMemory.load(folder)
     if embedder is None:
