@@ -1,4 +1,4 @@
-"""Specs in git: `editspec diff`, a semantic diff against a revision.  Never imports torch."""
+"""Specs in git: `diff` (semantic diff against a revision), `lock` and `status`.  Never import torch."""
 from __future__ import annotations
 
 import json
@@ -121,4 +121,81 @@ def diff(arguments: tuple[str, ...], output_format: str, exit_code: bool) -> Non
         sys.exit(1)
 
 
-COMMANDS = [diff]
+
+@click.command("lock")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--spec", "spec", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The spec the artifacts were compiled from (default: the one their manifest names).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="The --set overrides the artifacts were compiled with (repeatable).")
+def lock_command(artifacts: tuple[str, ...], spec: str | None, settings: tuple[str, ...]) -> None:
+    """Record compiled ARTIFACTS in the editspec.lock next to their spec.
+
+    The lock (JSON, meant for git) says which artifact was compiled from which spec, model,
+    settings and edits, so that `editspec status` can tell when one is out of date.
+
+    \b
+    Examples:
+      editspec compile specs/capitals.edit --backend rome -o build/capitals.rome
+      editspec lock build/capitals.rome          # writes specs/editspec.lock
+    """
+    from editspec.lock import record_artifact
+
+    overrides = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--set {item}: write KEY=VALUE")
+        overrides[key.strip()] = value.strip()
+    for artifact in artifacts:
+        path = record_artifact(artifact, spec=spec, overrides=overrides)
+        click.echo(f"locked {artifact} in {path}")
+
+
+@click.command("status")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status_command(paths: tuple[str, ...], output_format: str) -> None:
+    """Which locked artifacts are out of date, why, and the command that brings each up to date.
+
+    PATHS are specs (their folder's editspec.lock, their entries only), lock files or folders
+    (every editspec.lock below); default: the current folder.  An artifact whose spec only
+    gained edits can be compiled on top of the old one (`compile --on`); a removed or changed
+    edit, new settings or another model need a compile from the base model.  Exits 0 when every
+    artifact is current, 1 when any is stale, missing, modified or broken.
+
+    \b
+    Examples:
+      editspec status
+      editspec status specs/capitals.edit --format json
+    """
+    from editspec.lock import LOCK_FILE, find_locks, lock_status
+
+    results = []
+    for path in paths or (".",):
+        target = Path(path)
+        if target.is_dir():
+            results += [s for lock in find_locks(target) for s in lock_status(lock)]
+        elif target.name == LOCK_FILE:
+            results += lock_status(target)
+        else:
+            lock = target.parent / LOCK_FILE
+            if not lock.is_file():
+                raise EditspecError(f"no {LOCK_FILE} next to {path}", hint=f"record artifacts with `editspec lock DIR`")
+            results += lock_status(lock, {target.name})
+    if output_format == "json":
+        click.echo(json.dumps([s.to_dict() for s in results], indent=2, ensure_ascii=False))
+    else:
+        if not results:
+            click.echo("no locked artifacts found")
+        for s in results:
+            click.echo(f"{s.artifact} ({s.backend}, from {s.spec}): {s.state}")
+            for reason in s.reasons:
+                click.echo(f"  {reason}")
+            if s.action:
+                click.echo(f"  -> {s.action}")
+    if any(s.state != "current" for s in results):
+        sys.exit(1)
+
+
+COMMANDS = [diff, lock_command, status_command]
