@@ -131,6 +131,16 @@ def test_conflicting_records_are_left_out_and_counted(tmp_path):
     assert sum(result.left_out.values()) == 1
 
 
+def test_record_whose_question_does_not_name_its_subject_is_counted(tmp_path):
+    rows = [dict(subject="UniFirst", src="What does UniFirst make?", alt="drones", answers=["uniforms"]),
+            dict(subject="Acme", src="What does the company make?", alt="anvils", answers=["rockets"])]
+    source = tmp_path / "zsre.json"
+    source.write_text(json.dumps(rows))
+    result = import_file("zsre", source)
+    assert (result.records, result.edits) == (2, 1)
+    assert result.left_out == {"records whose `src` does not contain the subject": 1}
+
+
 def test_keep_fact_that_another_edit_changes_is_left_out():
     builder = SpecBuilder()
     rel = builder.relation("r", "{subject} is in", prefix="p30")

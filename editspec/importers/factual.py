@@ -56,6 +56,21 @@ def _template(prompt: str, subject: str) -> str | None:
     return prompt.replace(subject, "{subject}") if subject and subject in prompt else None
 
 
+def _relation_of(builder: SpecBuilder, record: dict, prompt_field: str, prefix: str, path: Path, index: int):
+    """(subject, relation name) of a record whose prompt names its subject; None (counted) otherwise."""
+    subject, prompt = _field(record, "subject", path, index), _field(record, prompt_field, path, index)
+    template = _template(prompt, subject)
+    if template is None:
+        builder.left_out[f"records whose `{prompt_field}` does not contain the subject"] += 1
+        return None
+    return subject, builder.relation(template, template, prefix=prefix)
+
+
+def _optional_fact(record: dict, prompt_field: str, answer_field: str) -> list[FactRecord]:
+    prompt, answer = record.get(prompt_field), record.get(answer_field)
+    return [FactRecord(prompt, answer)] if prompt and answer else []
+
+
 def counterfact(path: Path, limit: int | None) -> Imported:
     """CounterFact, in the ROME layout (`requested_rewrite`) or the flattened toolkit layout."""
     records = read_json_list(path, limit)
@@ -90,18 +105,14 @@ def _counterfact_full(path: Path, records: list[dict]) -> Imported:
 def _counterfact_flat(path: Path, records: list[dict]) -> Imported:
     builder = SpecBuilder()
     for i, record in enumerate(records):
-        subject, prompt = _field(record, "subject", path, i), _field(record, "prompt", path, i)
-        template = _template(prompt, subject)
-        if template is None:
-            builder.left_out["records whose prompt does not contain the subject"] += 1
+        named = _relation_of(builder, record, "prompt", "cf", path, i)
+        if named is None:
             continue
-        relation = builder.relation(template, template, prefix="cf")
-        keep = [FactRecord(record["locality_prompt"], record["locality_ground_truth"])] \
-            if record.get("locality_prompt") and record.get("locality_ground_truth") else []
+        subject, relation = named
         builder.add_edit(EditRecord(
             relation=relation, subject=subject, target=_field(record, "target_new", path, i),
             old=record.get("ground_truth"), scope=[record["rephrase_prompt"]] if record.get("rephrase_prompt") else [],
-            keep=keep))
+            keep=_optional_fact(record, "locality_prompt", "locality_ground_truth")))
     return Imported(builder, len(records), [
         "CounterFact (flattened layout): prompt -> edit (relation per template), rephrase_prompt -> scope,",
         "locality_prompt -> keep.",
@@ -113,14 +124,11 @@ def zsre(path: Path, limit: int | None) -> Imported:
     records = read_json_list(path, limit)
     builder = SpecBuilder()
     for i, record in enumerate(records):
-        subject, question = _field(record, "subject", path, i), _field(record, "src", path, i)
-        template = _template(question, subject)
-        if template is None:
-            builder.left_out["records whose question does not contain the subject"] += 1
+        named = _relation_of(builder, record, "src", "q", path, i)
+        if named is None:
             continue
-        relation = builder.relation(template, template, prefix="q")
+        subject, relation = named
         answers = record.get("answers") or []
-        keep = [FactRecord(record["loc"], record["loc_ans"])] if record.get("loc") and record.get("loc_ans") else []
         implies = []
         portability = record.get("portability")
         if isinstance(portability, dict) and portability.get("New Question") and portability.get("New Answer"):
@@ -128,7 +136,8 @@ def zsre(path: Path, limit: int | None) -> Imported:
         builder.add_edit(EditRecord(
             relation=relation, subject=subject, target=_field(record, "alt", path, i),
             old=answers[0] if answers else None,
-            scope=[record["rephrase"]] if record.get("rephrase") else [], keep=keep, implies=implies))
+            scope=[record["rephrase"]] if record.get("rephrase") else [], keep=_optional_fact(record, "loc", "loc_ans"),
+            implies=implies))
     return Imported(builder, len(records), [
         "zsRE (MEND fields): src -> edit (relation per question template), alt -> new object, answers[0] -> was,",
         "rephrase -> scope, loc -> keep, portability New Question -> implies.",
