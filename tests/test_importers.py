@@ -138,7 +138,7 @@ def test_record_whose_question_does_not_name_its_subject_is_counted(tmp_path):
     source.write_text(json.dumps(rows))
     result = import_file("zsre", source)
     assert (result.records, result.edits) == (2, 1)
-    assert result.left_out == {"records whose `src` does not contain the subject": 1}
+    assert {k: n for k, n in result.left_out.items() if n} == {"records whose `src` does not contain the subject": 1}
 
 
 def test_keep_fact_that_another_edit_changes_is_left_out():
