@@ -114,8 +114,9 @@ def test_old_imports_are_read_from_the_revision(repo):
     assert result.exit_code == 0, result.output
     assert '      prompts + "The seat of government of Brazil is"' in result.stdout
     assert '      prompts - "Brazil\'s capital city is"' in result.stdout
-    # With no SPEC, the changed relations file itself is compared.
-    assert "relation capital" in run().stdout
+    # With no SPEC, the changed relations file is compared, and the spec that imports it.
+    everything = run().stdout
+    assert "~ relation capital" in everything and "specs/capitals.edit (modified)" in everything
 
 
 def test_new_and_deleted_specs(repo):

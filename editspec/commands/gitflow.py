@@ -24,7 +24,7 @@ def _specs_to_diff(root: Path, rev: str, paths: list[str]) -> list[str]:
 
     changed = changed_specs(root, rev)
     if not paths:
-        return changed
+        return changed + _importers_of(root, changed)
     chosen: list[str] = []
     for path in paths:
         relative = relative_to_root(root, path)
@@ -35,6 +35,23 @@ def _specs_to_diff(root: Path, rev: str, paths: list[str]) -> list[str]:
         else:
             chosen.append(relative)
     return list(dict.fromkeys(chosen))
+
+
+def _importers_of(root: Path, changed: list[str]) -> list[str]:
+    """Working-tree specs that import a changed file (directly or not): their meaning changed too."""
+    from editspec.gitrev import git
+    from editspec.resolve import analyse
+
+    if not changed:
+        return []
+    listed = git(root, "ls-files", "-z", "--", "*.edit").decode().split("\0")
+    changed_files = {os.path.realpath(root / c) for c in changed}
+    found = []
+    for relative in sorted(n for n in listed if n and n not in changed and (root / n).is_file()):
+        spec = analyse(str(root / relative)).spec
+        if spec is not None and changed_files & {os.path.realpath(f) for f in spec.files[1:]}:
+            found.append(relative)
+    return found
 
 
 def _status(old, new, result) -> str:
@@ -62,7 +79,8 @@ def diff(arguments: tuple[str, ...], output_format: str, exit_code: bool) -> Non
     (new object, was, prompts, scope, keep, implies).  Canonical and forget blocks,
     expectations, preserve budgets, backend settings and relations are compared too.
     Formatting, comments and moved declarations are not changes.  With no SPEC, every .edit
-    file that differs from REV (new files included) is compared.  Old versions are read with
+    file that differs from REV (new files included) is compared, and every spec that
+    imports one of them.  Old versions are read with
     git, imports as they were at REV.
 
     \b

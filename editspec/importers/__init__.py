@@ -72,4 +72,4 @@ def import_file(kind: str, path: str | os.PathLike, *, limit: int | None = None,
         raise EditspecError(analysis.errors)
     return ImportResult(text=text, records=imported.records, edits=len(analysis.spec.edits),
                         canonical=len(analysis.spec.canonical), relations=len(analysis.spec.relations),
-                        left_out=dict(builder.left_out))
+                        left_out={why: n for why, n in builder.left_out.items() if n})
