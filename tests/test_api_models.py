@@ -1,0 +1,113 @@
+"""The real default model behind `serve-model`, the editing proxy in front, driven by `openai`.
+
+One module-scoped stack: SmolLM2 served on a free port, the leadership spec compiled with
+`retrieval` and `ike` (real MiniLM embeddings), and a proxy for each.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from editspec.blackbox import EditedClient
+from editspec.blackbox.model_server import create_model_app
+from editspec.blackbox.plugin import load_plugin
+from editspec.blackbox.proxy import EDITS_HEADER, create_proxy_app
+from editspec.compiler import compile_spec
+
+from blackbox_helpers import serving
+
+SPEC = "specs/examples/leadership.edit"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from editspec.models import load_model
+
+    loaded = load_model()
+    build = tmp_path_factory.mktemp("artifacts")
+    plugins = {kind: load_plugin(compile_spec(SPEC, kind, out=build / kind)) for kind in ("retrieval", "ike")}
+    with serving(create_model_app(loaded)) as upstream, \
+            serving(create_proxy_app(plugins["retrieval"], upstream)) as retrieval, \
+            serving(create_proxy_app(plugins["ike"], upstream)) as ike:
+        yield {"loaded": loaded, "upstream": upstream, "retrieval": retrieval, "ike": ike, "plugins": plugins}
+
+
+def client_for(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key="local", max_retries=0, timeout=300)
+
+
+def test_model_server_matches_the_verifiers_generation_and_scores(stack):
+    from editspec.verify.protocols import generate_texts, score_targets
+
+    loaded, api = stack["loaded"], client_for(stack["upstream"])
+    assert [m.id for m in api.models.list()] == ["smollm2-135m"]
+    prompt = "The capital of France is"
+    answer = api.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=6, temperature=0, logprobs=3)
+    choice = answer.choices[0]
+    assert choice.text == generate_texts(loaded.model, loaded.tokenizer, [prompt], max_new_tokens=6)[0]
+    assert "".join(choice.logprobs.tokens) == choice.text and len(choice.logprobs.top_logprobs[0]) == 3
+    assert choice.finish_reason == "length" and answer.usage.completion_tokens == 6
+    # Scoring through the API (echo + logprobs) gives the verifier's teacher-forced log-probs.
+    echoed = api.completions.create(model="smollm2-135m", prompt=prompt + " Paris", max_tokens=0, echo=True,
+                                    logprobs=0).choices[0]
+    assert echoed.logprobs.token_logprobs[0] is None
+    expected = score_targets(loaded.model, loaded.tokenizer, [(prompt, "Paris")])[0].sum_logprob
+    assert echoed.logprobs.token_logprobs[-1] == pytest.approx(expected, abs=1e-4)
+
+
+def test_chat_logprobs_and_streams_agree(stack):
+    api = client_for(stack["upstream"])
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    whole = api.chat.completions.create(model="m", messages=messages, max_tokens=10, temperature=0, logprobs=True,
+                                        top_logprobs=2).choices[0]
+    assert "Paris" in whole.message.content
+    tokens = whole.logprobs.content
+    assert "".join(t.token for t in tokens) == whole.message.content
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in tokens)
+    assert math.isclose(tokens[0].top_logprobs[0].logprob, max(tokens[0].logprob, tokens[0].top_logprobs[1].logprob))
+    streamed = api.chat.completions.create(model="m", messages=messages, max_tokens=10, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == whole.message.content
+    pieces = api.completions.create(model="m", prompt="The capital of France is", max_tokens=10, temperature=0,
+                                    stream=True, stop=["."])
+    assert "".join(c.choices[0].text for c in pieces) == " Paris"
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        api.completions.create(model="m", prompt="x", n=2)
+
+
+@pytest.mark.parametrize("kind", ["retrieval", "ike"])
+def test_proxy_applies_edits_in_scope_only(stack, kind):
+    proxy, direct = client_for(stack[kind]), client_for(stack["upstream"])
+    plugin = stack["plugins"][kind]
+    for prompt in ("The CEO of Twitter is", "Twitter is led by its chief executive,"):
+        raw = proxy.completions.with_raw_response.create(model="m", prompt=prompt, max_tokens=6, temperature=0)
+        assert "Yaccarino" in raw.parse().choices[0].text
+        assert raw.headers[EDITS_HEADER] == plugin.memory.records[0]["id"]
+    question = [{"role": "user", "content": "Who is the CEO of Twitter?"}]
+    assert "Yaccarino" in proxy.chat.completions.create(model="m", messages=question, max_tokens=16,
+                                                        temperature=0).choices[0].message.content
+    for outside in ("The CEO of Apple is", "The capital of France is"):
+        raw = proxy.completions.with_raw_response.create(model="m", prompt=outside, max_tokens=6, temperature=0)
+        assert EDITS_HEADER not in raw.headers
+        expected = direct.completions.create(model="m", prompt=outside, max_tokens=6, temperature=0)
+        assert raw.parse().choices[0].text == expected.choices[0].text
+
+
+def test_edited_client_streams_the_edit(stack):
+    client = EditedClient(client_for(stack["upstream"]), stack["plugins"]["retrieval"])
+    chunks = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Who runs Twitter?"}],
+                                            max_tokens=16, temperature=0, stream=True)
+    assert "Yaccarino" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert client.last_applied == [stack["plugins"]["retrieval"].memory.records[0]["id"]]
+
+
+def test_fifty_concurrent_requests_through_the_proxy(stack):
+    proxy = client_for(stack["retrieval"])
+    prompts = [("The CEO of Twitter is" if i % 2 else f"Number {i} is") for i in range(50)]
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(
+            lambda p: proxy.completions.create(model="m", prompt=p, max_tokens=1, temperature=0), prompts))
+    assert all(a.choices[0].finish_reason in ("length", "stop") for a in answers)
+    assert {a.choices[0].text for a in answers[1::2]} == {" Linda"}
