@@ -151,7 +151,8 @@ class Range(Node):
 
 
 Scalar = Union[bool, int, float, str]
-SettingValue = Union[Scalar, Range, tuple[Scalar, ...]]
+ListItem = Union[Scalar, Range, tuple[Union[Scalar, Range], ...]]
+SettingValue = Union[Scalar, Range, tuple[ListItem, ...]]  # lists nest at most two deep
 
 
 class Setting(Located):

@@ -155,7 +155,9 @@ class _Lowerer:
         return RawFact(self.span(tree), target, aliases, relation=str(relation),
                        relation_span=self.span(relation), subject=self.string(subject))
 
-    def value(self, item: Tree | Token) -> ir.SettingValue:
+    def value(self, item: Tree | Token, depth: int = 0) -> ir.SettingValue:
+        if item is None:  # the empty list `[]`
+            return ()
         if isinstance(item, Token):
             if item.type == "STRING":
                 return self.string(item)
@@ -166,7 +168,10 @@ class _Lowerer:
                 self.error(f"empty range {start}..{end}", self.span(item), f"did you mean {end}..{start}?")
             return ir.Range(start=start, end=end)
         if item.data == "list":
-            return tuple(self.value(child) for child in item.children)
+            if depth == 2:
+                self.error("lists nest at most two deep", self.span(item), "e.g. [[5, 10], [10, 10]]")
+                return 0  # a placeholder that type-checks; the error stops the build
+            return tuple(self.value(child, depth + 1) for child in item.children if child is not None)
         text = str(item.children[0])
         if item.data == "plain_number" and all(c.isdigit() or c == "-" for c in text):
             return int(text)

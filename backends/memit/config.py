@@ -24,6 +24,6 @@ class MemitConfig(ResidualTargetSettings):
     @field_validator("layers")
     @classmethod
     def _sorted_unique(cls, layers):
-        if layers is not None and (not layers or sorted(set(layers)) != list(layers)):
-            raise ValueError("layers must be a non-empty increasing list without repeats")
+        if layers is not None and (not layers or sorted(set(layers)) != list(layers) or layers[0] < 0):
+            raise ValueError("layers must be a non-empty increasing list of layer indices (0 or more) without repeats")
         return layers

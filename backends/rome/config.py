@@ -1,7 +1,7 @@
 """ROME's settings (torch-free, so `editspec check` validates them without loading torch)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -11,8 +11,8 @@ from editspec.target_settings import StatisticsSettings
 class RomeConfig(StatisticsSettings):
     """ROME settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §1.4)."""
 
-    layer: int | Literal["auto"] = Field(5, description="Layer whose MLP value projection is edited, or `auto` to choose per fact.")
-    auto_layers: tuple[int, ...] = Field((3, 4, 5, 6, 7, 8), description="Candidate layers for `layer: auto`.")
+    layer: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(5, description="Layer whose MLP value projection is edited, or `auto` to choose per fact.")
+    auto_layers: tuple[Annotated[int, Field(ge=0)], ...] = Field((3, 4, 5, 6, 7, 8), description="Candidate layers for `layer: auto`.")
     variant: Literal["r-rome", "original"] = Field(
         "r-rome", description="`r-rome` uses the template-averaged key consistently (Ŵk̄+b = v*); "
         "`original` reproduces ROME's clean-prompt key in the denominator and residual.")
