@@ -98,10 +98,11 @@ class ArtifactStatus:
     state: str
     reasons: list[str] = field(default_factory=list)
     action: str | None = None
+    build_on: str | None = None  # the artifact to compile only the added edits on (`compile --on`)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(artifact=self.artifact, spec=self.spec, backend=self.backend, state=self.state,
-                    reasons=self.reasons, action=self.action)
+                    reasons=self.reasons, action=self.action, build_on=self.build_on)
 
 
 def lock_status(lock_path: str | os.PathLike, specs: set[str] | None = None) -> list[ArtifactStatus]:
@@ -139,10 +140,31 @@ def artifact_status(folder: Path, key: str, entry: Mapping[str, Any]) -> Artifac
                     "updating the lock?)", f"editspec lock {artifact_dir}", *reasons)
     if not reasons:
         return status
-    added_only = not from_scratch and entry.get("sequential")
-    action = (f"editspec compile {spec_path} --backend {entry['backend']} --on {artifact_dir} -o {artifact_dir}.next"
-              if added_only else command)
-    return _set(status, "stale", *reasons[:1], action, *reasons[1:])
+    if not from_scratch and entry.get("sequential"):
+        status.build_on = str(artifact_dir)
+        command = f"editspec compile {spec_path} --backend {entry['backend']} --on {artifact_dir} -o {artifact_dir}.next"
+    return _set(status, "stale", *reasons[:1], command, *reasons[1:])
+
+
+def incremental_base(spec: str | os.PathLike, backend: str, out: str | os.PathLike | None = None) -> Path | None:
+    """The locked artifact a new compile of `spec` with `backend` can build on, or None.
+
+    Only when the lock next to the spec has an artifact for it (at `out`, when given) that is
+    intact and whose spec has since only gained edits, with the same settings and model, and
+    whose backend edits sequentially.  Anything else compiles from the base model.
+
+    Example:
+        >>> incremental_base("specs/capitals.edit", "alphaedit")   # doctest: +SKIP
+        PosixPath('build/capitals.alphaedit')
+    """
+    lock_path = Path(spec).parent / LOCK_FILE
+    if not lock_path.is_file():
+        return None
+    wanted = os.path.normpath(out) if out is not None else None
+    for status in lock_status(lock_path, {Path(spec).name}):
+        if status.backend == backend and status.build_on and (wanted is None or status.artifact == wanted):
+            return Path(status.build_on)
+    return None
 
 
 def _set(status: ArtifactStatus, state: str, reason: str, action: str | None, *more: str) -> ArtifactStatus:

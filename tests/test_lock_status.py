@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from editspec.artifact import ARTIFACT_SCHEMA_VERSION, canonical_json, payload_hash
 from editspec.cli import main
-from editspec.lock import LOCK_FILE, read_lock
+from editspec.lock import LOCK_FILE, incremental_base, read_lock
 from editspec.registry import backends
 from editspec.resolve import load_spec
 
@@ -91,6 +91,10 @@ def test_added_edit_compiles_on_the_old_artifact(project):
     assert code == 1 and result["state"] == "stale"
     assert result["reasons"] == ['1 edit(s) added: capital("Peru")']
     assert "--on build/capitals.rome" in result["action"]
+    assert result["build_on"] == "build/capitals.rome"
+    assert incremental_base("specs/capitals.edit", "rome") == Path("build/capitals.rome")
+    assert incremental_base("specs/capitals.edit", "rome", out="build/capitals.rome") == Path("build/capitals.rome")
+    assert incremental_base("specs/capitals.edit", "memit") is None
 
 
 @pytest.mark.parametrize("change,reason", [
@@ -102,7 +106,8 @@ def test_removed_or_changed_edits_and_new_settings_recompile_from_the_base_model
     Path("specs/capitals.edit").write_text(SPEC.replace(*change))
     code, (result,) = status("specs")
     assert code == 1 and result["state"] == "stale" and reason in result["reasons"]
-    assert "--on" not in result["action"]
+    assert "--on" not in result["action"] and result["build_on"] is None
+    assert incremental_base("specs/capitals.edit", "rome") is None
 
 
 def test_formatting_is_not_a_change(project):
