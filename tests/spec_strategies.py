@@ -114,7 +114,7 @@ def spec_text(draw) -> str:
         metrics = draw(st.lists(st.sampled_from(sorted(m for m in METRICS if METRICS[m].high == 1.0)), unique=True, max_size=4))
         items.append("expect {" + g() + g().join(f"{m} {draw(st.sampled_from(['>=', '<=']))} {draw(number())}" for m in metrics) + g() + "}")
     if draw(st.booleans()):
-        items.append(f"backend {draw(st.sampled_from(['memit', 'rome', 'ft']))} {{ layers {draw(st.integers(0, 5))}..{draw(st.integers(6, 9))}"
+        items.append(f"backend {draw(st.sampled_from(['thirdparty', 'my_backend']))} {{ layers {draw(st.integers(0, 5))}..{draw(st.integers(6, 9))}"
                      f"{g()}lr {draw(st.sampled_from(['0.5', '1e-3', '-1']))}{g()}mode {quote('x')} flag true items [1, \"a\", 2.5] }}")
     order = draw(st.permutations(items))
     return "".join(item + draw(gap()) + "\n" for item in order if item)
