@@ -142,7 +142,7 @@ def artifact_status(folder: Path, key: str, entry: Mapping[str, Any]) -> Artifac
         return status
     if not from_scratch and entry.get("sequential"):
         status.build_on = str(artifact_dir)
-        command = f"editspec compile {spec_path} --backend {entry['backend']} --on {artifact_dir} -o {artifact_dir}.next"
+        command = f"editspec compile {spec_path} --backend {entry['backend']} --on {artifact_dir} -o {artifact_dir}"
     return _set(status, "stale", *reasons[:1], command, *reasons[1:])
 
 
