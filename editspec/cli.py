@@ -66,6 +66,7 @@ _COMMAND_MODULES = [
     "importing",
     "gitflow",
     "serving",
+    "verify",
 ]
 
 

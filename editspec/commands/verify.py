@@ -1,0 +1,58 @@
+"""`editspec verify`: run a spec's checks on an edited model and report; exit 1 when an expectation fails."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from editspec.commands.options import compile_options, model_options, parse_settings, progress
+
+
+@click.command("verify")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--artifact", "-a", type=click.Path(file_okay=False), metavar="DIR",
+              help="A compiled artifact to verify (its model is loaded unless --model says otherwise).")
+@click.option("--backend", "-b", metavar="B", help="Compile SPEC with backend B first (into a temporary directory).")
+@click.option("--no-edit", "no_edit", is_flag=True, help="Verify the unedited model: the baseline every edit starts from.")
+@click.option("--protocol", type=click.Choice(["compare", "teacher_forced", "generate", "logprob"]),
+              help="Protocol of the fact checks (efficacy, generalization, locality, portability). "
+              "Default: compare when the spec gives something to beat, else teacher_forced.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report (raw outputs included) as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write JUnit XML (one testcase per check and per expectation) for CI.")
+@click.option("--markdown", type=click.Path(dir_okay=False), metavar="FILE", help="Write a pull-request summary.")
+@click.option("--failures-only", is_flag=True, help="List only failing checks in the terminal table.")
+@compile_options
+@model_options
+def verify_command(spec, artifact, backend, no_edit, protocol, as_json, junit, markdown, failures_only,
+                   settings, seed, model, device, device_map, dtype):
+    """Verify SPEC: every check it implies, on the edited model, against the unedited one.
+
+    Checks: efficacy, generalization, locality, portability, canonical, hard_negatives,
+    forget, preserve and fluency, each under a named protocol (compare, teacher_forced,
+    generate, logprob) printed next to its number; totals are never averaged across protocols.
+    The unedited model's outputs are computed once and cached.  Exit 0 when every `expect`
+    line and preserve budget holds, 1 when one fails, 2 when verification could not run.
+
+    \b
+    Examples:
+      editspec verify specs/examples/capitals.edit --artifact build/capitals.rome
+      editspec verify specs/examples/capitals.edit --backend memit --set layers=4..8
+      editspec verify specs/examples/capitals.edit --no-edit --junit verify.xml
+    """
+    from editspec.verify.report import junit as junit_xml, markdown as markdown_text, terminal, to_json
+    from editspec.verify.session import verify_spec
+
+    report = verify_spec(spec, artifact=artifact, backend=backend, no_edit=no_edit, model=model,
+                         overrides=parse_settings(settings), seed=seed, protocol=protocol, device=device,
+                         device_map=device_map, dtype=dtype, progress=progress)
+    if junit:
+        Path(junit).write_text(junit_xml(report), encoding="utf-8")
+    if markdown:
+        Path(markdown).write_text(markdown_text(report), encoding="utf-8")
+    click.echo(to_json(report) if as_json else terminal(report, show_passed=not failures_only))
+    sys.exit(report.exit_code)
+
+
+COMMANDS = [verify_command]

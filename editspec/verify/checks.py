@@ -1,0 +1,198 @@
+"""The checks a spec implies: one small record per prompt, derived from the IR, never written by hand.
+
+| metric | from | default protocol |
+|---|---|---|
+| efficacy | an edit's prompts | `compare` against `was` (else `teacher_forced`) |
+| generalization | scope prompts and relation paraphrases | as efficacy |
+| locality | an edit's `keep` facts | `compare` against the edit's new object, and agreement with the unedited model |
+| portability | an edit's `implies` facts | `teacher_forced` |
+| canonical | a canonical example (`over`) and its `check p >= ...` lines | `compare`, `logprob` |
+| hard_negatives | a canonical example's `keep` facts | `compare` against the example's answer, and agreement |
+| forget | each erasure prompt | `logprob` (every `never` string unlikely) and `generate` (none produced) |
+| preserve | each `preserve` block | `loss_increase` or `kl` against the unedited model |
+| fluency | the spec's prompts, sampled | `ngram_entropy` |
+
+`protocol=` overrides the protocol of the fact checks (efficacy, generalization, locality,
+portability): `generate` is the one for API models.
+
+Example::
+
+    checks = derive_checks(load_spec("specs/examples/capitals.edit"))
+    [c.id for c in checks][:2]   # ['capital-australia-…/efficacy/0', 'capital-australia-…/efficacy/1']
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from editspec import ir
+from editspec.errors import EditspecError
+from editspec.ir import stable_hash
+from editspec.verify.protocols import PROTOCOLS
+
+# Thresholds the spec language has no place for; every report prints them with the check.
+FORGET_MAX_P = 0.05          # a forbidden string is "likely" at P >= 1/20 (Hewitt's company task)
+LOGPROB_DEFAULT_P = 0.2      # `--protocol logprob` on fact checks: p >= 1/5 (Hewitt's country task)
+DEFAULT_LOSS_INCREASE = 0.01  # a preserve block without a budget: loss may rise by 1%
+FLUENCY_PROMPTS = 32         # at most this many prompts are sampled for fluency
+FLUENCY_TOKENS = 50          # tokens sampled per fluency prompt (top-k 5, seeded)
+FLUENCY_DROP = 0.9           # without a fluency expectation: at least 90% of the unedited entropy
+
+FACT_METRICS = ("efficacy", "generalization", "locality", "portability")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing the verifier measures on one prompt, with the spec line that declared it.
+
+    `answers` are the expected answer and its aliases; `foils` what it must beat (`compare`);
+    `agree` asks the model's answer to match the unedited model's (locality, hard negatives).
+    """
+
+    id: str
+    metric: str
+    protocol: str
+    file: str
+    line: int
+    column: int
+    prompt: str = ""
+    answers: tuple[str, ...] = ()
+    foils: tuple[str, ...] = ()
+    agree: bool = False
+    comparator: str = ">="
+    threshold: float | None = None
+    texts: tuple[str, ...] = field(default=(), repr=False)
+    prompts: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def key(self) -> dict:
+        """What the check measures (no source position): the input of the baseline cache key."""
+        data = asdict(self)
+        for name in ("file", "line", "column"):
+            data.pop(name)
+        return data
+
+
+def checks_hash(checks: list[Check]) -> str:
+    """A content hash of a check set (positions excluded), for the baseline cache."""
+    return stable_hash([c.key() for c in checks])
+
+
+def _fact_protocol(override: str | None, has_foil: bool) -> str:
+    if override:
+        return override
+    return "compare" if has_foil else "teacher_forced"
+
+
+def _fact_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foils, *, agree=False,
+                 override=None) -> list[Check]:
+    protocol = _fact_protocol(override, bool(foils))
+    threshold = LOGPROB_DEFAULT_P if protocol == "logprob" else None
+    return [
+        Check(id=f"{node_id}/{metric}/{i}", metric=metric, protocol=protocol, file=span.file, line=span.line,
+              column=span.column, prompt=prompt, answers=tuple(answers),
+              foils=tuple(foils) if protocol == "compare" else (), agree=agree, threshold=threshold)
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def _edit_checks(edit: ir.Edit, override: str | None) -> list[Check]:
+    answers = (edit.target, *edit.aliases)
+    was = (edit.old,) if edit.old else ()
+    checks = _fact_checks("efficacy", edit.id, edit.span, edit.prompts, answers, was, override=override)
+    checks += _fact_checks("generalization", edit.id, edit.span, (*edit.scope, *edit.paraphrases), answers, was,
+                           override=override)
+    for fact in edit.keep:
+        checks += _fact_checks("locality", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases), answers,
+                               agree=True, override=override)
+    for fact in edit.implies:
+        checks += _fact_checks("portability", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases), (),
+                               override=override)
+    return checks
+
+
+def _canonical_checks(example: ir.CanonicalExample) -> list[Check]:
+    checks: list[Check] = []
+    if example.over:
+        checks += _fact_checks("canonical", example.id, example.span, (example.prompt,), (example.answer,),
+                               (example.over,))
+    for check in example.checks:
+        if check.statistic != "p":
+            raise EditspecError(f"the verifier knows the statistic `p`, not `{check.statistic}`")
+        fact = check.fact
+        checks += [Check(id=f"{check.id}/{i}", metric="canonical", protocol="logprob", file=fact.span.file,
+                         line=fact.span.line, column=fact.span.column, prompt=prompt,
+                         answers=(fact.answer, *fact.aliases), comparator=check.comparator, threshold=check.threshold)
+                   for i, prompt in enumerate(fact.prompts)]
+    for fact in example.keep:
+        checks += _fact_checks("hard_negatives", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases),
+                               (example.answer,), agree=True)
+    return checks
+
+
+def _forget_checks(erasure: ir.Erasure) -> list[Check]:
+    span = erasure.span
+    checks = []
+    for i, prompt in enumerate(erasure.prompts):
+        common = dict(metric="forget", file=span.file, line=span.line, column=span.column, prompt=prompt,
+                      answers=erasure.never)
+        checks.append(Check(id=f"{erasure.id}/forget/{i}/logprob", protocol="logprob", comparator="<=",
+                            threshold=FORGET_MAX_P, **common))
+        checks.append(Check(id=f"{erasure.id}/forget/{i}/generate", protocol="generate", **common))
+    return checks
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise EditspecError(f"cannot read preserve file {path}: {error.strerror}") from None
+
+
+def _preserve_checks(spec: ir.Spec) -> list[Check]:
+    checks = []
+    for i, block in enumerate(spec.preserve):
+        texts = (*block.texts, *(_read_text(p) for p in block.resolved_files))
+        budget = block.budget
+        metric, value = (budget.metric, budget.value) if budget else ("loss_increase", DEFAULT_LOSS_INCREASE)
+        span = budget.span if budget else block.span
+        checks.append(Check(id=f"preserve/{i}", metric="preserve", protocol=metric, file=span.file, line=span.line,
+                            column=span.column, comparator="<=", threshold=value, texts=texts))
+    return checks
+
+
+def _fluency_check(spec: ir.Spec) -> list[Check]:
+    prompts = [e.prompts[0] for e in spec.edits if e.prompts]
+    prompts += [c.prompt for c in spec.canonical]
+    prompts += [f.prompts[0] for f in spec.forget if f.prompts]
+    prompts = list(dict.fromkeys(prompts))[:FLUENCY_PROMPTS]
+    if not prompts:
+        return []
+    expectation = next((e for e in spec.expect if e.metric == "fluency"), None)
+    span = expectation.span if expectation else ir.Span(file=spec.source, line=1, column=1, end_line=1, end_column=1)
+    return [Check(id="fluency", metric="fluency", protocol="ngram_entropy", file=span.file, line=span.line,
+                  column=span.column, comparator=expectation.comparator if expectation else ">=",
+                  threshold=expectation.value if expectation else None, prompts=tuple(prompts))]
+
+
+def derive_checks(spec: ir.Spec, *, protocol: str | None = None) -> list[Check]:
+    """Every check the spec implies, in spec order; `protocol` overrides the fact checks' protocol.
+
+    >>> [c.metric for c in derive_checks(load_spec("specs/examples/leadership.edit"))][:3]  # doctest: +SKIP
+    ['efficacy', 'generalization', 'generalization']
+    """
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise EditspecError(f"unknown protocol `{protocol}`", hint="one of " + ", ".join(PROTOCOLS))
+    checks: list[Check] = []
+    for edit in spec.edits:
+        checks += _edit_checks(edit, protocol)
+    for example in spec.canonical:
+        checks += _canonical_checks(example)
+    for erasure in spec.forget:
+        checks += _forget_checks(erasure)
+    checks += _preserve_checks(spec)
+    checks += _fluency_check(spec)
+    return checks

@@ -1,0 +1,130 @@
+"""Verify a spec on a model: the unedited baseline (cached), the edited run, the verdicts.
+
+The baseline is the unedited model's observations, computed before any edit is attached
+(EasyEdit #643: a "baseline" taken after an in-place edit is no baseline) and cached under
+``cache_dir("verify", "baselines")``, keyed by the model's weights hash, the check set's content
+hash, the protocols and the seed.  A model without a weights hash is never cached.
+
+Example::
+
+    loaded = load_model()
+    report = verify(load_spec("specs/examples/capitals.edit"), loaded.model, loaded.tokenizer,
+                    weights_hash=loaded.weights_hash, attach=lambda m: load_edited(m, "build/capitals.rome"))
+    report.exit_code       # 0 when every expectation holds, else 1
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from editspec import __version__, ir
+from editspec.cache import atomic_write, cache_dir
+from editspec.ir import stable_hash
+from editspec.verify.checks import Check, checks_hash, derive_checks
+from editspec.verify.judge import CheckResult, Verdict, expectation_verdicts, judge, metric_totals
+from editspec.verify.observe import kl_references, observe
+
+# Bump when observations change meaning, so old cached baselines are not trusted.
+BASELINE_FORMAT = 1
+
+
+@dataclass
+class Report:
+    """Everything a verification found: per-check results, totals per metric and protocol, verdicts."""
+
+    spec: str
+    model: str
+    edited: str
+    results: list[CheckResult]
+    verdicts: list[Verdict]
+    baseline_cached: bool = False
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def totals(self):
+        return metric_totals(self.results)
+
+    @property
+    def ok(self) -> bool:
+        return all(v.holds for v in self.verdicts)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every expectation (and preserve budget) holds, 1 when one fails."""
+        return 0 if self.ok else 1
+
+    def to_json(self) -> dict:
+        return {
+            "spec": self.spec, "model": self.model, "edited": self.edited, "ok": self.ok,
+            "baseline_cached": self.baseline_cached, "seconds": self.seconds,
+            "totals": [{"metric": t.metric, "protocol": t.protocol, "value": t.value, "passed": t.passed,
+                        "count": t.count} for t in self.totals.values()],
+            "expectations": [v.to_json() for v in self.verdicts],
+            "checks": [r.to_json() for r in self.results],
+        }
+
+
+def baseline_key(weights_hash: str, checks: list[Check], seed: int) -> str:
+    """The cache key of a baseline: model weights, what the checks measure, protocols, seed."""
+    protocols = sorted({c.protocol for c in checks})
+    return stable_hash({"format": BASELINE_FORMAT, "weights": weights_hash, "checks": checks_hash(checks),
+                        "protocols": protocols, "seed": seed})
+
+
+def baseline(checks: list[Check], model, tokenizer, *, weights_hash: str | None, seed: int = 0,
+             batch_size: int = 32) -> tuple[dict[str, dict], bool]:
+    """The unedited model's observations and whether they came from the cache.
+
+    `model` must be unedited.  With a `weights_hash` the observations are read from, or
+    written to, the baseline cache.
+    """
+    path = None
+    if weights_hash:
+        path = cache_dir("verify", "baselines") / f"{baseline_key(weights_hash, checks, seed)}.json"
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text())
+            if data.get("format") == BASELINE_FORMAT:
+                return data["observations"], True
+    seen = observe(checks, model, tokenizer, seed=seed, batch_size=batch_size)
+    if path is not None:
+        with atomic_write(path, "w") as handle:
+            json.dump({"format": BASELINE_FORMAT, "editspec": __version__, "observations": seen}, handle)
+    return seen, False
+
+
+def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, weights_hash: str | None = None,
+           protocol: str | None = None, seed: int = 0, batch_size: int = 32, model_name: str = "",
+           edited_name: str = "") -> Report:
+    """Run every check of `spec` on `model` with the edit from `attach` (None: the unedited model).
+
+    `attach(model)` must return a context manager (an `Attachment`) whose `.model` is the
+    edited model and whose exit restores the base weights; the baseline is taken before it.
+
+    >>> verify(spec, model, tokenizer).exit_code   # unedited: efficacy fails  # doctest: +SKIP
+    1
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    checks = derive_checks(spec, protocol=protocol)
+    base, cached = baseline(checks, model, tokenizer, weights_hash=weights_hash, seed=seed, batch_size=batch_size)
+    timings["baseline"] = time.perf_counter() - started
+    if attach is None:
+        refs = kl_references(checks, model, tokenizer)
+        seen = observe(checks, model, tokenizer, seed=seed, batch_size=batch_size, kl_reference=refs) if refs else base
+    else:
+        refs = kl_references(checks, model, tokenizer)
+        mark = time.perf_counter()
+        with attach(model) as attachment:
+            timings["attach"] = time.perf_counter() - mark
+            edited = getattr(attachment, "model", None) or model
+            seen = observe(checks, edited, tokenizer, seed=seed, batch_size=batch_size, kl_reference=refs)
+    timings["edited"] = time.perf_counter() - started - timings["baseline"]
+    results = [judge(c, seen[c.id], base[c.id], tokenizer) for c in checks]
+    timings["total"] = time.perf_counter() - started
+    return Report(spec=spec.source, model=model_name, edited=edited_name or ("unedited" if attach is None else "edited"),
+                  results=results, verdicts=expectation_verdicts(spec, results), baseline_cached=cached,
+                  seconds={k: round(v, 3) for k, v in timings.items()})

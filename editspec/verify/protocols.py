@@ -1,0 +1,253 @@
+"""The named evaluation protocols and the batched model calls behind them.
+
+Editing papers score edits in incompatible ways; each verifier check names the one it uses:
+
+- ``compare``: the best answer (aliases count) is more probable than the best foil, with
+  ``P = exp(-mean per-token NLL)`` of ``" " + target`` after the prompt (CounterFact ES/PS/NS).
+- ``teacher_forced``: the fraction of answer tokens that are the argmax given the prompt and the
+  gold previous tokens (zsRE); the check passes when every token is.
+- ``generate``: greedy generation contains the answer or an alias after normalisation
+  (lower case, punctuation, articles and extra whitespace removed).  The protocol for API models.
+- ``logprob``: the whole answer's probability ``P = exp(sum of token log-probs)`` against a
+  threshold such as ``p >= 1/5`` (Hewitt et al.'s "example" normalisation).
+
+Scoring runs many prompts per forward pass: right padding and explicit positions for
+teacher-forced scores, left padding for generation (ALGORITHMS.md §0.4).
+
+Example::
+
+    scored = score_targets(model, tokenizer, [("The capital of France is", "Paris")])
+    scored[0].mean_logprob, scored[0].accuracy
+    compare(scored_answers=[...], scored_foils=[...])   # -> ProtocolResult
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from editspec.tokens import pad_id, right_pad, target_token_ids
+
+PROTOCOLS = ("compare", "teacher_forced", "generate", "logprob")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Teacher-forced scores of `target` after `prompt`: one entry per target token."""
+
+    prompt: str
+    target: str
+    target_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    argmax: tuple[int, ...]
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.sum_logprob / len(self.logprobs)
+
+    @property
+    def p_mean(self) -> float:
+        """CounterFact's probability: ``exp(-mean NLL)``."""
+        return math.exp(self.mean_logprob)
+
+    @property
+    def p_sequence(self) -> float:
+        """The probability of the whole target: ``exp(-summed NLL)``."""
+        return math.exp(self.sum_logprob)
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of target tokens that are the argmax under teacher forcing."""
+        hits = sum(int(a == t) for a, t in zip(self.argmax, self.target_ids))
+        return hits / len(self.target_ids)
+
+
+@dataclass(frozen=True)
+class ProtocolResult:
+    """What a protocol concluded: pass/fail, a score in its own units, the answer it saw."""
+
+    protocol: str
+    passed: bool
+    score: float
+    got: str
+    scores: dict
+
+
+def _device(model) -> torch.device:
+    embeddings = model.get_input_embeddings()
+    return embeddings.weight.device if embeddings is not None else next(model.parameters()).device
+
+
+def _chunks(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@torch.inference_mode()
+def score_targets(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32) -> list[Scored]:
+    """Teacher-forced log-probs and argmaxes of each ``(prompt, target)`` pair, batched.
+
+    The prompt is tokenised with the tokenizer's special tokens (a BOS where it adds one);
+    the target tokens are those of ``" " + target`` after it (`target_token_ids`).  Rows are
+    right-padded and sorted by length, so a pair scores the same alone or in any batch.
+
+    >>> score_targets(model, tok, [("The capital of France is", "Paris")])[0].p_mean  # doctest: +SKIP
+    0.77
+    """
+    unique = list(dict.fromkeys(pairs))
+    encoded = []
+    for prompt, target in unique:
+        head = list(tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"])
+        encoded.append((head, target_token_ids(tokenizer, prompt, target)))
+    order = sorted(range(len(unique)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    device, pad = _device(model), pad_id(tokenizer)
+    found: dict[tuple[str, str], Scored] = {}
+    for rows in _chunks(order, batch_size):
+        sequences = [encoded[i][0] + encoded[i][1] for i in rows]
+        ids, mask = right_pad(sequences, pad)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [b, len, vocab]
+        for r, i in enumerate(rows):
+            head, target = encoded[i]
+            # The token at position p is predicted by the logits at p - 1.
+            positions = torch.arange(len(head) - 1, len(head) + len(target) - 1, device=logits.device)
+            picked = torch.log_softmax(logits[r, positions].float(), dim=-1)  # [len(target), vocab]
+            wanted = torch.tensor(target, device=picked.device)
+            logprobs = picked.gather(1, wanted[:, None])[:, 0]
+            found[unique[i]] = Scored(
+                prompt=unique[i][0], target=unique[i][1], target_ids=tuple(target),
+                logprobs=tuple(float(x) for x in logprobs.cpu()),
+                argmax=tuple(int(x) for x in picked.argmax(dim=-1).cpu()),
+            )
+    return [found[p] for p in pairs]
+
+
+@torch.inference_mode()
+def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 32,
+                   sample_top_k: int | None = None, seed: int = 0) -> list[str]:
+    """The continuation of each prompt: greedy, or top-k sampling with a fixed seed when `sample_top_k`.
+
+    Rows are left-padded (with position ids from the attention mask, which `generate`
+    derives), so a prompt gives the same continuation alone or in a batch.
+
+    >>> generate_texts(model, tok, ["The capital of France is"])  # doctest: +SKIP
+    [' Paris. It is the largest city']
+    """
+    unique = list(dict.fromkeys(prompts))
+    device, pad = _device(model), pad_id(tokenizer)
+    encoded = [list(tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"]) for p in unique]
+    order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
+    found: dict[str, str] = {}
+    if sample_top_k:
+        torch.manual_seed(seed)
+    for rows in _chunks(order, batch_size):
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[r, width - len(encoded[i]):] = 1
+        options = dict(do_sample=True, top_k=sample_top_k, top_p=1.0, temperature=1.0) if sample_top_k else \
+            dict(do_sample=False, top_k=None, top_p=None, temperature=None)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=None, **options)
+        for r, i in enumerate(rows):
+            found[unique[i]] = tokenizer.decode(out[r, width:].tolist(), skip_special_tokens=True)
+    return [found[p] for p in prompts]
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation + "“”‘’—–"})
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation and the articles a/an/the removed, whitespace collapsed.
+
+    >>> normalise("  The Hague, Netherlands!")
+    'hague netherlands'
+    """
+    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
+    return " ".join(text.split())
+
+
+def contains_answer(generated: str, answers: Sequence[str]) -> str | None:
+    """The first answer that occurs in `generated` as whole words after normalisation, else None.
+
+    >>> contains_answer("Paris, of course.", ["paris"])
+    'paris'
+    """
+    haystack = f" {normalise(generated)} "
+    for answer in answers:
+        needle = normalise(answer)
+        if needle and f" {needle} " in haystack:
+            return answer
+    return None
+
+
+def best(scored: Sequence[Scored], key) -> Scored:
+    """The alias that scores highest under `key` (aliases count as the same answer)."""
+    return max(scored, key=key)
+
+
+def compare(answers: Sequence[Scored], foils: Sequence[Scored]) -> ProtocolResult:
+    """CounterFact-style: the best answer's ``exp(-mean NLL)`` beats the best foil's.
+
+    >>> compare([Scored("p", "a", (1,), (-0.1,), (1,))], [Scored("p", "b", (2,), (-2.0,), (1,))]).passed
+    True
+    """
+    answer = best(answers, key=lambda s: s.p_mean)
+    foil = best(foils, key=lambda s: s.p_mean)
+    return ProtocolResult(
+        "compare", answer.p_mean > foil.p_mean, 1.0 if answer.p_mean > foil.p_mean else 0.0,
+        got=answer.target if answer.p_mean > foil.p_mean else foil.target,
+        scores={"p_answer": answer.p_mean, "p_foil": foil.p_mean, "answer": answer.target, "foil": foil.target,
+                "margin": answer.p_mean - foil.p_mean},
+    )
+
+
+def teacher_forced(answers: Sequence[Scored], decode=None) -> ProtocolResult:
+    """zsRE-style token accuracy of the best alias; passes when every token is the argmax.
+
+    >>> teacher_forced([Scored("p", "a", (1, 2), (-0.1, -3.0), (1, 5))]).score
+    0.5
+    """
+    answer = best(answers, key=lambda s: (s.accuracy, s.mean_logprob))
+    got = decode(list(answer.argmax)) if decode else " ".join(map(str, answer.argmax))
+    return ProtocolResult("teacher_forced", answer.accuracy == 1.0, answer.accuracy, got=got,
+                          scores={"accuracy": answer.accuracy, "answer": answer.target,
+                                  "argmax": list(answer.argmax), "target_ids": list(answer.target_ids)})
+
+
+def generate(generated: str, answers: Sequence[str]) -> ProtocolResult:
+    """Greedy generation contains an answer (or alias) after normalisation.
+
+    >>> generate(" Paris, the city of light", ["Paris"]).passed
+    True
+    """
+    hit = contains_answer(generated, answers)
+    return ProtocolResult("generate", hit is not None, 1.0 if hit is not None else 0.0, got=generated,
+                          scores={"matched": hit})
+
+
+def logprob(answers: Sequence[Scored], comparator: str, threshold: float) -> ProtocolResult:
+    """The best alias's whole-answer probability ``exp(sum log p)`` against a threshold.
+
+    With ``>=`` the best alias must reach it; with ``<=`` every alias must stay under it
+    (so a forbidden string cannot slip through under another spelling).
+
+    >>> logprob([Scored("p", "a", (1,), (math.log(0.25),), (1,))], ">=", 0.2).passed
+    True
+    """
+    probability = max(s.p_sequence for s in answers)
+    passed = probability >= threshold if comparator == ">=" else probability <= threshold
+    top = best(answers, key=lambda s: s.p_sequence)
+    return ProtocolResult("logprob", passed, 1.0 if passed else 0.0, got=f"p={probability:.4g}",
+                          scores={"p": probability, "comparator": comparator, "threshold": threshold,
+                                  "answer": top.target})

@@ -1,0 +1,139 @@
+"""Reports of a verification: a terminal table, JSON, JUnit XML (for CI) and Markdown (for a PR).
+
+Every format names the protocol of each number and points failures at the spec line that
+declared them.
+
+Example::
+
+    print(terminal(report))
+    Path("verify.xml").write_text(junit(report))
+    Path("summary.md").write_text(markdown(report))
+"""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from editspec.verify.engine import Report
+from editspec.verify.judge import CheckResult
+
+_MAX_TEXT = 60
+
+
+def _short(text: str, width: int = _MAX_TEXT) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _expected(r: CheckResult) -> str:
+    c = r.check
+    if c.metric == "forget":
+        return "not " + " | ".join(c.answers)
+    if c.metric in ("preserve", "fluency"):
+        return f"{c.comparator} {c.threshold:g}" if c.threshold is not None else "≥ 90% of unedited"
+    head = " | ".join(c.answers)
+    if c.foils:
+        head += " over " + " | ".join(c.foils)
+    if c.protocol == "logprob":
+        head += f" (p {c.comparator} {c.threshold:g})"
+    return head
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def terminal(report: Report, *, show_passed: bool = True) -> str:
+    """The report as plain text: checks, totals per metric and protocol, expectations.
+
+    Each failing check and expectation starts with its spec `file:line`.
+    """
+    lines = [f"verify {report.spec} on {report.model or 'model'} ({report.edited})"
+             + (" [baseline from cache]" if report.baseline_cached else "")]
+    rows = [["", "check", "metric", "protocol", "prompt", "expected", "got"]]
+    for r in report.results:
+        if r.passed and not show_passed:
+            continue
+        rows.append(["ok" if r.passed else "FAIL", r.check.id, r.check.metric, r.check.protocol,
+                     _short(r.check.prompt, 40), _short(_expected(r), 40), _short(r.got, 30)])
+    lines += [""] + _table(rows)
+    failures = [r for r in report.results if not r.passed]
+    if failures:
+        lines += ["", "failures:"]
+        lines += [f"  {r.check.location}: {r.check.id} ({r.check.metric}, {r.check.protocol}): "
+                  f"expected {_short(_expected(r))}, got {_short(r.got)}" for r in failures]
+    rows = [["metric", "protocol", "value", "passed"]]
+    rows += [[t.metric, t.protocol, f"{t.value:.3f}", f"{t.passed}/{t.count}"] for t in report.totals.values()]
+    lines += ["", "totals (never averaged across protocols):"] + ["  " + x for x in _table(rows)]
+    if report.verdicts:
+        lines += ["", "expectations:"]
+        for v in report.verdicts:
+            seen = ", ".join(f"{t.protocol} {t.value:.3f}" for t in v.totals) or "no checks measured it"
+            lines.append(f"  {'ok  ' if v.holds else 'FAIL'} {v.location}: {v.metric} {v.comparator} {v.value:g}"
+                         f" ({seen})")
+    else:
+        lines += ["", "no expectations in the spec: nothing decides the exit code"]
+    lines += ["", ("PASSED" if report.ok else "FAILED")
+              + f" in {report.seconds.get('total', 0):.1f} s ({len(report.results)} checks)"]
+    return "\n".join(lines)
+
+
+def to_json(report: Report) -> str:
+    """The whole report, raw outputs included, as JSON."""
+    return json.dumps(report.to_json(), indent=2, ensure_ascii=False)
+
+
+def junit(report: Report) -> str:
+    """JUnit XML: one testsuite per spec, one testcase per check, plus one per expectation."""
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(suites, "testsuite", name=report.spec,
+                          tests=str(len(report.results) + len(report.verdicts)),
+                          failures=str(sum(not r.passed for r in report.results)
+                                       + sum(not v.holds for v in report.verdicts)),
+                          time=f"{report.seconds.get('total', 0):.3f}")
+    for r in report.results:
+        case = ET.SubElement(suite, "testcase", classname=f"{report.spec}.{r.check.metric}", name=r.check.id,
+                             file=r.check.file, line=str(r.check.line))
+        ET.SubElement(case, "system-out").text = json.dumps(r.to_json(), ensure_ascii=False)
+        if not r.passed:
+            failure = ET.SubElement(case, "failure", message=f"{r.check.location}: expected {_short(_expected(r))}, "
+                                                             f"got {_short(r.got)} ({r.check.protocol})")
+            failure.text = json.dumps(r.scores, ensure_ascii=False, indent=1)
+    for v in report.verdicts:
+        case = ET.SubElement(suite, "testcase", classname=f"{report.spec}.expect",
+                             name=f"{v.metric} {v.comparator} {v.value:g}", file=v.file, line=str(v.line))
+        if not v.holds:
+            got = ", ".join(f"{t.protocol} {t.value:.3f}" for t in v.totals) or "not measured"
+            ET.SubElement(case, "failure", message=f"{v.location}: {v.metric} {v.comparator} {v.value:g}: got {got}")
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def markdown(report: Report) -> str:
+    """A pull-request summary: verdict, expectations, totals per protocol, failing checks."""
+    icon = "✅" if report.ok else "❌"
+    lines = [f"### {icon} editspec verify `{report.spec}`", "",
+             f"Model `{report.model or 'model'}`, {report.edited}; {len(report.results)} checks in "
+             f"{report.seconds.get('total', 0):.1f} s.", ""]
+    if report.verdicts:
+        lines += ["| expectation | measured | |", "|---|---|---|"]
+        for v in report.verdicts:
+            seen = ", ".join(f"{t.value:.3f} ({t.protocol})" for t in v.totals) or "not measured"
+            lines.append(f"| `{v.metric} {v.comparator} {v.value:g}` ({v.location}) | {seen} | "
+                         f"{'✅' if v.holds else '❌'} |")
+        lines.append("")
+    lines += ["| metric | protocol | value | passed |", "|---|---|---|---|"]
+    lines += [f"| {t.metric} | {t.protocol} | {t.value:.3f} | {t.passed}/{t.count} |" for t in report.totals.values()]
+    failures = [r for r in report.results if not r.passed]
+    if failures:
+        lines += ["", f"<details><summary>{len(failures)} failing check(s)</summary>", "",
+                  "| where | check | prompt | expected | got |", "|---|---|---|---|---|"]
+        lines += [f"| {r.check.location} | `{r.check.id}` ({r.check.protocol}) | {_cell(r.check.prompt)} | "
+                  f"{_cell(_expected(r))} | {_cell(r.got)} |" for r in failures]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return _short(text).replace("|", "\\|")
