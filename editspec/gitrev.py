@@ -1,7 +1,7 @@
 """Reading specs as they were at a git revision, through the `git` command (any repository).
 
-An old spec is loaded from a temporary copy of the revision's spec folders, so its imports and
-preserve files resolve exactly as they did then.
+An old spec is loaded from a temporary copy of the revision's `.edit` files and the files their
+`preserve` blocks name, so imports and preserve files resolve exactly as they did then.
 
 Example:
     >>> root = repo_root(".")                                       # doctest: +SKIP
@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+import posixpath
 import subprocess
 import tempfile
 from dataclasses import replace
@@ -20,8 +21,6 @@ from pathlib import Path, PurePosixPath
 
 from editspec.errors import EditspecError
 from editspec.ir import Spec
-
-MAX_COPIED_BYTES = 8 * 1024 * 1024  # a file bigger than this is not a spec's preserve text
 
 
 def git(root: str | Path, *args: str, input: bytes | None = None) -> bytes:
@@ -72,11 +71,7 @@ def relative_to_root(root: Path, path: str | Path) -> str:
 
 
 class RevisionTree:
-    """A temporary copy of the folders holding `.edit` files at `rev`; a context manager.
-
-    Copies every `.edit` file of the revision and the other files next to or below them
-    (relation files, preserve texts), so old specs load with their imports as they were.
-    """
+    """A temporary copy of the `.edit` files at `rev` and the files they preserve; a context manager."""
 
     def __init__(self, root: Path, rev: str):
         self.root, self.rev = root, rev
@@ -113,32 +108,47 @@ class RevisionTree:
         return analysis.spec
 
     def _materialise(self) -> None:
-        entries = []  # (path, object id) of every blob small enough
-        listing = git(self.root, "ls-tree", "-r", "-l", "-z", "--full-tree", self.rev).decode(errors="surrogateescape")
+        blobs: dict[str, str] = {}  # repository path -> object id
+        listing = git(self.root, "ls-tree", "-r", "-z", "--full-tree", self.rev).decode(errors="surrogateescape")
         for line in listing.split("\0"):
-            if not line:
-                continue
-            meta, name = line.split("\t", 1)
-            _mode, kind, object_id, size = meta.split()
-            if kind == "blob" and size.isdigit() and int(size) <= MAX_COPIED_BYTES:
-                entries.append((name, object_id))
-        spec_folders = {str(PurePosixPath(n).parent) for n, _ in entries if n.endswith(".edit")}
-        wanted = [(n, oid) for n, oid in entries
-                  if n.endswith(".edit") or any(_under(n, folder) for folder in spec_folders)]
-        self._present = {n for n, _ in entries}
-        if not wanted:
+            if line:
+                meta, name = line.split("\t", 1)
+                _mode, kind, object_id = meta.split()
+                if kind == "blob":
+                    blobs[name] = object_id
+        self._present = set(blobs)
+        specs = [n for n in blobs if n.endswith(".edit")]
+        self._write(specs, blobs)
+        referenced = {f for n in specs for f in _preserve_files(self.path, n)}
+        self._write(sorted(f for f in referenced if f in blobs and not f.endswith(".edit")), blobs)
+
+    def _write(self, names: list[str], blobs: dict[str, str]) -> None:
+        """Copy the revision's files `names` into the temporary tree (one `git cat-file` for all)."""
+        if not names:
             return
-        out = git(self.root, "cat-file", "--batch", input="".join(f"{oid}\n" for _, oid in wanted).encode())
+        out = git(self.root, "cat-file", "--batch", input="".join(f"{blobs[n]}\n" for n in names).encode())
         offset = 0
-        for name, _ in wanted:
+        for name in names:
             header_end = out.index(b"\n", offset)
             size = int(out[offset:header_end].split()[2])
-            content = out[header_end + 1:header_end + 1 + size]
-            offset = header_end + 1 + size + 1  # the blob is followed by a newline
             target = self.path / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+            target.write_bytes(out[header_end + 1:header_end + 1 + size])
+            offset = header_end + 1 + size + 1  # each blob is followed by a newline
 
 
-def _under(path: str, folder: str) -> bool:
-    return folder == "." or path.startswith(folder + "/")
+def _preserve_files(tree: Path, spec: str) -> list[str]:
+    """Repository paths of the files a spec's `preserve` blocks name (none when it does not parse)."""
+    from editspec.lower import lower
+    from editspec.syntax import decode, parse
+
+    path = tree / spec
+    data = path.read_bytes()
+    if b"preserve" not in data:
+        return []
+    try:
+        decls = lower(parse(decode(data, str(path)), str(path)))
+    except EditspecError:
+        return []
+    folder = PurePosixPath(spec).parent
+    return [posixpath.normpath(str(folder / name)) for _, _, files, _ in decls.preserve for _, name in files]

@@ -165,3 +165,17 @@ def test_blocks_matched_by_name():
     assert diff.forget.changed[0].changes == {"never": {"added": ['"2"'], "removed": ['"1"']}}
     assert diff.backends.changed[0].changes == {"v_lr": {"old": None, "new": "0.5"}}
     assert not diff_specs(old, old)
+
+
+def test_preserve_files_elsewhere_in_the_tree_are_read_from_the_revision(repo):
+    (repo / "data").mkdir()
+    (repo / "data/general.txt").write_text("Some general text.\n")
+    spec = repo / "specs/capitals.edit"
+    spec.write_text(SPEC + '\npreserve {\n  file "../data/general.txt"\n  budget loss_increase <= 0.1%\n}\n')
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "preserve")
+    spec.write_text(spec.read_text().replace("0.1%", "0.5%"))
+    result = run("specs/capitals.edit")
+    assert result.exit_code == 0, result.output
+    assert "  + preserve budget loss_increase <= 0.005" in result.stdout
+    assert "  - preserve budget loss_increase <= 0.001" in result.stdout
