@@ -145,3 +145,15 @@ def test_status_mistakes_exit_2(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "no editspec.lock next to a.edit" in result.stderr
     result = run("lock", "nothing-here")
     assert result.exit_code == 2 and "no artifact at nothing-here" in result.stderr
+
+
+def test_lock_status_and_diff_do_not_import_torch(project):
+    import subprocess
+    import sys
+
+    subprocess.run(["git", "init", "-q"], check=True)
+    code = ("import sys; from editspec.cli import main\n"
+            "for args in (['lock', 'build/capitals.rome'], ['status'], ['diff']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
