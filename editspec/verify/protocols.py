@@ -91,6 +91,18 @@ def _chunks(items: Sequence, size: int):
         yield items[start:start + size]
 
 
+def _logits(model, ids: torch.Tensor, mask: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Logits at positions ``low..high-1`` only (`logits_to_keep`), or all of them sliced when unsupported."""
+    keep = torch.arange(low, high, device=ids.device)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        if logits.shape[1] == high - low:
+            return logits
+    except TypeError:  # a model (or wrapper) without `logits_to_keep`
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits[:, low:high]
+
+
 @torch.inference_mode()
 def score_targets(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32) -> list[Scored]:
     """Teacher-forced log-probs and argmaxes of each ``(prompt, target)`` pair, batched.
@@ -113,11 +125,14 @@ def score_targets(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_s
     for rows in _chunks(order, batch_size):
         sequences = [encoded[i][0] + encoded[i][1] for i in rows]
         ids, mask = right_pad(sequences, pad)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [b, len, vocab]
+        # Only the positions that predict target tokens need the (vocabulary-sized) output head.
+        low = min(len(encoded[i][0]) for i in rows) - 1
+        high = max(len(encoded[i][0]) + len(encoded[i][1]) for i in rows) - 1
+        logits = _logits(model, ids.to(device), mask.to(device), low, high)  # [b, high - low, vocab]
         for r, i in enumerate(rows):
             head, target = encoded[i]
             # The token at position p is predicted by the logits at p - 1.
-            positions = torch.arange(len(head) - 1, len(head) + len(target) - 1, device=logits.device)
+            positions = torch.arange(len(head) - 1 - low, len(head) + len(target) - 1 - low, device=logits.device)
             picked = torch.log_softmax(logits[r, positions].float(), dim=-1)  # [len(target), vocab]
             wanted = torch.tensor(target, device=picked.device)
             logprobs = picked.gather(1, wanted[:, None])[:, 0]
