@@ -38,7 +38,7 @@ def compile_spec(
     `editspec.models.LoadedModel`, or None (the spec's `model`, else the default).
     `overrides` are `--set` pairs (values in the spec language: `4..8`, `[1, 2]`, `0.5`).
     `on` is a previous artifact of the same backend: only edits it lacks are compiled, on top
-    of it, and the new artifact holds both.  `out` defaults to `build/<spec>.<backend>`.
+    of it (on its model, unless `model` is given), and the new artifact holds both.  `out` defaults to `build/<spec>.<backend>`.
     """
     from editspec.cache import atomic_dir
     from editspec.registry import get_backend
@@ -56,7 +56,13 @@ def compile_spec(
     if previous is not None and not edits:
         raise EditspecError(f"every edit of {spec.source} is already in {previous.path}; nothing to compile",
                             hint="add edits to the spec, or compile without --on")
-    loaded = _load(model, spec, device, device_map, dtype, say) if impl.needs_model else None
+    if model is None and previous is not None and previous.model is not None:
+        from editspec.edited import load_artifact_model
+
+        say(f"loading model {previous.model['name']} (as in {previous.path})")
+        loaded = load_artifact_model(previous, device=device, device_map=device_map, dtype=dtype)
+    else:
+        loaded = _load(model, spec, device, device_map, dtype, say) if impl.needs_model else None
     timings["load_model"] = time.perf_counter() - started
     if previous is not None and loaded is not None and previous.model.get("weights_hash") != loaded.weights_hash:
         raise EditspecError(f"{previous.path} was compiled for another model ({previous.model.get('name')})",

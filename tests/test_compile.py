@@ -234,3 +234,28 @@ def test_not_an_artifact(tmp_path):
     with pytest.raises(EditspecError, match="upgrade editspec"):
         read_artifact(tmp_path)
     assert os.path.exists(tmp_path / MANIFEST)
+
+
+def test_cli_compile_builds_on_the_locked_artifact_when_edits_were_only_added(setup):
+    settings = "\n".join(f"  {key} {value}" for key, value in setup["overrides"]("alphaedit").items()
+                         if key != "mom2_corpus")
+    block = f'\nbackend alphaedit {{\n{settings}\n  mom2_corpus "{setup["tmp"] / "corpus.txt"}"\n}}\n'
+    setup["spec"].write_text(SPEC + block)
+    runner = CliRunner()
+    out = setup["tmp"] / "build" / "facts.alphaedit"
+    args = ["compile", str(setup["spec"]), "-o", str(out)]
+    with_model = args + ["--model", str(setup["folder"])]
+    first = runner.invoke(main, with_model)
+    assert first.exit_code == 0, first.output
+    assert (setup["tmp"] / "editspec.lock").is_file()
+    # The lock's model is the tiny checkpoint by path: later compiles need no --model.
+    setup["spec"].write_text(SPEC + MORE + block)
+    second = runner.invoke(main, args)
+    assert second.exit_code == 0, second.output
+    assert "compiling only those" in second.output
+    assert [e["stage"] for e in read_artifact(out).manifest["edits"]] == [1, 1, 2]
+    status = runner.invoke(main, ["status", str(setup["tmp"])])
+    assert status.exit_code == 0 and "current" in status.output, status.output
+    fresh = runner.invoke(main, args + ["--fresh"])
+    assert fresh.exit_code == 0 and "compiling only those" not in fresh.output
+    assert [e["stage"] for e in read_artifact(out).manifest["edits"]] == [1, 1, 1]

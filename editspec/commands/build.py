@@ -15,14 +15,22 @@ from editspec.commands.options import compile_options, model_options, parse_sett
               help="The artifact directory (default build/<spec>.<backend>). Written whole or not at all.")
 @click.option("--on", "on", type=click.Path(file_okay=False), metavar="PREVIOUS",
               help="An earlier artifact of the same backend: compile only the edits it lacks, on top of it.")
+@click.option("--fresh", is_flag=True,
+              help="Compile from the base model even when the lock says the spec only gained edits.")
+@click.option("--no-lock", "no_lock", is_flag=True, help="Do not record the artifact in editspec.lock next to the spec.")
 @compile_options
 @model_options
-def compile_command(spec, backend, output, on, settings, seed, model, device, device_map, dtype):
+def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, model, device, device_map, dtype):
     """Compile SPEC into an artifact: the edit, ready to apply or verify.
 
     The artifact directory holds manifest.json (what was compiled, how, on which model),
     ir.json and the payload (delta.safetensors for weight edits).  The same spec, model,
     settings and seed give the same payload bytes.  The base model is never modified.
+
+    The artifact is recorded in editspec.lock beside the spec (see `editspec status`).  When
+    the lock shows that the spec has only gained edits since its artifact was compiled, and
+    the backend edits sequentially, only the new edits are compiled, on top of it (as with
+    --on); a removed or changed edit compiles everything from the base model.
 
     \b
     Examples:
@@ -30,14 +38,22 @@ def compile_command(spec, backend, output, on, settings, seed, model, device, de
       editspec compile facts.edit --backend memit --set layers=4..8 -o build/facts.memit
       editspec compile facts.edit --backend alphaedit --on build/facts.alphaedit -o build/facts.v2
     """
-    from editspec.compiler import compile_spec
+    from editspec.compiler import compile_spec, default_output
+    from editspec.lock import incremental_base, record_artifact
     from editspec.resolve import load_spec
 
     loaded_spec = load_spec(spec)
     backend = backend or _only_backend(loaded_spec)
-    artifact = compile_spec(loaded_spec, backend, model=model, out=output, overrides=parse_settings(settings),
+    overrides = parse_settings(settings)
+    if on is None and not fresh and not overrides and model is None:
+        on = incremental_base(spec, backend, output or default_output(loaded_spec, backend))
+        if on is not None:
+            progress(f"{on} is current except for added edits: compiling only those, on top of it (--fresh to rebuild)")
+    artifact = compile_spec(loaded_spec, backend, model=model, out=output, overrides=overrides,
                             seed=seed, on=on, device=device, device_map=device_map, dtype=dtype,
                             progress=progress)
+    if not no_lock:
+        record_artifact(artifact, spec=spec, overrides=overrides)
     manifest = artifact.manifest
     click.echo(f"{artifact.path}: {len(manifest['edits'])} edit(s) with {backend} on {manifest['model']['name']} "
                f"in {manifest['timings']['total']:.1f} s (payload {manifest['payload']['hash'][:12]})")
