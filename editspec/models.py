@@ -10,6 +10,8 @@ file (converted once, keyed by its content hash).  After the first use everythin
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -203,7 +205,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, de
         _check_fits(path, torch_dtype, target or torch.device("cpu"))
     started = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device_map)
+        with _quiet_transformers():  # a bar for a 2-second load is noise in every command's output
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device_map)
         if target is not None:
             model.to(target)
     except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as error:
@@ -222,6 +225,19 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, de
                          weights_hash=weights_hash(path))
     _debug(f"loaded {loaded.name} in {time.perf_counter() - started:.1f} s")
     return loaded
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _display_name(path: Path) -> str:
