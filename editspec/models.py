@@ -11,7 +11,6 @@ file (converted once, keyed by its content hash).  After the first use everythin
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import json
 import os
