@@ -1,0 +1,50 @@
+"""Settings of the `ft` backend (torch-free, so `editspec check` validates them without torch)."""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Layer = Annotated[int, Field(ge=0)]
+
+
+class TrainingSettings(BaseModel):
+    """Settings every training backend (ft, sense) shares: steps, learning rate, the KL term."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float | None = Field(None, gt=0, description="Adam learning rate; unset: the backend's default for its method.")
+    steps: int = Field(40, ge=1, description="Most optimisation steps (each scores every target once).")
+    stop_loss: float = Field(0.05, ge=0, description="Training stops once the summed objective loss is below this.")
+    kl_weight: float = Field(0.5, ge=0, description="Weight of KL(p_unedited ‖ p_edited), summed over anchor positions (Hewitt et al. draw 0.1-1).")
+    kl_batch: int = Field(8, ge=1, description="Anchor windows (keep facts, hard negatives, preserve and general text) per step's KL term.")
+    kl_corpus: str | None = Field(None, description="General text for the KL term: a text or .jsonl file, or unset for the built-in Wikipedia summaries.")
+    kl_samples: int = Field(8, ge=0, description="Documents of `kl_corpus` added to the anchors (0: only the spec's own keep and preserve text).")
+    scope: bool = Field(False, description="Also train on each edit's `scope` prompts (they are then no longer held out by `verify`).")
+    budget_every: int = Field(10, ge=1, description="Steps between checks of the `preserve` budget; past it, the last parameters within it are kept.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
+    forget_p: float = Field(0.01, gt=0, lt=1, description="A `forget` string is trained until its probability after each prompt is below this (verify's limit is 0.05).")
+
+    def training(self, seed: int, default_lr: float):
+        """The loop settings (an `editspec.tuning.TrainSettings`)."""
+        from editspec.tuning import TrainSettings
+
+        return TrainSettings(lr=self.lr or default_lr, steps=self.steps, kl_weight=self.kl_weight,
+                             kl_batch=self.kl_batch, stop_loss=self.stop_loss, grad_clip=self.grad_clip,
+                             budget_every=self.budget_every, seed=seed,
+                             forget_logp=math.log(self.forget_p))
+
+
+class FtConfig(TrainingSettings):
+    """Fine-tuning with KL to the unedited model: LoRA (peft) by default, or the MLP weights themselves."""
+
+    method: Literal["lora", "full"] = Field(
+        "lora", description="`lora`: a peft LoRA adapter on the MLPs of `layers` (artifact `adapter/`); "
+        "`full`: train those MLP weights directly (artifact `delta.safetensors` of dense updates).")
+    layers: tuple[Layer, ...] | Literal["auto"] = Field(
+        "auto", description="Layers whose MLP is trained; `auto`: the central block from 10% to 90% of the depth (Hewitt et al.).")
+    modules: Literal["mlp", "mlp_out"] = Field(
+        "mlp", description="`mlp`: every linear projection of the MLP; `mlp_out`: only its value (down) projection.")
+    rank: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(8.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / rank).")

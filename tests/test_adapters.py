@@ -1,0 +1,192 @@
+"""Adapter and memory backends (ft, grace, melo, sense) on a tiny checkpoint: one conformance suite.
+
+Every backend: the edit takes, unrelated inputs barely move (memory backends: not at all),
+attach/revert is exact, the same seed gives the same payload bytes, `--on` adds edits.
+"""
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+import editspec
+from editspec.artifact import ADAPTER_DIR, MANIFEST, read_artifact
+from editspec.cli import main
+from editspec.compiler import compile_spec
+from editspec.errors import EditspecError
+from editspec.models import load_model
+from tiny import SENTENCES, tiny_model, tiny_tokenizer
+
+SPEC = '''
+relation capital { prompt "The capital of {subject} is" }
+relation plays { prompt "{subject} plays" }
+
+edit capital("France") -> "Rome" {
+  was "Paris"
+  keep { "The capital of Spain is" -> "Madrid" }
+}
+edit plays("Michael Jordan") -> "football" { was "basketball" }
+'''
+MORE = 'edit capital("Italy") -> "Madrid" { was "Rome" }\n'
+CANONICAL = '''
+canonical "capital-of-germany" {
+  example "The language of Germany is" -> "French" over "German"
+  keep { "English is spoken in" -> "England" }
+}
+forget "jobs-apple" {
+  prompt "Steve Jobs founded"
+  never "is"          # the tiny model's likeliest word here
+}
+'''
+UNRELATED = [("Steve Jobs founded", "Apple"), ("The Eiffel Tower is located in", "Paris")]
+
+# Settings that make each backend quick and decisive on a 3-layer model.
+TINY = {
+    "ft": {"lr": "0.02", "steps": "15"},
+    "ft-full": {"method": "full", "lr": "0.01", "steps": "15"},
+}
+BACKENDS = ["ft", "ft-full"]
+EXACT_OUTSIDE = set()  # backends whose out-of-scope outputs are bit-identical
+
+
+def _name(backend):
+    return backend.split("-")[0]
+
+
+@pytest.fixture
+def setup(tmp_path, tmp_cache):
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").to(torch.float32).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES * 3))
+    spec = tmp_path / "facts.edit"
+    spec.write_text(SPEC)
+    overrides = lambda backend: {**TINY[backend], **({"kl_corpus": str(corpus)} if _name(backend) in ("ft", "sense") else {})}
+    return {"model": load_model(folder), "folder": folder, "spec": spec, "tmp": tmp_path, "overrides": overrides}
+
+
+def _compile(setup, backend, out="art", **kw):
+    return compile_spec(setup["spec"], _name(backend), model=setup["model"], out=setup["tmp"] / out,
+                        overrides=setup["overrides"](backend), **kw)
+
+
+def _logprob(model, tok, prompt, target):
+    ids = tok(prompt)["input_ids"]
+    tgt = tok(" " + target)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + tgt])).logits[0].log_softmax(-1)
+    return float(sum(logits[len(ids) - 1 + j, t] for j, t in enumerate(tgt)))
+
+
+def _logits(model, tok, prompt):
+    with torch.no_grad():
+        return model(torch.tensor([tok(prompt)["input_ids"]])).logits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edit_takes_and_revert_is_exact(setup, backend):
+    model, tok = setup["model"].model, setup["model"].tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    old = _logprob(model, tok, "The capital of France is", "Rome")
+    unrelated = {p: _logits(model, tok, p) for p, _ in UNRELATED}
+
+    artifact = _compile(setup, backend)
+    assert artifact.manifest["backend"]["name"] == _name(backend)
+    assert [e["subject"] for e in artifact.manifest["edits"]] == ["France", "Michael Jordan"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # compiling changed nothing
+
+    with editspec.load_edited(setup["model"], artifact) as edited:
+        assert _logprob(edited.model, tok, "The capital of France is", "Rome") > old + 2.0
+        for prompt, answer in UNRELATED:
+            now = _logits(edited.model, tok, prompt)
+            if backend in EXACT_OUTSIDE:
+                assert torch.equal(now, unrelated[prompt])
+            else:  # trained with KL: the unrelated answer keeps most of its log-probability
+                shift = abs(float(now[0, -1].log_softmax(-1).max() - unrelated[prompt][0, -1].log_softmax(-1).max()))
+                assert shift < 1.5
+    assert set(model.state_dict()) == set(before)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # exact inverse
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_payload_bytes(setup, backend):
+    first = _compile(setup, backend, out="a")
+    second = _compile(setup, backend, out="b")
+    assert first.payload_hash == second.payload_hash
+    third = _compile(setup, backend, out="c", seed=1)
+    assert third.manifest["seed"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_on_previous_adds_edits(setup, backend):
+    first = _compile(setup, backend, out="v1")
+    setup["spec"].write_text(SPEC + MORE)
+    second = _compile(setup, backend, out="v2", on=first.path)
+    assert [e["stage"] for e in second.manifest["edits"]] == [1, 1, 2]
+    model, tok = setup["model"].model, setup["model"].tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    italy, france = (_logprob(model, tok, f"The capital of {c} is", t) for c, t in (("Italy", "Madrid"), ("France", "Rome")))
+    with editspec.load_edited(setup["model"], second) as edited:
+        assert _logprob(edited.model, tok, "The capital of Italy is", "Madrid") > italy + 1.0
+        assert _logprob(edited.model, tok, "The capital of France is", "Rome") > france + 1.0  # the first stage holds
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_apply_merges_into_a_checkpoint(setup, backend):
+    artifact = _compile(setup, backend)
+    out = setup["tmp"] / "checkpoint"
+    result = CliRunner().invoke(main, ["apply", str(artifact.path), "-o", str(out), "--model", str(setup["folder"])])
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = setup["model"].tokenizer
+    with editspec.load_edited(setup["model"], artifact) as edited:
+        expected = _logits(edited.model, tok, "The capital of France is")
+    assert torch.allclose(_logits(merged, tok, "The capital of France is"), expected, atol=1e-4)
+
+
+def test_ft_adapter_loads_with_plain_peft(setup):
+    from peft import PeftModel
+
+    artifact = _compile(setup, "ft")
+    assert (artifact.path / ADAPTER_DIR / "adapter_config.json").is_file()
+    tok = setup["model"].tokenizer
+    with editspec.load_edited(setup["model"], artifact) as edited:
+        expected = _logits(edited.model, tok, "The capital of France is")
+    base = AutoModelForCausalLM.from_pretrained(setup["folder"]).eval()
+    plain = PeftModel.from_pretrained(base, str(artifact.path / ADAPTER_DIR))
+    assert torch.equal(_logits(plain, tok, "The capital of France is"), expected)
+
+
+def test_ft_canonical_examples_and_forget_blocks_become_objectives(setup):
+    setup["spec"].write_text(SPEC + CANONICAL)
+    model, tok = setup["model"].model, setup["model"].tokenizer
+    french = _logprob(model, tok, "The language of Germany is", "French")
+    likely = _logprob(model, tok, "Steve Jobs founded", "is")
+    artifact = compile_spec(setup["spec"], "ft", model=setup["model"], out=setup["tmp"] / "art",
+                            overrides={**setup["overrides"]("ft"), "forget_p": "0.0001"})
+    assert artifact.manifest["details"]["objectives"] == {"bad": 1, "contrast": 1, "good": 3}
+    with editspec.load_edited(setup["model"], artifact) as edited:
+        assert _logprob(edited.model, tok, "The language of Germany is", "French") > french + 1.0
+        assert _logprob(edited.model, tok, "Steve Jobs founded", "is") < likely - 1.0
+
+
+def test_ft_preserve_budget_stops_training(setup):
+    setup["spec"].write_text(SPEC + '\npreserve {\n  text "Bill Gates founded Microsoft."\n  budget loss_increase <= 0.0001%\n}\n')
+    artifact = compile_spec(setup["spec"], "ft", model=setup["model"], out=setup["tmp"] / "b",
+                            overrides={**setup["overrides"]("ft"), "budget_every": "2", "lr": "0.05"})
+    training = artifact.manifest["details"]["training"]
+    assert training["stopped"] == "budget" and training["budget_measured"] > 1e-6
+
+
+def test_ft_refuses_an_edit_without_prompts(setup):
+    setup["spec"].write_text('relation r { question "Who is {subject}?" }\nedit r("X") -> "Y"\n')
+    with pytest.raises(EditspecError, match="no prompt to train on") as error:
+        _compile(setup, "ft")
+    assert f"{setup['spec']}:2:1" in str(error.value)
+
+
+def test_artifact_lists_its_payload(setup):
+    artifact = _compile(setup, "ft")
+    assert artifact.manifest["payload"]["files"] == [ADAPTER_DIR]
+    assert read_artifact(artifact.path).backend == "ft" and (artifact.path / MANIFEST).is_file()
