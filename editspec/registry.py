@@ -41,6 +41,8 @@ _BUILTIN: list[BackendEntry] = [
     BackendEntry("alphaedit", "editspec.backends.alphaedit:AlphaEditConfig",
                  "editspec.backends.alphaedit.backend:AlphaEditBackend",
                  "MEMIT with null-space-projected updates, for sequential batches (--on)"),
+    BackendEntry("ft", "editspec.backends.ft.config:FtConfig", "editspec.backends.ft.backend:FtBackend",
+                 "fine-tuning with KL to the unedited model: a LoRA adapter (peft), or full MLP updates"),
     BackendEntry("ike", "editspec.backends.ike.config:IkeConfig", "editspec.backends.ike:IkeBackend",
                  "API models: in-context demonstrations of the edits, behind a scope router"),
     BackendEntry("retrieval", "editspec.backends.retrieval.config:RetrievalConfig",
