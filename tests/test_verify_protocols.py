@@ -85,13 +85,15 @@ def test_ngram_entropy_by_hand():
 
 # -- tiny models: batched scoring equals a plain loop, and does not depend on the batch -----------
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model("llama", dtype=torch.float32), tiny_tokenizer(bos=True)
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny(request):
+    # gpt2: absolute positions, so targets continuing from a padded prompt's cache need explicit ones
+    return tiny_model(request.param, dtype=torch.float32), tiny_tokenizer(bos=request.param == "llama")
 
 
 PAIRS = [("The capital of France is", "Paris"), ("Steve Jobs founded", "Apple Inc"),
-         ("The language of Germany is", "German"), ("The capital of France is", "Rome")]
+         ("The language of Germany is", "German"), ("The capital of France is", "Rome"),
+         ("The capital of France is", "Danielle Darrieux speaks French"), ("Michael Jordan plays", "basketball")]
 
 
 def _by_hand(model, tok, prompt, target):

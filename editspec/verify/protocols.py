@@ -22,6 +22,7 @@ Example::
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import string
@@ -91,16 +92,50 @@ def _chunks(items: Sequence, size: int):
         yield items[start:start + size]
 
 
-def _logits(model, ids: torch.Tensor, mask: torch.Tensor, low: int, high: int) -> torch.Tensor:
-    """Logits at positions ``low..high-1`` only (`logits_to_keep`), or all of them sliced when unsupported."""
-    keep = torch.arange(low, high, device=ids.device)
+def _cache_kwarg(model) -> str:
+    # transformers 5 renamed `past_key_values` to `cache`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor):
+    """Run prompts with a KV cache; the logits at each row's last real token [b, vocab], and the output."""
     try:
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-        if logits.shape[1] == high - low:
-            return logits
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=last[:, None])
+        if out.logits.shape[1] == 1:
+            return out.logits[:, 0], out
     except TypeError:  # a model (or wrapper) without `logits_to_keep`
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    return logits[:, low:high]
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    return out.logits[torch.arange(len(last), device=out.logits.device), last], out
+
+
+def _score_chunk(model, heads: list[list[int]], wanted: list[tuple[int, list[int]]], pad: int) -> list[torch.Tensor]:
+    """Log-distributions [len(target), vocab] for each ``(prompt row, target ids)`` in `wanted`.
+
+    The prompts run once, with a KV cache; every target then continues from its prompt's cache
+    row (repeated per target) with explicit positions, so an answer and its foils share the
+    prompt's forward pass.
+    """
+    device = _device(model)
+    ids, mask = right_pad(heads, pad)
+    ids, mask = ids.to(device), mask.to(device)
+    lengths = mask.sum(dim=1)
+    first, out = _last_logits(model, ids, mask, lengths - 1)
+    first = torch.log_softmax(first.float(), dim=-1)  # [prompts, vocab]
+    rows = [first[r][None] for r, _ in wanted]
+    multi = [k for k, (_, target) in enumerate(wanted) if len(target) > 1]
+    if multi:
+        cache = getattr(out, "cache", None) or out.past_key_values
+        index = torch.tensor([wanted[k][0] for k in multi], device=device)
+        cache.batch_select_indices(index)  # one cache row per continuation (rows may repeat)
+        cont_ids, cont_mask = right_pad([wanted[k][1][:-1] for k in multi], pad)
+        steps = cont_ids.shape[1]
+        positions = lengths[index][:, None] + torch.arange(steps, device=device)[None]
+        logits = model(input_ids=cont_ids.to(device), attention_mask=torch.cat([mask[index], cont_mask.to(device)], 1),
+                       position_ids=positions, use_cache=True, **{_cache_kwarg(model): cache}).logits
+        logits = torch.log_softmax(logits.float(), dim=-1)  # [continuations, steps, vocab]
+        for row, k in enumerate(multi):
+            rows[k] = torch.cat([rows[k], logits[row, : len(wanted[k][1]) - 1]], dim=0)
+    return rows
 
 
 @torch.inference_mode()
@@ -108,37 +143,31 @@ def score_targets(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_s
     """Teacher-forced log-probs and argmaxes of each ``(prompt, target)`` pair, batched.
 
     The prompt is tokenised with the tokenizer's special tokens (a BOS where it adds one);
-    the target tokens are those of ``" " + target`` after it (`target_token_ids`).  Rows are
-    right-padded and sorted by length, so a pair scores the same alone or in any batch.
+    the target tokens are those of ``" " + target`` after it (`target_token_ids`).  Each
+    distinct prompt runs once (right-padded, sorted by length, `batch_size` prompts a pass)
+    and its targets continue from its KV cache, so a pair scores the same alone or in any batch.
 
     >>> score_targets(model, tok, [("The capital of France is", "Paris")])[0].p_mean  # doctest: +SKIP
     0.77
     """
     unique = list(dict.fromkeys(pairs))
-    encoded = []
-    for prompt, target in unique:
-        head = list(tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"])
-        encoded.append((head, target_token_ids(tokenizer, prompt, target)))
-    order = sorted(range(len(unique)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
-    device, pad = _device(model), pad_id(tokenizer)
+    targets = {pair: target_token_ids(tokenizer, *pair) for pair in unique}
+    by_prompt: dict[str, list[tuple[str, str]]] = {}
+    for pair in unique:
+        by_prompt.setdefault(pair[0], []).append(pair)
+    heads = {p: list(tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"]) for p in by_prompt}
+    prompts = sorted(by_prompt, key=lambda p: len(heads[p]))
     found: dict[tuple[str, str], Scored] = {}
-    for rows in _chunks(order, batch_size):
-        sequences = [encoded[i][0] + encoded[i][1] for i in rows]
-        ids, mask = right_pad(sequences, pad)
-        # Only the positions that predict target tokens need the (vocabulary-sized) output head.
-        low = min(len(encoded[i][0]) for i in rows) - 1
-        high = max(len(encoded[i][0]) + len(encoded[i][1]) for i in rows) - 1
-        logits = _logits(model, ids.to(device), mask.to(device), low, high)  # [b, high - low, vocab]
-        for r, i in enumerate(rows):
-            head, target = encoded[i]
-            # The token at position p is predicted by the logits at p - 1.
-            positions = torch.arange(len(head) - 1 - low, len(head) + len(target) - 1 - low, device=logits.device)
-            picked = torch.log_softmax(logits[r, positions].float(), dim=-1)  # [len(target), vocab]
+    for chunk in _chunks(prompts, batch_size):
+        mine = [(r, pair) for r, p in enumerate(chunk) for pair in by_prompt[p]]
+        logps = _score_chunk(model, [heads[p] for p in chunk], [(r, targets[pair]) for r, pair in mine],
+                             pad_id(tokenizer))
+        for (_, pair), picked in zip(mine, logps):
+            target = targets[pair]
             wanted = torch.tensor(target, device=picked.device)
-            logprobs = picked.gather(1, wanted[:, None])[:, 0]
-            found[unique[i]] = Scored(
-                prompt=unique[i][0], target=unique[i][1], target_ids=tuple(target),
-                logprobs=tuple(float(x) for x in logprobs.cpu()),
+            found[pair] = Scored(
+                prompt=pair[0], target=pair[1], target_ids=tuple(target),
+                logprobs=tuple(float(x) for x in picked.gather(1, wanted[:, None])[:, 0].cpu()),
                 argmax=tuple(int(x) for x in picked.argmax(dim=-1).cpu()),
             )
     return [found[p] for p in pairs]
