@@ -43,9 +43,11 @@ UNRELATED = [("Steve Jobs founded", "Apple"), ("The Eiffel Tower is located in",
 TINY = {
     "ft": {"lr": "0.02", "steps": "15"},
     "ft-full": {"method": "full", "lr": "0.01", "steps": "15"},
+    "grace": {},
 }
-BACKENDS = ["ft", "ft-full"]
-EXACT_OUTSIDE = set()  # backends whose out-of-scope outputs are bit-identical
+BACKENDS = list(TINY)
+MEMORIES = ["grace"]
+EXACT_OUTSIDE = set(MEMORIES)  # backends whose out-of-scope outputs are bit-identical
 
 
 def _name(backend):
@@ -61,7 +63,10 @@ def setup(tmp_path, tmp_cache):
     corpus.write_text("\n".join(SENTENCES * 3))
     spec = tmp_path / "facts.edit"
     spec.write_text(SPEC)
-    overrides = lambda backend: {**TINY[backend], **({"kl_corpus": str(corpus)} if _name(backend) in ("ft", "sense") else {})}
+    def overrides(backend):
+        corpus_key = "kl_corpus" if _name(backend) in ("ft", "sense") else "reference_corpus"
+        return {**TINY[backend], corpus_key: str(corpus)}
+
     return {"model": load_model(folder), "folder": folder, "spec": spec, "tmp": tmp_path, "overrides": overrides}
 
 
@@ -132,7 +137,7 @@ def test_on_previous_adds_edits(setup, backend):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["ft", "ft-full"])
 def test_apply_merges_into_a_checkpoint(setup, backend):
     artifact = _compile(setup, backend)
     out = setup["tmp"] / "checkpoint"
@@ -190,3 +195,40 @@ def test_artifact_lists_its_payload(setup):
     artifact = _compile(setup, "ft")
     assert artifact.manifest["payload"]["files"] == [ADAPTER_DIR]
     assert read_artifact(artifact.path).backend == "ft" and (artifact.path / MANIFEST).is_file()
+
+
+@pytest.mark.parametrize("backend", MEMORIES)
+def test_memory_leaves_every_out_of_radius_input_bit_identical(setup, backend):
+    model, tok = setup["model"].model, setup["model"].tokenizer
+    # Text that never continues an edit prompt (a sentence that does is in scope by design).
+    outside = [t for t in SENTENCES if "Jordan plays" not in t and "France is" not in t]
+    texts = outside + ["The capital of Spain is", "Michael Jordan played basketball", "The capital of France was"]
+    batch = [tok(t)["input_ids"] for t in texts]
+    from editspec.tokens import right_pad
+
+    ids, mask = right_pad(batch, 0)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+    artifact = _compile(setup, backend)
+    with editspec.load_edited(setup["model"], artifact) as edited:
+        with torch.no_grad():
+            after = edited.model(input_ids=ids, attention_mask=mask).logits
+            hit = edited.model(torch.tensor([tok("The capital of France is")["input_ids"]])).logits
+    assert torch.equal(before, after)
+    assert not torch.equal(hit, _logits(model, tok, "The capital of France is"))
+
+
+@pytest.mark.parametrize("backend", MEMORIES)
+def test_memory_refuses_canonical_examples_at_their_line(setup, backend):
+    setup["spec"].write_text(SPEC + CANONICAL)
+    with pytest.raises(EditspecError, match="cannot compile canonical examples") as error:
+        _compile(setup, backend)
+    assert f"{setup['spec']}:11:1" in str(error.value)
+
+
+@pytest.mark.parametrize("backend", MEMORIES)
+def test_memory_cannot_be_merged(setup, backend):
+    artifact = _compile(setup, backend)
+    result = CliRunner().invoke(main, ["apply", str(artifact.path), "-o", str(setup["tmp"] / "c"),
+                                       "--model", str(setup["folder"])])
+    assert result.exit_code == 2 and "cannot be merged" in result.output

@@ -1,0 +1,33 @@
+"""Settings of the `grace` backend (torch-free, so `editspec check` validates them without torch)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MemorySettings(BaseModel):
+    """What the memory backends (grace, melo) share: the deferral radius and its calibration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eps: float | Literal["auto"] = Field(
+        "auto", description="Deferral radius in raw activation units, or `auto`: per key, `eps_scale` times its "
+        "distance to the nearest activation of reference text (keep facts and `reference_corpus`).")
+    eps_scale: float = Field(0.5, gt=0, description="For `eps auto`: the fraction of the distance to the nearest reference activation.")
+    reference_corpus: str | None = Field(None, description="Reference text for `eps auto`: a text or .jsonl file, or unset for the built-in Wikipedia summaries.")
+    reference_samples: int = Field(16, ge=0, description="Documents of `reference_corpus` used for `eps auto`.")
+    mode: Literal["coverage", "moving_average"] = Field(
+        "coverage", description="A new key near one with the same label: grow that key's radius to cover it, or move the key halfway.")
+
+
+class GraceConfig(MemorySettings):
+    """GRACE (Hartvigsen et al. 2023): a codebook of keys at one layer; values replace its output."""
+
+    layer: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Layer whose MLP value projection is wrapped; `auto`: 80% of the depth (layer 24 of SmolLM2's 30).")
+    edit_lr: float = Field(1.0, gt=0, description="Adam learning rate for the values.")
+    n_iter: int = Field(50, ge=1, description="Most optimisation steps for the values.")
+    stop_loss: float = Field(0.01, ge=0, description="Value training stops once the mean target NLL is below this.")
+    value_init: Literal["warm", "cold"] = Field(
+        "warm", description="Values start from the layer's own output at the key (`warm`) or uniform random (`cold`).")

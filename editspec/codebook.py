@@ -1,0 +1,133 @@
+"""Keys with deferral radii, for the memory backends (grace, melo): where an edit applies.
+
+A key is a module's activation at one token position of an edit's teacher-forced text: the
+last prompt token and each answer token but the last (the positions that predict the answer).
+Routing is per position and stateless: a position whose query lies within the radius of its
+nearest key uses that key's entry; every other position runs the unedited computation, bit
+for bit.  So the same memory works teacher-forced (prompt + answer in one pass), in batches
+with padding, and in cached generation, with no prompt length to pass around.
+
+    >>> book = Codebook.empty(dim=64)
+    >>> index = book.add(key, label=17, eps_init=3.0)            # doctest: +SKIP
+    >>> book.route(queries)                                      # doctest: +SKIP
+    tensor([-1, -1, 0])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+from editspec.hooks import record_inputs, record_outputs
+from editspec.tokens import pad_id, right_pad
+
+Mode = Literal["coverage", "moving_average"]
+
+
+@dataclass
+class Codebook:
+    """Keys [n, d] (float32), their radii [n] and labels [n] (the token each key's position predicts)."""
+
+    keys: torch.Tensor
+    eps: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def empty(cls, dim: int) -> "Codebook":
+        return cls(torch.zeros(0, dim), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def add(self, key: torch.Tensor, label: int, eps_init: float, mode: Mode = "coverage") -> int:
+        """Add `key` by GRACE's rules (ALGORITHMS.md §5.1); return the index of the entry it uses.
+
+        Far from every key: a new entry with radius `eps_init`.  Near a key with another label:
+        a new entry, and both radii shrink to half their distance.  Near a key with the same
+        label: that entry grows to cover it (`coverage`) or moves halfway (`moving_average`).
+        """
+        key = key.detach().float().cpu()
+        if len(self):
+            distances = torch.linalg.vector_norm(self.keys - key, dim=1)
+            nearest = int(distances.argmin())
+            d = float(distances[nearest])
+            if d <= eps_init + float(self.eps[nearest]):
+                if int(self.labels[nearest]) == label:
+                    if mode == "moving_average":
+                        self.keys[nearest] = (self.keys[nearest] + key) / 2
+                    self.eps[nearest] = max(float(self.eps[nearest]), d)
+                    return nearest
+                self.eps[nearest] = d / 2 - 1e-5
+                return self._append(key, label, d / 2)
+        return self._append(key, label, eps_init)
+
+    def _append(self, key: torch.Tensor, label: int, eps: float) -> int:
+        self.keys = torch.cat([self.keys, key[None]])
+        self.eps = torch.cat([self.eps, torch.tensor([eps], dtype=self.eps.dtype)])
+        self.labels = torch.cat([self.labels, torch.tensor([label])])
+        return len(self) - 1
+
+    def route(self, queries: torch.Tensor) -> torch.Tensor:
+        """For queries [..., d]: the index of the nearest key when within its radius, else -1."""
+        if not len(self):
+            return torch.full(queries.shape[:-1], -1, dtype=torch.long, device=queries.device)
+        flat = queries.reshape(-1, queries.shape[-1]).float()
+        keys = self.keys.to(flat.device)
+        distances = torch.cdist(flat[None], keys[None])[0]  # [m, n]
+        best, index = distances.min(dim=1)
+        inside = best <= self.eps.to(flat.device)[index]
+        return torch.where(inside, index, torch.full_like(index, -1)).reshape(queries.shape[:-1])
+
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """For safetensors: `keys`, `eps`, `labels` under `prefix`."""
+        return {f"{prefix}keys": self.keys.contiguous(), f"{prefix}eps": self.eps.contiguous(),
+                f"{prefix}labels": self.labels.contiguous()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "") -> "Codebook":
+        return cls(tensors[f"{prefix}keys"].float(), tensors[f"{prefix}eps"].float(), tensors[f"{prefix}labels"].long())
+
+
+@dataclass(frozen=True)
+class KeyedText:
+    """An edit's teacher-forced text: ids, the positions that predict answer tokens, and those tokens."""
+
+    source: str
+    ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+def teacher_forced(tokenizer, encoded) -> list[KeyedText]:
+    """`editspec.tuning.Encoded` good targets as `KeyedText`s (their key positions and labels)."""
+    found = []
+    for e in encoded:
+        start = len(e.head) - 1
+        found.append(KeyedText(e.target.source, e.head + e.answer,
+                               tuple(range(start, start + len(e.answer))), e.answer))
+    return found
+
+
+@torch.no_grad()
+def activations(model, tokenizer, path: str, sequences: Sequence[Sequence[int]], *,
+                where: Literal["input", "output"] = "input", batch_size: int = 16) -> list[torch.Tensor]:
+    """The activation at `path` ([len, d] per sequence, float32, CPU): the module's input or output."""
+    device = model.get_input_embeddings().weight.device
+    found: list[torch.Tensor] = []
+    recorder = record_inputs if where == "input" else record_outputs
+    for start in range(0, len(sequences), batch_size):
+        rows = [list(s) for s in sequences[start:start + batch_size]]
+        ids, mask = right_pad(rows, pad_id(tokenizer))
+        with recorder(model, [path]) as seen:
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        states = seen[path].float().cpu()
+        found += [states[r, : len(row)] for r, row in enumerate(rows)]
+    return found
+
+
+def nearest_distances(keys: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """For each key [n, d], its distance to the nearest reference row [m, d] (inf when m = 0)."""
+    if references.numel() == 0:
+        return torch.full((keys.shape[0],), float("inf"))
+    return torch.cdist(keys[None].float(), references[None].float())[0].min(dim=1).values

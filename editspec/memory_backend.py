@@ -1,0 +1,101 @@
+"""What the memory backends (grace, melo) share: keys from edits, radius calibration, hook attachments.
+
+    keyed = edit_keys(job)                                 # teacher-forced texts of the edits
+    queries = activations(model, tok, path, [k.ids for k in keyed])
+    eps = radii(job, path, keys)                           # per key, or the config's number
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from editspec.backend import Attachment, CompileJob
+from editspec.codebook import KeyedText, activations, nearest_distances, teacher_forced
+from editspec.errors import EditspecError, error_at
+from editspec.objectives import edit_targets, fact_texts
+
+# Model -> its live memory attachment, so a sequential compile can take the old memory off.
+_LIVE: "weakref.WeakKeyDictionary[nn.Module, HookAttachment]" = weakref.WeakKeyDictionary()
+
+
+class HookAttachment(Attachment):
+    """Forward hooks on a model (a memory); `revert()` removes them, leaving no trace."""
+
+    def __init__(self, model: nn.Module, handles: Sequence):
+        self.model, self.handles, self.reverted = model, list(handles), False
+        _LIVE[model] = self
+
+    def revert(self) -> None:
+        if self.reverted:
+            return
+        for handle in self.handles:
+            handle.remove()
+        _LIVE.pop(self.model, None)
+        self.reverted = True
+
+
+def detach_live(model: nn.Module) -> None:
+    """Remove the memory attached to `model` (a sequential compile rebuilds it whole)."""
+    attachment = _LIVE.get(model)
+    if attachment is not None:
+        attachment.revert()
+
+
+def refuse_non_edits(job: CompileJob, backend: str) -> None:
+    """A memory backend stores facts; canonical examples and forget blocks get a diagnostic at their line."""
+    for node, what in [(c, "canonical examples") for c in job.spec.canonical] + [(f, "forget blocks") for f in job.spec.forget]:
+        raise error_at(node.span, f"`{backend}` keeps a memory of edited facts; it cannot compile {what}",
+                       hint="compile this spec with `ft` (or `sense` for canonical examples)")
+    if not job.edits:
+        raise EditspecError(f"{job.spec.source} has no edits for `{backend}` to store")
+
+
+def edit_keys(job: CompileJob) -> list[KeyedText]:
+    """Each edit prompt with its answer, teacher-forced: where the keys are taken."""
+    from editspec.tuning import encode_targets
+
+    targets = [t for edit in job.edits for t in edit_targets(edit)]
+    return teacher_forced(job.model.tokenizer, encode_targets(job.model.tokenizer, targets))
+
+
+def reference_texts(job: CompileJob) -> list[str]:
+    """Text whose activations must stay outside every radius: keep facts and general text."""
+    texts = [text for edit in job.spec.edits for text in fact_texts(edit.keep)]
+    config = job.config
+    if config.eps == "auto" and config.reference_samples:
+        from editspec.corpus import load_corpus
+
+        texts += load_corpus(config.reference_corpus).sample(config.reference_samples)
+    return texts
+
+
+def radii(job: CompileJob, path: str, keys: torch.Tensor, where: str = "input") -> torch.Tensor:
+    """The initial radius of each key [n]: the config's `eps`, or calibrated on reference text."""
+    config = job.config
+    if config.eps != "auto":
+        return torch.full((keys.shape[0],), float(config.eps))
+    tokenizer = job.model.tokenizer
+    texts = reference_texts(job)
+    ids = [list(tokenizer(t, add_special_tokens=True)["input_ids"])[:128] for t in texts]
+    states = activations(job.model.model, tokenizer, path, [i for i in ids if i], where=where)
+    references = torch.cat(states) if states else torch.zeros(0, keys.shape[1])
+    distances = nearest_distances(keys, references)
+    if not bool(torch.isfinite(distances).all()):
+        raise EditspecError("`eps auto` needs reference text: none was given",
+                            hint="set `eps` to a number, or give `reference_corpus` / keep facts")
+    return config.eps_scale * distances
+
+
+def key_queries(job: CompileJob, path: str, keyed: Sequence[KeyedText], where: str = "input"
+                ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The activation at every key position [n, d], and (text index, position) for each row."""
+    states = activations(job.model.model, job.model.tokenizer, path, [k.ids for k in keyed], where=where)
+    rows, where_from = [], []
+    for t, (text, state) in enumerate(zip(keyed, states)):
+        for position in text.positions:
+            rows.append(state[position])
+            where_from.append((t, position))
+    return torch.stack(rows), where_from
