@@ -43,6 +43,8 @@ _BUILTIN: list[BackendEntry] = [
                  "MEMIT with null-space-projected updates, for sequential batches (--on)"),
     BackendEntry("ft", "editspec.backends.ft.config:FtConfig", "editspec.backends.ft.backend:FtBackend",
                  "fine-tuning with KL to the unedited model: a LoRA adapter (peft), or full MLP updates"),
+    BackendEntry("grace", "editspec.backends.grace.config:GraceConfig", "editspec.backends.grace.backend:GraceBackend",
+                 "a codebook of keys with deferral radii at one layer; inputs outside every radius run unedited"),
     BackendEntry("ike", "editspec.backends.ike.config:IkeConfig", "editspec.backends.ike:IkeBackend",
                  "API models: in-context demonstrations of the edits, behind a scope router"),
     BackendEntry("retrieval", "editspec.backends.retrieval.config:RetrievalConfig",
