@@ -30,7 +30,7 @@ import numpy as np
 from editspec.blackbox import demos
 from editspec.blackbox.memory import EditMemory
 from editspec.blackbox.prompts import TEMPLATE_FILE, render
-from editspec.blackbox.router import Match, ScopeRouter, calibration_scores, youden_threshold
+from editspec.blackbox.router import Match, ScopeRouter, calibration_scores, query_vectors, youden_threshold
 from editspec.errors import EditspecError
 
 ROUTER_FILE = "router.json"
@@ -51,11 +51,15 @@ class Plugin:
     embedder: Any
 
     # -- deciding and rendering ----------------------------------------------------------
-    def route(self, text: str) -> tuple[list[Match], np.ndarray | None]:
-        """The edits that apply to `text` (best first, at most `top_k`) and every record's score."""
+    def route(self, text: str, vectors: np.ndarray | None = None) -> tuple[list[Match], np.ndarray | None]:
+        """The edits that apply to `text` (best first, at most `top_k`) and every record's score.
+
+        `vectors` are `query_vectors(embedder, [text])[0]` when the caller already has them.
+        """
         if not len(self.memory) or not text.strip():
             return [], None
-        scores, mentioned = self.router.scores(self.embedder.encode([text])[0], text)
+        vectors = query_vectors(self.embedder, [text])[0] if vectors is None else vectors
+        scores, mentioned = self.router.scores(vectors, text)
         return self.router.matches(scores, mentioned, self.top_k), scores
 
     def augment(self, text: str) -> tuple[str, list[Match]] | None:

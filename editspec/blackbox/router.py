@@ -13,7 +13,7 @@ score reaches the threshold τ, calibrated per spec (ALGORITHMS.md §8.4):
 - τ maximises Youden's J (hit rate minus false-positive rate), placed in the middle of the
   widest gap among the best cuts; with no positives or no negatives, `default_threshold`.
 
->>> router = ScopeRouter(memory, threshold=0.8, mention_bonus=0.3)   # doctest: +SKIP
+>>> router = ScopeRouter(memory, threshold=1.0, mention_bonus=0.5)   # doctest: +SKIP
 >>> router.matches(*router.scores(embedder.encode([text])[0], text))  # doctest: +SKIP
 [Match(record=0, score=1.12, mentioned=True)]
 """
@@ -30,6 +30,25 @@ from editspec.blackbox.memory import EditMemory, record_keys
 
 _MAX_SUBJECT_WORDS = 12
 _CANDIDATES = 32
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?\"”])\s+|\n+")
+
+
+def focus(text: str) -> str:
+    """The last sentence or line of a request (at least three words): what it asks about.
+
+    A completion prompt continues its last sentence, and long prompts often begin with
+    unrelated text; scoring that tail too keeps the prefix from drowning the question.
+
+    >>> focus("Category: Villages. Angola belongs to the continent of")
+    'Angola belongs to the continent of'
+    """
+    pieces = [p for p in _SENTENCE_END.split(text) if p and p.strip()]
+    tail: list[str] = []
+    while pieces and len(" ".join(tail).split()) < 3:
+        tail.insert(0, pieces.pop().strip())
+    return " ".join(tail) if tail else text.strip()
 
 
 def normalise(text: str) -> str:
@@ -83,10 +102,14 @@ class ScopeRouter:
         self.mention_bonus = float(mention_bonus)
         self.subjects = SubjectIndex([r["subject"] for r in memory.records])
 
-    def scores(self, query_vector: np.ndarray, text: str) -> tuple[np.ndarray, set[int]]:
-        """Every record's score for a query (`[n_records]`) and the records it names."""
-        similarities = self.memory.embeddings @ query_vector          # [n_keys]
-        best = self.memory.best_per_record(similarities)              # [n_records]
+    def scores(self, query_vectors: np.ndarray, text: str) -> tuple[np.ndarray, set[int]]:
+        """Every record's score for a query (`[n_records]`) and the records it names.
+
+        `query_vectors` embeds the text and, optionally, its `focus` (`[1 or 2, dim]`); the
+        better similarity of the two counts.
+        """
+        similarities = self.memory.embeddings @ np.atleast_2d(query_vectors).T   # [n_keys, 1 or 2]
+        best = self.memory.best_per_record(similarities.max(axis=1))              # [n_records]
         mentioned = self.subjects.mentioned(text)
         if mentioned:
             best = best.copy()
@@ -99,6 +122,17 @@ class ScopeRouter:
         # Highest score first; ties broken by record order, so routing is deterministic.
         order = sorted(chosen.tolist(), key=lambda i: (-float(scores[i]), i))
         return [Match(i, float(scores[i]), i in mentioned) for i in order[:limit]]
+
+
+def query_vectors(embedder, texts: Sequence[str]) -> list[np.ndarray]:
+    """For each text, the embeddings of the text and of its `focus` when that differs (one batch)."""
+    tails = [focus(t) for t in texts]
+    extra = [i for i, (t, f) in enumerate(zip(texts, tails)) if f != t.strip()]
+    encoded = embedder.encode([*texts, *(tails[i] for i in extra)])
+    rows = [encoded[i:i + 1] for i in range(len(texts))]
+    for position, i in enumerate(extra):
+        rows[i] = np.concatenate([rows[i], encoded[len(texts) + position:len(texts) + position + 1]])
+    return rows
 
 
 # -- calibration ------------------------------------------------------------------------------
@@ -123,12 +157,9 @@ def calibration_scores(memory: EditMemory, embedder, *, mention_bonus: float,
         [k["prompt"] for r in memory.records for k in r["keep"]] + list(extra_negatives)))
     negatives: list[float] = []
     if negative_texts and len(memory):
-        vectors = embedder.encode(negative_texts)
-        for text, vector in zip(negative_texts, vectors):
-            best = memory.best_per_record(memory.embeddings @ vector)
-            for named in index.mentioned(text):
-                best[named] += mention_bonus
-            negatives.append(float(best.max()))
+        router = ScopeRouter(memory, threshold=0.0, mention_bonus=mention_bonus)
+        for text, vectors in zip(negative_texts, query_vectors(embedder, negative_texts)):
+            negatives.append(float(router.scores(vectors, text)[0].max()))
     return positives, negatives
 
 

@@ -18,5 +18,5 @@ class PluginConfig(BaseModel):
     default_threshold: float = Field(
         0.75, ge=-1, le=3, description="τ when the spec has too little to calibrate on (no paraphrases or no keep).")
     mention_bonus: float = Field(
-        0.3, ge=0, le=2, description="Added to an edit's score when the request names the edit's subject.")
+        0.5, ge=0, le=2, description="Added to an edit's score when the request names the edit's subject.")
     top_k: int = Field(3, ge=1, description="Most edits whose facts go into one request.")
