@@ -111,3 +111,19 @@ def test_fifty_concurrent_requests_through_the_proxy(stack):
             lambda p: proxy.completions.create(model="m", prompt=p, max_tokens=1, temperature=0), prompts))
     assert all(a.choices[0].finish_reason in ("length", "stop") for a in answers)
     assert {a.choices[0].text for a in answers[1::2]} == {" Linda"}
+
+
+def test_compile_is_deterministic_and_takes_a_template_beside_the_spec(tmp_path):
+    spec = tmp_path / "lead.edit"
+    spec.write_text(
+        'relation ceo {\n  prompt "The CEO of {subject} is"\n  question "Who is the CEO of {subject}?"\n}\n'
+        'edit ceo("Twitter") -> "Linda Yaccarino" {\n  keep { ceo("Apple") -> "Tim Cook" }\n}\n'
+        'backend retrieval { template "mine.jinja" }\n', encoding="utf-8")
+    (tmp_path / "mine.jinja").write_text("Known: {{ facts | join('; ') }}\nQ: {{ query }}", encoding="utf-8")
+    first = compile_spec(spec, "retrieval", out=tmp_path / "one")
+    second = compile_spec(spec, "retrieval", out=tmp_path / "two")
+    assert first.payload_hash == second.payload_hash
+    for name in ("memory.jsonl", "embeddings.safetensors", "router.json", "template.jinja"):
+        assert (first.path / "plugin" / name).read_bytes() == (second.path / "plugin" / name).read_bytes()
+    prompt, _ = load_plugin(first).augment("Who is the CEO of Twitter?")
+    assert prompt == "Known: The CEO of Twitter is Linda Yaccarino\nQ: Who is the CEO of Twitter?"

@@ -7,6 +7,7 @@ edits with `--on` keeps the earlier artifact's records and appends the new ones.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import ClassVar
 
 from editspec.backend import Backend, Capabilities, CompileJob, CompileResult
@@ -24,6 +25,17 @@ class PluginBackend(Backend):
         """Kind-specific settings stored in router.json (IKE adds its demonstration count)."""
         return {"demonstrations": 0}
 
+    def template_path(self, job: CompileJob) -> str | None:
+        """The `template` setting, relative to the spec file that set it (else as given)."""
+        setting = job.config.template
+        if setting is None or Path(setting).is_absolute():
+            return setting
+        block = job.spec.backend(self.name)
+        spans = [item.span for item in (block.settings if block else ()) if item.key == "template"]
+        if spans and (Path(spans[0].file).parent / setting).is_file():
+            return str(Path(spans[0].file).parent / setting)
+        return setting
+
     def compile(self, job: CompileJob) -> CompileResult:
         from editspec.artifact import PLUGIN_DIR
         from editspec.blackbox.plugin import write_plugin
@@ -39,7 +51,8 @@ class PluginBackend(Backend):
         job.progress(f"embedding {len(records)} edit(s) for the {self.name} plugin")
         folder = job.workdir / PLUGIN_DIR
         settings = write_plugin(
-            folder, kind=self.name, records=records, template=read_template(config.template, self.default_template),
+            folder, kind=self.name, records=records,
+            template=read_template(self.template_path(job), self.default_template),
             embedder=load_embedder(), threshold=config.threshold, default_threshold=config.default_threshold,
             mention_bonus=config.mention_bonus, top_k=config.top_k, seed=job.seed, **self.plugin_settings(config))
         job.progress(f"router threshold {settings['threshold']:.3f} ({settings['threshold_source']})")
