@@ -99,3 +99,40 @@ def key_queries(job: CompileJob, path: str, keyed: Sequence[KeyedText], where: s
             rows.append(state[position])
             where_from.append((t, position))
     return torch.stack(rows), where_from
+
+
+def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tensor], *, lr: float, n_iter: int,
+        stop_loss: float, lr_step: int | None = None) -> dict:
+    """Adam on `params` (with the memory's hooks installed) until every answer's mean NLL < `stop_loss`.
+
+    Returns ``{"steps", "loss" (the worst text's), "per_text"}``; `lr_step` halves the rate that often.
+    """
+    from editspec.tokens import pad_id, right_pad
+
+    model, tokenizer = job.model.model, job.model.tokenizer
+    optimizer = torch.optim.Adam(list(params), lr=lr)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=0.5) if lr_step else None
+    ids, mask = right_pad([k.ids for k in keyed], pad_id(tokenizer))
+    device = model.get_input_embeddings().weight.device
+    rows = [(list(k.positions), torch.tensor(k.labels, device=device)[:, None]) for k in keyed]
+    steps, per_text = 0, []
+    for steps in range(n_iter + 1):
+        logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+        losses = torch.stack([-logp[r, positions].gather(1, labels).mean() for r, (positions, labels) in enumerate(rows)])
+        per_text = [x.item() for x in losses]
+        if steps == n_iter or max(per_text) < stop_loss:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+    return {"steps": steps, "loss": round(max(per_text), 6), "per_text": per_text}
+
+
+def per_edit_losses(job: CompileJob, keyed: Sequence[KeyedText], per_text: Sequence[float], **extra) -> list[dict]:
+    """The manifest's per-edit numbers: mean final loss over the edit's prompts (and `extra`)."""
+    losses: dict[str, list[float]] = {}
+    for text, loss in zip(keyed, per_text):
+        losses.setdefault(text.source, []).append(loss)
+    return [{"id": e.id, "loss": round(sum(losses[e.id]) / len(losses[e.id]), 6), **extra} for e in job.edits]

@@ -44,9 +44,10 @@ TINY = {
     "ft": {"lr": "0.02", "steps": "15"},
     "ft-full": {"method": "full", "lr": "0.01", "steps": "15"},
     "grace": {},
+    "melo": {"edit_lr": "0.05", "n_iter": "25"},
 }
 BACKENDS = list(TINY)
-MEMORIES = ["grace"]
+MEMORIES = ["grace", "melo"]
 EXACT_OUTSIDE = set(MEMORIES)  # backends whose out-of-scope outputs are bit-identical
 
 

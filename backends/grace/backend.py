@@ -18,7 +18,9 @@ from editspec.codebook import Codebook
 from editspec.errors import EditspecError
 from editspec.hooks import _hidden, _with_hidden, record_outputs
 from editspec.layout import layout_for, module_at
-from editspec.memory_backend import HookAttachment, detach_live, edit_keys, key_queries, radii, refuse_non_edits
+from editspec.memory_backend import (
+    HookAttachment, detach_live, edit_keys, fit, key_queries, per_edit_losses, radii, refuse_non_edits,
+)
 
 from .config import GraceConfig
 
@@ -86,7 +88,7 @@ class GraceBackend(Backend):
             touched.append(index)
         log = train_values(job, path, book, values, sorted(set(touched)), keyed)
         save_codebook(job.workdir / CODEBOOK, book, log.pop("values"), path)
-        per_edit = _per_edit(job, keyed, log.pop("per_text"))
+        per_edit = per_edit_losses(job, keyed, log.pop("per_text"))
         return CompileResult(files=[CODEBOOK], edits=per_edit,
                              details={"module": path, "entries": len(book), "new_keys": len(origin),
                                       "eps_mean": round(float(eps.mean()), 6), **log})
@@ -114,10 +116,7 @@ def _outputs_at(model, tokenizer, path, keyed) -> list[torch.Tensor]:
 
 def train_values(job: CompileJob, path: str, book: Codebook, values: torch.Tensor, trained: list[int], keyed) -> dict:
     """Adam on the `trained` rows of `values` until every answer's mean NLL is below `stop_loss`."""
-    from editspec.tokens import pad_id, right_pad
-
     config: GraceConfig = job.config
-    model, tokenizer = job.model.model, job.model.tokenizer
     rows = torch.tensor(trained, dtype=torch.long)
     param = torch.nn.Parameter(values[rows].clone())
     frozen = values.clone()
@@ -125,37 +124,15 @@ def train_values(job: CompileJob, path: str, book: Codebook, values: torch.Tenso
     def table():
         return frozen.index_put((rows,), param)
 
-    optimizer = torch.optim.Adam([param], lr=config.edit_lr)
-    ids, mask = right_pad([k.ids for k in keyed], pad_id(tokenizer))
-    device = model.get_input_embeddings().weight.device
-    handle = module_at(model, path).register_forward_hook(replace_hook(book, table))
-    steps, per_text = 0, []
+    handle = module_at(job.model.model, path).register_forward_hook(replace_hook(book, table))
     try:
-        for steps in range(config.n_iter + 1):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            losses = torch.stack([-logp[r, list(k.positions)].gather(1, torch.tensor(k.labels, device=logp.device)[:, None]).mean()
-                                  for r, k in enumerate(keyed)])
-            per_text = [x.item() for x in losses]
-            if steps == config.n_iter or float(losses.max()) < config.stop_loss:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
+        log = fit(job, keyed, [param], lr=config.edit_lr, n_iter=config.n_iter, stop_loss=config.stop_loss)
     finally:
         handle.remove()
     final = table().detach()
     if not bool(torch.isfinite(final).all()):
         raise EditspecError("GRACE values became NaN or inf; refusing them", hint="try a smaller `edit_lr`")
-    return {"values": final, "per_text": per_text, "steps": steps, "loss": round(max(per_text), 6)}
-
-
-def _per_edit(job: CompileJob, keyed, per_text: list[float]) -> list[dict]:
-    losses: dict[str, list[float]] = {}
-    for text, loss in zip(keyed, per_text):
-        losses.setdefault(text.source, []).append(loss)
-    return [{"id": e.id, "loss": round(sum(losses.get(e.id, [0.0])) / max(len(losses.get(e.id, [])), 1), 6)}
-            for e in job.edits]
+    return {"values": final, **log}
 
 
 def save_codebook(path, book: Codebook, values: torch.Tensor, module: str, extra: dict | None = None) -> None:
