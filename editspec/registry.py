@@ -45,6 +45,8 @@ _BUILTIN: list[BackendEntry] = [
                  "fine-tuning with KL to the unedited model: a LoRA adapter (peft), or full MLP updates"),
     BackendEntry("grace", "editspec.backends.grace.config:GraceConfig", "editspec.backends.grace.backend:GraceBackend",
                  "a codebook of keys with deferral radii at one layer; inputs outside every radius run unedited"),
+    BackendEntry("melo", "editspec.backends.melo.config:MeloConfig", "editspec.backends.melo.backend:MeloBackend",
+                 "routed LoRA blocks, one per edit batch; inputs outside every edit cluster run unedited"),
     BackendEntry("ike", "editspec.backends.ike.config:IkeConfig", "editspec.backends.ike:IkeBackend",
                  "API models: in-context demonstrations of the edits, behind a scope router"),
     BackendEntry("retrieval", "editspec.backends.retrieval.config:RetrievalConfig",
