@@ -131,7 +131,16 @@ class CheckFailed(AssertionError):
     pass
 
 
-class CheckItem(pytest.Item):
+class _SpecItem(pytest.Item):
+    """An item of a spec: failures print as the spec line and the numbers, not as a traceback."""
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, (CheckFailed, SpecError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+class CheckItem(_SpecItem):
     """One check of a spec; it fails at the spec line that declared it."""
 
     def __init__(self, *, check, **kwargs):
@@ -143,26 +152,21 @@ class CheckItem(pytest.Item):
         result = next(r for r in report.results if r.check.id == self.check.id)
         if result.passed:
             return
-        from editspec.verify.report import _expected
+        from editspec.verify.report import expected_text
 
         message = (f"{self.check.location}: {self.check.metric} ({self.check.protocol}): "
-                   f"{self.check.prompt!r}: expected {_expected(result)}, got {result.got!r}")
+                   f"{self.check.prompt!r}: expected {expected_text(result)}, got {result.got!r}")
         holding = [v for v in report.verdicts if v.metric == self.check.metric and v.holds]
         if holding:
             pytest.xfail(f"{message} (allowed: expect {holding[0].metric} {holding[0].comparator} "
                          f"{holding[0].value:g} holds at {holding[0].location})")
         raise CheckFailed(message + "\n  scores: " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.scores.items()))
 
-    def repr_failure(self, excinfo):
-        if isinstance(excinfo.value, (CheckFailed, SpecError)):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
-
     def reportinfo(self):
         return self.path, self.check.line - 1, f"{self.check.location}: {self.check.id}"
 
 
-class ExpectationItem(pytest.Item):
+class ExpectationItem(_SpecItem):
     """One `expect` line: it fails when the metric's total under any protocol misses it."""
 
     def __init__(self, *, index, **kwargs):
@@ -176,11 +180,6 @@ class ExpectationItem(pytest.Item):
             seen = ", ".join(f"{t.protocol} {t.value:.3f} ({t.passed}/{t.count})" for t in verdict.totals)
             raise CheckFailed(f"{verdict.location}: expect {verdict.metric} {verdict.comparator} {verdict.value:g}: "
                               f"got {seen or 'nothing measured it'}")
-
-    def repr_failure(self, excinfo):
-        if isinstance(excinfo.value, (CheckFailed, SpecError)):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
 
     def reportinfo(self):
         e = self.parent.spec.expect[self.index]

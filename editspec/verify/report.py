@@ -25,7 +25,7 @@ def _short(text: str, width: int = _MAX_TEXT) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _expected(r: CheckResult) -> str:
+def expected_text(r: CheckResult) -> str:
     c = r.check
     if c.metric == "forget":
         return "not " + " | ".join(c.answers)
@@ -56,13 +56,13 @@ def terminal(report: Report, *, show_passed: bool = True) -> str:
         if r.passed and not show_passed:
             continue
         rows.append(["ok" if r.passed else "FAIL", r.check.id, r.check.metric, r.check.protocol,
-                     _short(r.check.prompt, 40), _short(_expected(r), 40), _short(r.got, 30)])
+                     _short(r.check.prompt, 40), _short(expected_text(r), 40), _short(r.got, 30)])
     lines += [""] + _table(rows)
     failures = [r for r in report.results if not r.passed]
     if failures:
         lines += ["", "failures:"]
         lines += [f"  {r.check.location}: {r.check.id} ({r.check.metric}, {r.check.protocol}): "
-                  f"expected {_short(_expected(r))}, got {_short(r.got)}" for r in failures]
+                  f"expected {_short(expected_text(r))}, got {_short(r.got)}" for r in failures]
     rows = [["metric", "protocol", "value", "passed"]]
     rows += [[t.metric, t.protocol, f"{t.value:.3f}", f"{t.passed}/{t.count}"] for t in report.totals.values()]
     lines += ["", "totals (never averaged across protocols):"] + ["  " + x for x in _table(rows)]
@@ -97,7 +97,7 @@ def junit(report: Report) -> str:
                              file=r.check.file, line=str(r.check.line))
         ET.SubElement(case, "system-out").text = json.dumps(r.to_json(), ensure_ascii=False)
         if not r.passed:
-            failure = ET.SubElement(case, "failure", message=f"{r.check.location}: expected {_short(_expected(r))}, "
+            failure = ET.SubElement(case, "failure", message=f"{r.check.location}: expected {_short(expected_text(r))}, "
                                                              f"got {_short(r.got)} ({r.check.protocol})")
             failure.text = json.dumps(r.scores, ensure_ascii=False, indent=1)
     for v in report.verdicts:
@@ -130,7 +130,7 @@ def markdown(report: Report) -> str:
         lines += ["", f"<details><summary>{len(failures)} failing check(s)</summary>", "",
                   "| where | check | prompt | expected | got |", "|---|---|---|---|---|"]
         lines += [f"| {r.check.location} | `{r.check.id}` ({r.check.protocol}) | {_cell(r.check.prompt)} | "
-                  f"{_cell(_expected(r))} | {_cell(r.got)} |" for r in failures]
+                  f"{_cell(expected_text(r))} | {_cell(r.got)} |" for r in failures]
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 

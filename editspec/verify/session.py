@@ -57,7 +57,7 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
         return load_model(name, **options)
 
     if artifact is not None:
-        return _verify_artifact(spec, artifact, model, load, seed=seed, protocol=protocol, say=say, options=options)
+        return _verify_artifact(spec, artifact, model, seed=seed, protocol=protocol, say=say, options=options)
     loaded = load(model)
     if no_edit:
         return verify(spec, loaded.model, loaded.tokenizer, weights_hash=loaded.weights_hash, protocol=protocol,
@@ -73,15 +73,16 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
                       edited_name=f"compiled with {backend}")
 
 
-def _verify_artifact(spec: Spec, artifact, model, load, *, seed, protocol, say, options) -> Report:
+def _verify_artifact(spec: Spec, artifact, model, *, seed, protocol, say, options) -> Report:
     from editspec.artifact import read_artifact
     from editspec.edited import load_artifact_model, load_edited
     from editspec.models import LoadedModel
 
     art = read_artifact(artifact)
-    if art.model is None:  # a black-box artifact: it belongs to no particular local model
-        loaded = load(model)
-    elif isinstance(model, LoadedModel):
+    if art.model is None:
+        raise EditspecError(f"{art.path} is a black-box `{art.backend}` artifact; verify checks weight edits",
+                            hint="serve it with `editspec serve` and check answers through the endpoint")
+    if isinstance(model, LoadedModel):
         loaded = model
     else:
         say(f"loading the model of {art.path}")
