@@ -127,3 +127,26 @@ def test_compile_is_deterministic_and_takes_a_template_beside_the_spec(tmp_path)
         assert (first.path / "plugin" / name).read_bytes() == (second.path / "plugin" / name).read_bytes()
     prompt, _ = load_plugin(first).augment("Who is the CEO of Twitter?")
     assert prompt == "Known: The CEO of Twitter is Linda Yaccarino\nQ: Who is the CEO of Twitter?"
+
+
+def test_verify_through_the_api(stack, tmp_path):
+    from editspec.blackbox.verify_api import verify_api
+
+    spec = tmp_path / "twitter.edit"
+    spec.write_text(
+        'relation ceo {\n  prompt "The CEO of {subject} is"\n  question "Who is the CEO of {subject}?"\n}\n'
+        'edit ceo("Twitter") -> "Linda Yaccarino" {\n  keep { ceo("Apple") -> "Tim Cook"\n'
+        '    "The capital of France is" -> "Paris" }\n}\nexpect { efficacy >= 1.0 }\n', encoding="utf-8")
+    plugin = load_plugin(compile_spec(spec, "retrieval", out=tmp_path / "artifact"))
+    unedited = verify_api(spec, stack["upstream"])
+    edited = verify_api(spec, stack["upstream"], artifact=plugin)
+    totals = {metric: total.value for (metric, protocol), total in edited.totals.items()}
+    before = {metric: total.value for (metric, protocol), total in unedited.totals.items()}
+    assert {p for (_, p) in edited.totals} == {"generate"}
+    assert totals["efficacy"] == 1.0 and before["efficacy"] < 1.0
+    assert edited.exit_code == 0 and unedited.exit_code == 1
+    # Keep prompts are outside every edit's scope: answered exactly as before (whether or not
+    # the small model knew the answer in the first place).
+    locality = [r for r in edited.results if r.check.metric == "locality"]
+    assert len(locality) == 2 and all(r.scores["agrees_with_unedited"] for r in locality)
+    assert totals["locality"] == before["locality"]
