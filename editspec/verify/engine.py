@@ -84,7 +84,10 @@ def baseline(checks: list[Check], model, tokenizer, *, weights_hash: str | None,
     """
     path = None
     if weights_hash:
-        path = cache_dir("verify", "baselines") / f"{baseline_key(weights_hash, checks, seed)}.json"
+        # The same weights in another dtype or on another kind of device score (slightly) differently.
+        parameter = next(model.parameters())
+        where = f"{weights_hash}:{parameter.dtype}:{parameter.device.type}"
+        path = cache_dir("verify", "baselines") / f"{baseline_key(where, checks, seed)}.json"
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(path.read_text())
             if data.get("format") == BASELINE_FORMAT:
