@@ -190,12 +190,12 @@ def train(model, tokenizer, params: Sequence[torch.nn.Parameter], encoded: Seque
                 kl_term = anchor_kl(model, anchors, rows)
                 kl = kl_term.item()
                 loss = loss + settings.kl_weight * kl_term
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(loss.item()):
                 raise EditspecError("the training loss became NaN or inf; refusing the result",
                                     hint="try a smaller `lr`")
             log.update(steps=step, objective=round(float(objective), 6), kl=round(kl, 6),
                        per_target=[round(x, 6) for x in per_target])
-            if float(objective) < settings.stop_loss:
+            if objective.item() < settings.stop_loss:
                 log["stopped"] = "stop_loss"
                 break
             loss.backward()
