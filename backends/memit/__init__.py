@@ -2,17 +2,12 @@
 
 The settings import without torch (for `editspec check`); the update math loads on first use.
 """
+from editspec.lazy import lazy_attributes
+
 from .config import MemitConfig, default_layers
 
 _MATH = {"memit_deltas", "memit_update"}
 
-
-def __getattr__(name):
-    if name in _MATH:
-        from . import memit
-
-        return getattr(memit, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_attributes(__name__, ".memit", _MATH)
 
 __all__ = ["MemitConfig", "default_layers", *sorted(_MATH)]
