@@ -45,6 +45,7 @@ TINY = {
     "ft-full": {"method": "full", "lr": "0.01", "steps": "15"},
     "grace": {},
     "melo": {"edit_lr": "0.05", "n_iter": "25"},
+    "sense": {"lr": "0.1", "steps": "15", "senses": "16"},
 }
 BACKENDS = list(TINY)
 MEMORIES = ["grace", "melo"]
@@ -138,7 +139,7 @@ def test_on_previous_adds_edits(setup, backend):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("backend", ["ft", "ft-full"])
+@pytest.mark.parametrize("backend", ["ft", "ft-full", "sense"])
 def test_apply_merges_into_a_checkpoint(setup, backend):
     artifact = _compile(setup, backend)
     out = setup["tmp"] / "checkpoint"
@@ -233,3 +234,46 @@ def test_memory_cannot_be_merged(setup, backend):
     result = CliRunner().invoke(main, ["apply", str(artifact.path), "-o", str(setup["tmp"] / "c"),
                                        "--model", str(setup["folder"])])
     assert result.exit_code == 2 and "cannot be merged" in result.output
+
+
+def test_sense_on_a_tiny_backpack_trains_only_chosen_senses(tmp_path, tmp_cache):
+    from editspec.backpack import BackpackConfig, BackpackLM
+
+    torch.manual_seed(0)
+    config = BackpackConfig(vocab_size=320, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_senses=4,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    folder = tmp_path / "tiny-backpack"
+    BackpackLM(config).eval().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES * 3))
+    spec = tmp_path / "canonical.edit"
+    spec.write_text('canonical "germany" {\n  example "The language of Germany is" -> "French" over "German"\n}\n')
+    loaded = load_model(folder)
+    assert type(loaded.model).__name__ == "BackpackLM"
+    model, tok = loaded.model, loaded.tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    old = _logprob(model, tok, "The language of Germany is", "French")
+    artifact = compile_spec(spec, "sense", model=loaded, out=tmp_path / "art",
+                            overrides={"lr": "0.5", "steps": "20", "senses": "6", "kl_corpus": str(corpus)})
+    chosen = artifact.manifest["details"]["senses"]
+    assert 1 <= len(chosen) <= 6 and all(0 <= s < 4 for _, s in chosen)
+    with editspec.load_edited(loaded, artifact) as edited:
+        assert _logprob(edited.model, tok, "The language of Germany is", "French") > old + 1.0
+        # Text without any chosen word runs the unedited senses exactly.
+        words = {w for w, _ in chosen}
+        clean = [t for t in ["Paris", "Rome and Madrid", "Bill Gates founded Microsoft."]
+                 if not words & set(tok(t)["input_ids"])]
+        for text in clean:
+            assert torch.equal(_logits(edited.model, tok, text), _logits_unhooked(model, tok, text, before))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    result = CliRunner().invoke(main, ["apply", str(artifact.path), "-o", str(tmp_path / "c"), "--model", str(folder)])
+    assert result.exit_code == 2 and "cannot be merged" in result.output
+
+
+def _logits_unhooked(model, tok, text, state):
+    from editspec.backpack import BackpackLM
+
+    fresh = BackpackLM(model.config).eval()
+    fresh.load_state_dict(state)
+    return _logits(fresh, tok, text)
