@@ -194,6 +194,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, de
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import editspec.backpack  # noqa: F401  (registers the Backpack model type with AutoModelForCausalLM)
+
     if device is not None and device_map is not None:
         raise EditspecError("give either a device or a device map, not both",
                             hint="`--device-map auto` already decides where each layer goes")
