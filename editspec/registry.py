@@ -47,6 +47,8 @@ _BUILTIN: list[BackendEntry] = [
                  "a codebook of keys with deferral radii at one layer; inputs outside every radius run unedited"),
     BackendEntry("melo", "editspec.backends.melo.config:MeloConfig", "editspec.backends.melo.backend:MeloBackend",
                  "routed LoRA blocks, one per edit batch; inputs outside every edit cluster run unedited"),
+    BackendEntry("sense", "editspec.backends.sense.config:SenseConfig", "editspec.backends.sense.backend:SenseBackend",
+                 "sense fine-tuning: a few Backpack senses, or the most relevant MLP value vectors, with KL"),
     BackendEntry("ike", "editspec.backends.ike.config:IkeConfig", "editspec.backends.ike:IkeBackend",
                  "API models: in-context demonstrations of the edits, behind a scope router"),
     BackendEntry("retrieval", "editspec.backends.retrieval.config:RetrievalConfig",
