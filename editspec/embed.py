@@ -12,6 +12,7 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -64,6 +65,35 @@ def embedder_dir() -> Path:
     return target
 
 
+@contextlib.contextmanager
+def single_thread():
+    """torch on one thread inside the block (the thread count is restored after).
+
+    Per-request work (one query's embedding, one similarity scan) is small: on a busy machine
+    a thread pool costs far more than it saves.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def similarities(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """`keys @ queries.T` (`[n_keys, n_queries]`) on one thread (see `single_thread`).
+
+    >>> similarities(np.eye(2, dtype=np.float32), np.ones((1, 2), dtype=np.float32)).tolist()
+    [[1.0], [1.0]]
+    """
+    import torch
+
+    with single_thread(), torch.inference_mode():
+        return (torch.from_numpy(keys) @ torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).T).numpy()
+
+
 @dataclass
 class Embedder:
     """A loaded sentence encoder; `encode` is thread-safe and deterministic on one machine."""
@@ -90,14 +120,9 @@ class Embedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        threads = torch.get_num_threads()
-        with self._lock, torch.inference_mode():
-            if len(texts) <= _SMALL:
-                torch.set_num_threads(1)
-            try:
-                rows = [self._batch(texts[start:start + batch_size]) for start in range(0, len(texts), batch_size)]
-            finally:
-                torch.set_num_threads(threads)
+        small = single_thread() if len(texts) <= _SMALL else contextlib.nullcontext()
+        with self._lock, torch.inference_mode(), small:
+            rows = [self._batch(texts[start:start + batch_size]) for start in range(0, len(texts), batch_size)]
         return np.ascontiguousarray(np.concatenate(rows).astype(np.float32))
 
     def _batch(self, texts: list[str]) -> np.ndarray:

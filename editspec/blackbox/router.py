@@ -108,8 +108,10 @@ class ScopeRouter:
         `query_vectors` embeds the text and, optionally, its `focus` (`[1 or 2, dim]`); the
         better similarity of the two counts.
         """
-        similarities = self.memory.embeddings @ np.atleast_2d(query_vectors).T   # [n_keys, 1 or 2]
-        best = self.memory.best_per_record(similarities.max(axis=1))              # [n_records]
+        from editspec.embed import similarities
+
+        scan = similarities(self.memory.embeddings, np.atleast_2d(query_vectors))   # [n_keys, 1 or 2]
+        best = self.memory.best_per_record(scan.max(axis=1))                       # [n_records]
         mentioned = self.subjects.mentioned(text)
         if mentioned:
             best = best.copy()
