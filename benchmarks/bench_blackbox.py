@@ -121,9 +121,14 @@ def scope(args) -> None:
 def overhead(args) -> None:
     import random
 
+    from editspec.blackbox.plugin import open_plugin
+
     records = train_records(args.edits)
-    with tempfile.TemporaryDirectory() as tmp:
-        plugin = build(records, "retrieval", Path(tmp))
+    if args.plugin_dir and (Path(args.plugin_dir) / "router.json").is_file():
+        plugin = open_plugin(Path(args.plugin_dir))   # built by an earlier run: only the timing is redone
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            plugin = build(records, "retrieval", Path(args.plugin_dir or tmp))
     cases = json.loads((DATA / "counterfact-train.json").read_text())[:args.edits]
     rng = random.Random(0)
     queries = [rng.choice([c["rephrase_prompt"], c["locality_prompt"]]) for c in rng.sample(cases, args.queries)]
@@ -193,6 +198,7 @@ def main() -> None:
     cost = commands.add_parser("overhead")
     cost.add_argument("--edits", type=int, default=10_000)
     cost.add_argument("--queries", type=int, default=300)
+    cost.add_argument("--plugin-dir", help="Keep the built plugin here, and reuse it when it is already there.")
     end = commands.add_parser("e2e")
     end.add_argument("--edits", type=int, default=100)
     end.add_argument("--kinds", default="retrieval,ike")
