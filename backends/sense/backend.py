@@ -99,9 +99,6 @@ class SenseBackend(TrainingBackend):
 
         config: SenseConfig = job.config
         model = job.model.model
-        if job.previous is not None:
-            raise EditspecError("`sense` on a Backpack cannot add to an earlier artifact yet",
-                                hint="compile the whole spec without --on")
         chosen = backpack_senses(model, self._encoded(job), job.prepared["anchors"], k=config.senses,
                                  background_weight=config.background_weight)
         words = torch.tensor([w for w, _ in chosen])
@@ -113,7 +110,11 @@ class SenseBackend(TrainingBackend):
         finally:
             for handle in handles:
                 handle.remove()
-        _save_senses(job.workdir / SENSES, words, senses, change.detach())
+        new = (words, senses, change.detach())
+        if job.previous is not None:  # attached while training; the artifact holds both, earlier first
+            earlier = _load_senses(job.previous.file(SENSES))
+            new = tuple(torch.cat([old, now]) for old, now in zip(earlier, new))
+        _save_senses(job.workdir / SENSES, *new)
         return log, [SENSES], {"senses": [[int(w), int(s)] for w, s in chosen]}
 
     def _values(self, job: CompileJob):
