@@ -8,6 +8,11 @@ about 13 checks per edit).  The edit is a small random rank-one update at one ML
 for a compiled artifact: verification costs the same whatever the update is), so both the
 unedited baseline and the edited run are computed.  Prints the check count and the seconds of
 the cold run (baseline computed), the warm run (baseline from the cache) and the throughput.
+
+Measured 2026-11-24 on the 2-core machine under a load average of 10-13 (other agents' jobs):
+100 edits, 1,300 checks: cold 1,392 s (baseline pass 561 s, edited pass 831 s), warm 923 s.
+The goal (under 2 minutes) was not met there; a pass is about 13k prompt tokens plus fluency
+sampling, which the same machine idle runs several times faster.
 """
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def main() -> None:
             seconds = time.perf_counter() - mark
             print(f"{label}: {seconds:.1f} s for {len(report.results)} checks "
                   f"({len(report.results) / seconds:.1f} checks/s; stages {report.seconds})")
-        print(terminal(report).split("totals")[1].split("expectations")[0].rstrip())
+        print("totals" + terminal(report).split("\ntotals", 1)[1].split("\n\n", 1)[0])
         # The benchmark's baseline served its purpose: leave no entry behind in the user's cache.
         parameter = next(loaded.model.parameters())
         where = f"{key}:{parameter.dtype}:{parameter.device.type}"
