@@ -167,3 +167,12 @@ def test_pytest_collects_named_specs_one_item_per_check(setup, pytester):
     assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "xfailed")) == n_checks + 1
     assert outcomes.get("failed", 0) >= 1
     result.stdout.fnmatch_lines(["*specs/facts.edit:27: expect fluency >= 1000: got ngram_entropy*"])
+
+
+def test_a_kept_fact_sharing_the_new_object_is_not_its_own_foil(tmp_path):
+    path = tmp_path / "s.edit"
+    path.write_text(SPEC)
+    checks = {c.prompt: c for c in derive_checks(load_spec(path)) if c.metric == "locality"}
+    italy, spain = checks["The capital of Italy is"], checks["The capital of Spain is"]
+    assert italy.answers == ("Rome",) and "Rome" not in italy.foils and italy.protocol == "teacher_forced"
+    assert spain.foils == ("Rome",) and spain.protocol == "compare"

@@ -98,6 +98,10 @@ def _fact_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foi
     ]
 
 
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def _edit_checks(edit: ir.Edit, override: str | None) -> list[Check]:
     answers = (edit.target, *edit.aliases)
     was = (edit.old,) if edit.old else ()
@@ -105,8 +109,11 @@ def _edit_checks(edit: ir.Edit, override: str | None) -> list[Check]:
     checks += _fact_checks("generalization", edit.id, edit.span, (*edit.scope, *edit.paraphrases), answers, was,
                            override=override)
     for fact in edit.keep:
-        checks += _fact_checks("locality", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases), answers,
-                               agree=True, override=override)
+        kept = (fact.answer, *fact.aliases)
+        # A kept fact may share the edit's new object ("the Colosseum is in Rome" while the Eiffel
+        # Tower moves to Rome): such an answer cannot be its own foil.
+        foils = tuple(a for a in answers if _normal(a) not in {_normal(k) for k in kept})
+        checks += _fact_checks("locality", fact.id, fact.span, fact.prompts, kept, foils, agree=True, override=override)
     for fact in edit.implies:
         checks += _fact_checks("portability", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases), (),
                                override=override)
