@@ -108,6 +108,7 @@ def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tens
     Returns ``{"steps", "loss" (the worst text's), "per_text"}``; `lr_step` halves the rate that often.
     """
     from editspec.tokens import pad_id, right_pad
+    from editspec.train_backend import only_trainable
 
     model, tokenizer = job.model.model, job.model.tokenizer
     optimizer = torch.optim.Adam(list(params), lr=lr)
@@ -116,17 +117,18 @@ def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tens
     device = model.get_input_embeddings().weight.device
     rows = [(list(k.positions), torch.tensor(k.labels, device=device)[:, None]) for k in keyed]
     steps, per_text = 0, []
-    for steps in range(n_iter + 1):
-        logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-        losses = torch.stack([-logp[r, positions].gather(1, labels).mean() for r, (positions, labels) in enumerate(rows)])
-        per_text = [x.item() for x in losses]
-        if steps == n_iter or max(per_text) < stop_loss:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
+    with only_trainable(model, params):  # no gradients for the model's own weights: only the memory's
+        for steps in range(n_iter + 1):
+            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+            losses = torch.stack([-logp[r, positions].gather(1, labels).mean() for r, (positions, labels) in enumerate(rows)])
+            per_text = [x.item() for x in losses]
+            if steps == n_iter or max(per_text) < stop_loss:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
     return {"steps": steps, "loss": round(max(per_text), 6), "per_text": per_text}
 
 

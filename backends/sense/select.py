@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from editspec.layout import module_at
+from editspec.train_backend import only_trainable
 
 
 def _answer_positions(e) -> list[int]:
@@ -71,7 +72,7 @@ def value_vectors(model, encoded, paths: Sequence[str], *, k: int) -> dict[str, 
     handles.append(model.get_input_embeddings().register_forward_hook(start_graph))
     chosen: dict[str, list[int]] = {p: [] for p in paths}
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), only_trainable(model, []):  # gradients for activations only
             for e in encoded:
                 ids = torch.tensor([list(e.head + e.answer)], device=model.get_input_embeddings().weight.device)
                 logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
