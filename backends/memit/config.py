@@ -18,7 +18,8 @@ class MemitConfig(ResidualTargetSettings):
     layers: tuple[int, ...] | None = Field(
         (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")
     mom2_update_weight: float = Field(
-        3000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; scale with d_k.")
+        1000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change [heuristic: on SmolLM2, "
+        "30 CounterFact edits gave ES/PS 0.93/0.82 at 3000 and 1.0/0.93 at 1000, NS 0.69 → 0.67 either way].")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
 
     @field_validator("layers")
