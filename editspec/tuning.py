@@ -193,7 +193,7 @@ def train(model, tokenizer, params: Sequence[torch.nn.Parameter], encoded: Seque
             if not math.isfinite(loss.item()):
                 raise EditspecError("the training loss became NaN or inf; refusing the result",
                                     hint="try a smaller `lr`")
-            log.update(steps=step, objective=round(float(objective), 6), kl=round(kl, 6),
+            log.update(steps=step, objective=round(objective.item(), 6), kl=round(kl, 6),
                        per_target=[round(x, 6) for x in per_target])
             if objective.item() < settings.stop_loss:
                 log["stopped"] = "stop_loss"
@@ -214,7 +214,7 @@ def train(model, tokenizer, params: Sequence[torch.nn.Parameter], encoded: Seque
                     break
                 snapshot = [p.detach().clone() for p in params]
             if step % 10 == 0:
-                progress(f"step {step}: objective {float(objective):.4f}, kl {kl:.4f}")
+                progress(f"step {step}: objective {objective.item():.4f}, kl {kl:.4f}")
     finally:
         model.train(was_training)
     return log

@@ -269,6 +269,15 @@ def test_sense_on_a_tiny_backpack_trains_only_chosen_senses(tmp_path, tmp_cache)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     result = CliRunner().invoke(main, ["apply", str(artifact.path), "-o", str(tmp_path / "c"), "--model", str(folder)])
     assert result.exit_code == 2 and "cannot be merged" in result.output
+    # --on: a new edit's senses are trained on top; the artifact keeps the earlier ones too.
+    spec.write_text(spec.read_text() + 'relation plays { prompt "{subject} plays" }\nedit plays("Messi") -> "chess"\n')
+    chess = _logprob(model, tok, "Messi plays", "chess")
+    second = compile_spec(spec, "sense", model=loaded, out=tmp_path / "art2", on=artifact.path,
+                          overrides={"lr": "0.5", "steps": "20", "senses": "6", "kl_corpus": str(corpus)})
+    with editspec.load_edited(loaded, second) as edited:
+        assert _logprob(edited.model, tok, "Messi plays", "chess") > chess + 1.0
+        assert _logprob(edited.model, tok, "The language of Germany is", "French") > old + 1.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def _logits_unhooked(model, tok, text, state):
