@@ -13,7 +13,8 @@ log-probability (CounterFact's compare protocol):
 - generalization: the same after the rephrased prompt (never trained on: `scope` stays off);
 - locality: after the locality prompt, the old answer still beats the new object.
 
-Reports the three rates and the mean compile time per edit, as a table and JSON (--json).
+Reports the three rates and the mean compile time per edit, as a table and JSON (--json), with
+the unedited model's rates as the first row (locality is measured against that, not against 1).
 """
 from __future__ import annotations
 
@@ -115,7 +116,9 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="editspec-lifelong-") as tmp:
         spec = import_spec(args.limit, Path(tmp))
-        for backend in args.backends.split(","):
+        results["unedited"] = {**score(loaded.model, loaded.tokenizer, spec.edits), "edits": 0,
+                               "seconds_per_edit": 0.0, "seconds_total": 0.0}
+        for backend in filter(None, args.backends.split(",")):
             results[backend] = run_backend(backend, spec, loaded, sets.get(backend, {}), Path(tmp), say)
     if args.json:
         print(json.dumps(results, indent=2))
