@@ -186,13 +186,6 @@ def test_ft_preserve_budget_stops_training(setup):
     assert training["stopped"] == "budget" and training["budget_measured"] > 1e-6
 
 
-def test_ft_refuses_an_edit_without_prompts(setup):
-    setup["spec"].write_text('relation r { question "Who is {subject}?" }\nedit r("X") -> "Y"\n')
-    with pytest.raises(EditspecError, match="no prompt to train on") as error:
-        _compile(setup, "ft")
-    assert f"{setup['spec']}:2:1" in str(error.value)
-
-
 def test_artifact_lists_its_payload(setup):
     artifact = _compile(setup, "ft")
     assert artifact.manifest["payload"]["files"] == [ADAPTER_DIR]
