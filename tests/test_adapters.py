@@ -14,7 +14,7 @@ from editspec.cli import main
 from editspec.compiler import compile_spec
 from editspec.errors import EditspecError
 from editspec.models import load_model
-from tiny import SENTENCES, tiny_model, tiny_tokenizer
+from tiny import SENTENCES, tiny_tokenizer, tiny_workspace
 
 SPEC = '''
 relation capital { prompt "The capital of {subject} is" }
@@ -58,13 +58,7 @@ def _name(backend):
 
 @pytest.fixture
 def setup(tmp_path, tmp_cache):
-    folder = tmp_path / "tiny-llama"
-    tiny_model("llama").to(torch.float32).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(SENTENCES * 3))
-    spec = tmp_path / "facts.edit"
-    spec.write_text(SPEC)
+    folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     def overrides(backend):
         corpus_key = "kl_corpus" if _name(backend) in ("ft", "sense") else "reference_corpus"
         return {**TINY[backend], corpus_key: str(corpus)}

@@ -15,7 +15,7 @@ from editspec.errors import EditspecError
 from editspec.locate.backend import edit_requests
 from editspec.models import load_model
 from editspec.resolve import load_spec
-from tiny import SENTENCES, tiny_model, tiny_tokenizer
+from tiny import tiny_tokenizer, tiny_workspace
 
 SPEC = '''
 relation capital {
@@ -40,13 +40,7 @@ BACKENDS = list(TINY)
 
 @pytest.fixture
 def setup(tmp_path, tmp_cache):
-    folder = tmp_path / "tiny-llama"
-    tiny_model("llama").to(torch.float32).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(SENTENCES * 3))
-    spec = tmp_path / "facts.edit"
-    spec.write_text(SPEC)
+    folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     return {"model": load_model(folder), "folder": folder, "spec": spec, "tmp": tmp_path,
             "overrides": lambda backend: {**TINY[backend], "mom2_samples": "20", "mom2_corpus": str(corpus)}}
 

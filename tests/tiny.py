@@ -95,3 +95,18 @@ def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     fast.pad_token = fast.eos_token
     return fast
+
+
+def tiny_workspace(folder, spec_text: str):
+    """A tiny Llama checkpoint, a corpus of `SENTENCES` and a spec file under `folder`.
+
+    Returns ``(checkpoint_dir, corpus_file, spec_file)``: what compile tests need on disk.
+    """
+    checkpoint = folder / "tiny-llama"
+    tiny_model("llama").to(torch.float32).save_pretrained(checkpoint)
+    tiny_tokenizer().save_pretrained(checkpoint)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES * 3))
+    spec = folder / "facts.edit"
+    spec.write_text(spec_text)
+    return checkpoint, corpus, spec
