@@ -95,7 +95,7 @@ def apply_command(artifact, output, model, device, device_map, dtype):
 @click.command("backends")
 @click.option("--json", "as_json", is_flag=True, help="As JSON, with every setting and its default.")
 def backends_command(as_json):
-    """List the installed backends, their capabilities and settings."""
+    """List the installed backends and their settings, with defaults and descriptions."""
     import json
 
     from editspec.registry import backends
