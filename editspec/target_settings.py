@@ -36,7 +36,9 @@ class ResidualTargetSettings(StatisticsSettings):
     context_template_counts: tuple[tuple[int, int], ...] = Field(
         ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
-    facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch (bounds memory).")
+    facts_per_batch: int = Field(
+        4, ge=1, description="Facts whose δ are optimised together in one batch; bounds memory [SmolLM2, 100 MEMIT "
+        "edits: 16 → 2.61 GB peak in 226 s, 8 → 1.79 GB in 219 s, 4 → 1.37 GB in 233 s, same ES/PS/NS].")
 
     def optim(self):
         """The δ-optimisation settings (an `editspec.locate.OptimSettings`)."""
