@@ -150,3 +150,14 @@ def test_verify_through_the_api(stack, tmp_path):
     locality = [r for r in edited.results if r.check.metric == "locality"]
     assert len(locality) == 2 and all(r.scores["agrees_with_unedited"] for r in locality)
     assert totals["locality"] == before["locality"]
+    # The same through the command line: exit codes and the protocol in the report.
+    from click.testing import CliRunner
+
+    from editspec.cli import main
+
+    runner = CliRunner()
+    cli = runner.invoke(main, ["verify", str(spec), "--artifact", str(tmp_path / "artifact"), "--upstream", stack["upstream"]])
+    assert cli.exit_code == 0, cli.output
+    assert "generate" in cli.output
+    assert runner.invoke(main, ["verify", str(spec), "--no-edit", "--upstream", stack["upstream"]]).exit_code == 1
+    assert runner.invoke(main, ["verify", str(spec), "--upstream", stack["upstream"]]).exit_code == 2

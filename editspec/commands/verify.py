@@ -23,10 +23,15 @@ from editspec.commands.options import compile_options, model_options, parse_sett
               help="Write JUnit XML (one testcase per check and per expectation) for CI.")
 @click.option("--markdown", type=click.Path(dir_okay=False), metavar="FILE", help="Write a pull-request summary.")
 @click.option("--failures-only", is_flag=True, help="List only failing checks in the terminal table.")
+@click.option("--upstream", metavar="URL",
+              help="Verify through an OpenAI-compatible API at URL (generate protocol): with --artifact an "
+              "`ike` or `retrieval` plugin in front of it, with --no-edit the API as it is.")
+@click.option("--api-model", "api_model", default="default", show_default=True, metavar="NAME",
+              help="The model name sent to --upstream.")
 @compile_options
 @model_options
 def verify_command(spec, artifact, backend, no_edit, protocol, as_json, junit, markdown, failures_only,
-                   settings, seed, model, device, device_map, dtype):
+                   upstream, api_model, settings, seed, model, device, device_map, dtype):
     """Verify SPEC: every check it implies, on the edited model, against the unedited one.
 
     Checks: efficacy, generalization, locality, portability, canonical, hard_negatives,
@@ -40,19 +45,36 @@ def verify_command(spec, artifact, backend, no_edit, protocol, as_json, junit, m
       editspec verify specs/examples/capitals.edit --artifact build/capitals.rome
       editspec verify specs/examples/capitals.edit --backend memit --set layers=4..8
       editspec verify specs/examples/capitals.edit --no-edit --junit verify.xml
+      editspec verify facts.edit --artifact build/facts.retrieval --upstream http://127.0.0.1:8000/v1
     """
     from editspec.verify.report import junit as junit_xml, markdown as markdown_text, terminal, to_json
     from editspec.verify.session import verify_spec
 
-    report = verify_spec(spec, artifact=artifact, backend=backend, no_edit=no_edit, model=model,
-                         overrides=parse_settings(settings), seed=seed, protocol=protocol, device=device,
-                         device_map=device_map, dtype=dtype, progress=progress)
+    if upstream:
+        report = _verify_through_api(spec, upstream, artifact, backend, no_edit, api_model)
+    else:
+        report = verify_spec(spec, artifact=artifact, backend=backend, no_edit=no_edit, model=model,
+                             overrides=parse_settings(settings), seed=seed, protocol=protocol, device=device,
+                             device_map=device_map, dtype=dtype, progress=progress)
     if junit:
         Path(junit).write_text(junit_xml(report), encoding="utf-8")
     if markdown:
         Path(markdown).write_text(markdown_text(report), encoding="utf-8")
     click.echo(to_json(report) if as_json else terminal(report, show_passed=not failures_only))
     sys.exit(report.exit_code)
+
+
+def _verify_through_api(spec, upstream, artifact, backend, no_edit, api_model):
+    from editspec.blackbox.verify_api import verify_api
+    from editspec.errors import EditspecError
+
+    if backend:
+        raise EditspecError("--upstream verifies a compiled plugin: compile it first, then pass --artifact",
+                            hint="e.g. editspec compile SPEC --backend retrieval -o build/x.retrieval")
+    if artifact is None and not no_edit:
+        raise EditspecError("--upstream needs --artifact (a plugin to verify) or --no-edit (the API as it is)")
+    progress(f"verifying through {upstream}")
+    return verify_api(spec, upstream, artifact=None if no_edit else artifact, model=api_model)
 
 
 COMMANDS = [verify_command]

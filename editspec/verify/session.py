@@ -80,8 +80,8 @@ def _verify_artifact(spec: Spec, artifact, model, *, seed, protocol, say, option
 
     art = read_artifact(artifact)
     if art.model is None:
-        raise EditspecError(f"{art.path} is a black-box `{art.backend}` artifact; verify checks weight edits",
-                            hint="serve it with `editspec serve` and check answers through the endpoint")
+        raise EditspecError(f"{art.path} is a black-box `{art.backend}` artifact; without --upstream, verify checks weight edits",
+                            hint="verify it through an API: add --upstream URL (an OpenAI-compatible endpoint, e.g. `editspec serve-model`)")
     if isinstance(model, LoadedModel):
         loaded = model
     else:
