@@ -14,7 +14,7 @@ from editspec.cli import main
 from editspec.compiler import compile_spec
 from editspec.errors import EditspecError
 from editspec.models import load_model
-from tiny import SENTENCES, tiny_tokenizer, tiny_workspace
+from tiny import SENTENCES, target_logprob as _logprob, tiny_tokenizer, tiny_workspace
 
 SPEC = '''
 relation capital { prompt "The capital of {subject} is" }
@@ -69,14 +69,6 @@ def setup(tmp_path, tmp_cache):
 def _compile(setup, backend, out="art", **kw):
     return compile_spec(setup["spec"], _name(backend), model=setup["model"], out=setup["tmp"] / out,
                         overrides=setup["overrides"](backend), **kw)
-
-
-def _logprob(model, tok, prompt, target):
-    ids = tok(prompt)["input_ids"]
-    tgt = tok(" " + target)["input_ids"]
-    with torch.no_grad():
-        logits = model(torch.tensor([ids + tgt])).logits[0].log_softmax(-1)
-    return float(sum(logits[len(ids) - 1 + j, t] for j, t in enumerate(tgt)))
 
 
 def _logits(model, tok, prompt):

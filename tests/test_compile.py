@@ -15,7 +15,7 @@ from editspec.errors import EditspecError
 from editspec.locate.backend import edit_requests
 from editspec.models import load_model
 from editspec.resolve import load_spec
-from tiny import tiny_tokenizer, tiny_workspace
+from tiny import target_logprob as _logprob, tiny_tokenizer, tiny_workspace
 
 SPEC = '''
 relation capital {
@@ -48,14 +48,6 @@ def setup(tmp_path, tmp_cache):
 def _compile(setup, backend, out="art", **kw):
     return compile_spec(setup["spec"], backend, model=setup["model"], out=setup["tmp"] / out,
                         overrides=setup["overrides"](backend), **kw)
-
-
-def _logprob(model, tok, prompt, target):
-    ids = tok(prompt)["input_ids"]
-    tgt = tok(" " + target)["input_ids"]
-    with torch.no_grad():
-        logits = model(torch.tensor([ids + tgt])).logits[0].log_softmax(-1)
-    return float(sum(logits[len(ids) - 1 + j, t] for j, t in enumerate(tgt)))
 
 
 def _files_digest(folder):

@@ -110,3 +110,12 @@ def tiny_workspace(folder, spec_text: str):
     spec = folder / "facts.edit"
     spec.write_text(spec_text)
     return checkpoint, corpus, spec
+
+
+def target_logprob(model, tok, prompt: str, target: str) -> float:
+    """Summed log-probability of ``" " + target`` after `prompt` (one unpadded row)."""
+    ids = tok(prompt)["input_ids"]
+    tgt = tok(" " + target)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + tgt])).logits[0].log_softmax(-1)
+    return float(sum(logits[len(ids) - 1 + j, t] for j, t in enumerate(tgt)))
