@@ -2,42 +2,22 @@
 (the model server, the proxy, fake upstreams) served on 127.0.0.1 in a thread."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import socket
-import threading
-import time
 
 import numpy as np
-import uvicorn
 
 from editspec import load_spec
+from editspec.blackbox.http import serve_in_background
 from editspec.blackbox.memory import edit_record
 from editspec.blackbox.plugin import open_plugin, write_plugin
 from editspec.blackbox.prompts import IKE_TEMPLATE, LTE_TEMPLATE
 
 
-@contextlib.contextmanager
 def serving(app):
-    """Serve `app` on a free port; yields its base URL (`http://127.0.0.1:PORT/v1`)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        listener.close()
+    """Serve `app` on a free port; a context manager yielding its base URL (`http://127.0.0.1:PORT/v1`)."""
+    return serve_in_background(app)
 
 
 def free_port() -> int:

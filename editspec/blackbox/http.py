@@ -6,8 +6,9 @@ b'data: {"a": 1}\\n\\n'
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from typing import Any, Iterator
 
 
 class ApiError(Exception):
@@ -49,3 +50,38 @@ def parse_json(raw: bytes) -> dict:
 def sse(data: Any) -> bytes:
     """One server-sent event carrying `data` as JSON."""
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
+
+
+@contextlib.contextmanager
+def serve_in_background(app, *, host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
+    """Serve the ASGI `app` on a free port of `host` in a daemon thread; yields its base URL.
+
+    For callers in the same process (`editspec bench` verifying plugins through a local model,
+    tests); the server stops when the block exits.
+
+    >>> with serve_in_background(create_model_app(loaded)) as url:   # doctest: +SKIP
+    ...     verify_api(spec, url, artifact="build/x.retrieval")
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    listener = socket.socket()
+    listener.bind((host, 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the local server on {host}:{port} did not start")
+            time.sleep(0.02)
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
+        listener.close()
