@@ -87,7 +87,7 @@ def scope(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plugin = build(counterfact_records(cases), "retrieval", Path(tmp))
     texts = [p for case in cases for p in (*case["paraphrase_prompts"], *case["neighborhood_prompts"])]
-    vectors = dict(zip(texts, query_vectors(plugin.embedder, texts)))   # batched: the figure is about decisions
+    vectors = dict(zip(texts, query_vectors(plugin.embedder, texts, fast=True)))   # batched, as requests embed
     hits = wrong = missed = false_positive = negatives = 0
     named = named_routed = 0
     for index, case in enumerate(cases):
@@ -138,7 +138,7 @@ def overhead(args) -> None:
     routed = 0
     for query in queries:
         mark = time.perf_counter()
-        plugin.embedder.encode([query])
+        plugin.embedder.encode_query([query])
         embed.append(time.perf_counter() - mark)
         mark = time.perf_counter()
         routed += plugin.rewrite_completion({"model": "m", "prompt": query}) is not None

@@ -161,3 +161,20 @@ def test_verify_through_the_api(stack, tmp_path):
     assert "generate" in cli.output
     assert runner.invoke(main, ["verify", str(spec), "--no-edit", "--upstream", stack["upstream"]]).exit_code == 1
     assert runner.invoke(main, ["verify", str(spec), "--upstream", stack["upstream"]]).exit_code == 2
+
+
+def test_requests_embed_like_the_keys_they_are_routed_to():
+    """Live requests use the fast query encoder; its vectors must agree with the float32 keys."""
+    import numpy as np
+
+    from editspec.embed import load_embedder
+
+    embedder = load_embedder()
+    texts = ["The CEO of Twitter is", "Who runs Twitter?", "The capital of France is",
+             "Angola belongs to the continent of", "Michael Jordan plays the sport of"]
+    keys, queries = embedder.encode(texts), embedder.encode_query(texts)
+    assert queries.dtype == np.float32 and queries.shape == keys.shape
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    assert (keys * queries).sum(axis=1).min() > 0.999
+    # Each request's nearest key is its own text, as with the float32 encoder.
+    assert (queries @ keys.T).argmax(axis=1).tolist() == list(range(len(texts)))

@@ -58,7 +58,7 @@ class Plugin:
         """
         if not len(self.memory) or not text.strip():
             return [], None
-        vectors = query_vectors(self.embedder, [text])[0] if vectors is None else vectors
+        vectors = query_vectors(self.embedder, [text], fast=True)[0] if vectors is None else vectors
         scores, mentioned = self.router.scores(vectors, text)
         return self.router.matches(scores, mentioned, self.top_k), scores
 

@@ -126,11 +126,15 @@ class ScopeRouter:
         return [Match(i, float(scores[i]), i in mentioned) for i in order[:limit]]
 
 
-def query_vectors(embedder, texts: Sequence[str]) -> list[np.ndarray]:
-    """For each text, the embeddings of the text and of its `focus` when that differs (one batch)."""
+def query_vectors(embedder, texts: Sequence[str], *, fast: bool = False) -> list[np.ndarray]:
+    """For each text, the embeddings of the text and of its `focus` when that differs (one batch).
+
+    `fast` embeds with the embedder's request path (`Embedder.encode_query`), as live requests do.
+    """
     tails = [focus(t) for t in texts]
     extra = [i for i, (t, f) in enumerate(zip(texts, tails)) if f != t.strip()]
-    encoded = embedder.encode([*texts, *(tails[i] for i in extra)])
+    encode = embedder.encode_query if fast and hasattr(embedder, "encode_query") else embedder.encode
+    encoded = encode([*texts, *(tails[i] for i in extra)])
     rows = [encoded[i:i + 1] for i in range(len(texts))]
     for position, i in enumerate(extra):
         rows[i] = np.concatenate([rows[i], encoded[len(texts) + position:len(texts) + position + 1]])
