@@ -67,6 +67,7 @@ _COMMAND_MODULES = [
     "gitflow",
     "serving",
     "verify",
+    "bench",
 ]
 
 
