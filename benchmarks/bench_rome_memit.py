@@ -8,7 +8,7 @@ run applies batches one after another and scores every record after the last one
 
     python benchmarks/bench_rome_memit.py rome --records 200
     python benchmarks/bench_rome_memit.py memit --records 100
-    python benchmarks/bench_rome_memit.py sequential --records 1000 --batch 100
+    python benchmarks/bench_rome_memit.py sequential --records 1000 --batch 100 --data train
 
 Statistics are computed once per layer and cached (`editspec stats list`); the time to
 compute them is reported separately and is not part of the edit times.
@@ -35,13 +35,30 @@ from editspec.stats import second_moments
 from editspec.verify.protocols import score_targets
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact_500.json"
+TRAIN = DATA.with_name("counterfact-train.json")
 
 
 def load_records(count: int, path: Path = DATA) -> list[dict]:
+    """The first `count` records of CounterFact, in the full layout (`counterfact_500.json`),
+    or converted to it from the flattened training set (`counterfact-train.json`)."""
     records = json.loads(path.read_text())
+    if records and "requested_rewrite" not in records[0]:
+        records = [r for r in map(_from_flat, records) if r]
     if count > len(records):
-        raise SystemExit(f"{path} has {len(records)} records; ask for at most that many")
+        raise SystemExit(f"{path} has {len(records)} usable records; ask for at most that many")
     return records[:count]
+
+
+def _from_flat(case: dict) -> dict | None:
+    # One rewrite prompt (the subject written out), one paraphrase, one neighbourhood prompt whose
+    # true answer may differ from the edited fact's.
+    if case["subject"] not in case["prompt"]:
+        return None
+    return {"case_id": case["case_id"],
+            "requested_rewrite": {"prompt": case["prompt"].replace(case["subject"], "{}", 1), "subject": case["subject"],
+                                  "target_new": {"str": case["target_new"]}, "target_true": {"str": case["ground_truth"]}},
+            "paraphrase_prompts": [case["rephrase_prompt"]], "neighborhood_prompts": [case["locality_prompt"]],
+            "neighborhood_true": case["locality_ground_truth"]}
 
 
 def request(record: dict) -> EditRequest:
@@ -57,15 +74,18 @@ def metrics(model, tokenizer, records: list[dict]) -> dict[str, float]:
         new, true = rewrite["target_new"]["str"], rewrite["target_true"]["str"]
         prompts = {"ES": [rewrite["prompt"].format(rewrite["subject"])], "PS": record["paraphrase_prompts"],
                    "NS": record["neighborhood_prompts"]}
-        layout.append((new, true, prompts))
-        pairs += [(p, t) for group in prompts.values() for p in group for t in (new, true)]
+        kept = record.get("neighborhood_true", true)   # the neighbours' own true object
+        layout.append((new, true, kept, prompts))
+        pairs += [(p, t) for name, group in prompts.items() for p in group
+                  for t in (new, kept if name == "NS" else true)]
     scored = {(s.prompt, s.target): s.sum_logprob for s in score_targets(model, tokenizer, pairs)}
     totals = {"ES": [], "PS": [], "NS": []}
-    for new, true, prompts in layout:
+    for new, true, kept, prompts in layout:
         for name, group in prompts.items():
-            wins = [scored[(p, new)] > scored[(p, true)] for p in group]
             if name == "NS":
-                wins = [not w for w in wins]
+                wins = [scored[(p, kept)] > scored[(p, new)] for p in group]
+            else:
+                wins = [scored[(p, new)] > scored[(p, true)] for p in group]
             totals[name].append(sum(wins) / len(wins))
     return {name: round(sum(v) / len(v), 3) for name, v in totals.items()}
 
@@ -75,7 +95,7 @@ def peak_rss_gb() -> float:
 
 
 def run_rome(loaded, records, args):
-    config = RomeConfig()
+    config = RomeConfig(**_overrides(args))
     stats = _stats(loaded, [config.layer], args)
     templates = sampled_templates(loaded, config.context_template_counts, config.template_seed)
     model, tok = loaded.model, loaded.tokenizer
@@ -150,11 +170,14 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--batch", type=int, default=100, help="Edits per batch in the sequential run.")
     parser.add_argument("--stats-samples", type=int, default=2000)
-    parser.add_argument("--config", help='JSON settings for MEMIT/AlphaEdit, e.g. \'{"mom2_update_weight": 1000}\'')
+    parser.add_argument("--data", choices=["500", "train"], default="500",
+                        help="counterfact_500.json (full layout, 500 records) or counterfact-train.json (10,000, "
+                        "flattened: one paraphrase and one neighbour each); 1,000 sequential edits need `train`.")
+    parser.add_argument("--config", help='JSON settings for the method, e.g. \'{"mom2_update_weight": 1000}\'')
     args = parser.parse_args()
     torch.manual_seed(0)
     loaded = load_model()
-    records = load_records(args.records)
+    records = load_records(args.records, TRAIN if args.data == "train" else DATA)
     print(f"SmolLM2-135M, {len(records)} CounterFact records, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     if args.run == "unedited":
