@@ -125,3 +125,31 @@ def test_several_facts_and_auto_layer():
                          templates=groups)
     assert len(result.deltas) == 2 and all(d.rank == 1 for d in result.deltas)
     assert {f["layer"] for f in result.facts} <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("variant", ["r-rome", "original"])
+def test_delta_is_optimised_as_the_update_delivers_it(variant):
+    """At each template's key the update adds exactly scale_t·δ, the multiple δ was optimised with."""
+    from editspec.backends.rome.rome import delivered_scales
+    from editspec.tokens import pad_id
+
+    model, tok, groups = _setup()
+    pad = pad_id(tok)
+    cov = _cov()
+    layout = layout_for(model)
+    prepared = prepare_requests(tok, FACTS[:1], flatten_groups(groups))
+    keys, _ = template_keys(model, layout, prepared, [LAYER], pad=pad)
+    scales = delivered_scales(model, layout, prepared, [LAYER], keys, {LAYER: cov}, variant, pad=pad)[0]
+    assert len(scales) == prepared[0].num_rows + 1
+    result = rome_deltas(model, tok, FACTS[:1], _config(variant=variant), stats={LAYER: cov}, templates=groups)
+    (delta,), fact = result.deltas, result.facts[0]
+    proj = module_at(model, delta.module)
+    bias = 0 if value_bias(proj) is None else value_bias(proj).detach()
+    added = keys[LAYER][0] @ delta.dense().T                      # [templates, d_v]: Δk_t
+    moved = fact["target"] - (value_weight(proj).detach() @ fact["key"] + bias)   # what Δ adds at its own key
+    expected = torch.tensor(scales[:-1], dtype=torch.float64).unsqueeze(1) * moved
+    assert torch.allclose(added, expected.to(added.dtype), atol=1e-8)
+    if variant == "r-rome":   # the averaged key gets δ exactly once on average
+        assert abs(sum(scales[:-1]) / len(scales[:-1]) - 1.0) < 1e-9
+    else:                     # the bare prompt gets exactly δ
+        assert abs(scales[0] - 1.0) < 1e-12

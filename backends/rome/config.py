@@ -16,6 +16,10 @@ class RomeConfig(StatisticsSettings):
     variant: Literal["r-rome", "original"] = Field(
         "r-rome", description="`r-rome` uses the template-averaged key consistently (Ŵk̄+b = v*); "
         "`original` reproduces ROME's clean-prompt key in the denominator and residual.")
+    delta_as_delivered: bool = Field(
+        True, description="Optimise δ as the rank-one update will add it at each template (δ·uᵀk_t/uᵀk̄) instead of "
+        "as a constant [SmolLM2: R-ROME's ES misses were edits weaker at the bare prompt than at the average key]; "
+        "false reproduces the papers exactly.")
     v_lr: float = Field(0.5, gt=0, description="Adam learning rate for the value vector δ.")
     v_num_grad_steps: int = Field(25, ge=1, description="Most optimisation iterations for δ (the last only evaluates).")
     v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖v_init‖² in the loss.")

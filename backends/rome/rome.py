@@ -15,7 +15,7 @@ import torch
 from editspec.deltas import Delta, apply_deltas
 from editspec.layout import layout_for, module_at, value_bias, value_weight
 from editspec.locate import (
-    EditRequest, EditResult, StatsSource, average_keys, flatten_groups,
+    EditRequest, EditResult, PreparedRequest, StatsSource, average_keys, collect_at, flatten_groups,
     optimise_targets, prepare_requests, second_moment_for, select_layers, template_keys, templates_for,
 )
 from editspec.tokens import pad_id
@@ -40,6 +40,34 @@ def rank_one_update(
     return residual.unsqueeze(1), (u / denom).unsqueeze(0), denom
 
 
+def delivered_scales(
+    model, layout, prepared: Sequence[PreparedRequest], layers: Sequence[int], keys0: dict, covs: dict,
+    variant: str, *, pad: int,
+) -> list[list[float]]:
+    """Per request, what multiple of δ the rank-one update will add in each optimisation row.
+
+    The update ``Δ = r uᵀ/(uᵀk)`` (u = C⁻¹k̄) adds ``δ·uᵀk_t/uᵀk`` at a prompt whose key is
+    k_t, where k is k̄ (R-ROME) or the bare prompt's key (original).  Rows: every template,
+    then the KL prompt.  Keys are read on the unedited model.
+    """
+    kl_keys = {}
+    for layer in sorted(set(layers)):
+        members = [i for i, l in enumerate(layers) if l == layer]
+        path = layout.mlp_out_at(layer)
+        got = collect_at(model, [prepared[i].kl_row[:prepared[i].kl_index + 1] for i in members],
+                         [prepared[i].kl_index for i in members], pad=pad, inputs=[path], stop=path)[path]
+        kl_keys.update({i: got[j] for j, i in enumerate(members)})
+    scales = []
+    for i, (prep, layer) in enumerate(zip(prepared, layers)):
+        rows = keys0[layer][i]                                      # [templates, d_k]
+        k_bar = average_keys(rows, prep.group)
+        cov = covs[layer]
+        u = k_bar if cov is None else torch.linalg.solve(cov, k_bar)
+        denominator = u @ (k_bar if variant == "r-rome" else rows[0])
+        scales.append([*(rows @ u / denominator).tolist(), float(kl_keys[i] @ u / denominator)])
+    return scales
+
+
 def rome_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: RomeConfig = RomeConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
@@ -58,10 +86,15 @@ def rome_deltas(
         layers = select_layers(model, layout, prepared, config.auto_layers, pad=pad, stats=stats)
     else:
         layers = [config.layer] * n
-    targets = optimise_targets(model, [layout.mlp_out_at(l) for l in layers], prepared, config.optim(), pad=pad)
     distinct = sorted(set(layers))
     # Keys on the unedited model fix the absolute targets v* = W₀k̄ + b + δ (R-ROME).
     keys0, _ = template_keys(model, layout, prepared, distinct, pad=pad)
+    covs = {layer: second_moment_for(stats, layer, keys0[layer][0].shape[1], config.mom2_ridge) for layer in distinct}
+    scales = None
+    if config.delta_as_delivered:
+        scales = delivered_scales(model, layout, prepared, layers, keys0, covs, config.variant, pad=pad)
+    targets = optimise_targets(model, [layout.mlp_out_at(l) for l in layers], prepared, config.optim(), pad=pad,
+                               row_scales=scales)
     result = EditResult([])
     handles = []
     try:
@@ -77,7 +110,7 @@ def rome_deltas(
             bias = value_bias(proj)
             bias = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().to("cpu", torch.float64)
             w0 = w.detach().to("cpu", torch.float64)
-            cov = second_moment_for(stats, layer, w.shape[1], config.mom2_ridge)
+            cov = covs[layer]
             for i in members:
                 k_bar = average_keys(keys[i], prepared[i].group)
                 if config.variant == "r-rome":

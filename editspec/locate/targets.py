@@ -10,6 +10,10 @@ context template) and its KL row.  Two savings keep this fast on CPU:
 
 A fact stops (and leaves the batch) once its loss is below `stop_loss` or the (geometric mean)
 probability of its target tokens reaches `stop_prob`.
+
+`row_scales` optionally scale δ per row: a rank-one edit built on an averaged key k̄ adds
+``(uᵀk_t / uᵀk̄)·δ`` at a prompt whose key is k_t, not δ itself, so ROME optimises the δ that
+its update will actually deliver at each template.
 """
 from __future__ import annotations
 
@@ -98,10 +102,15 @@ def _make_cache(kv, rows: torch.Tensor, config):
 class _Chunk:
     """The token layout of one chunk of facts: prefixes (left-padded, cached) and suffixes."""
 
-    def __init__(self, facts: Sequence[PreparedRequest], pad: int, cache_prefix: bool = True):
-        self.rows, self.fact, self.subject, self.bare = [], [], [], []
+    def __init__(self, facts: Sequence[PreparedRequest], pad: int, cache_prefix: bool = True,
+                 scales: Sequence[Sequence[float] | None] | None = None):
+        self.rows, self.fact, self.subject, self.bare, scale = [], [], [], [], []
         sup_row, sup_pos, sup_tgt, sup_w, self.kl_rows = [], [], [], [], []
         for f, prep in enumerate(facts):
+            own = scales[f] if scales is not None and scales[f] is not None else [1.0] * (prep.num_rows + 1)
+            if len(own) != prep.num_rows + 1:
+                raise ValueError(f"{len(own)} row scales for {prep.num_rows} rows and the KL row")
+            scale += list(own)
             m = len(prep.target_ids)
             for r in range(prep.num_rows):
                 row = len(self.rows)
@@ -117,6 +126,7 @@ class _Chunk:
             self.kl_rows.append(len(self.rows))
             self._add(prep.kl_row, prep.kl_index, f)
         self.fact_t = torch.tensor(self.fact)
+        self.scale = torch.tensor(scale, dtype=torch.float64)  # δ's multiplier in each row
         self.sup_row, self.sup_pos = torch.tensor(sup_row), torch.tensor(sup_pos)
         self.sup_tgt, self.sup_w = torch.tensor(sup_tgt), torch.tensor(sup_w)
         self.sup_fact = self.fact_t[self.sup_row]
@@ -146,7 +156,8 @@ def _logits(hidden, head_w, head_b, softcap):
     return logits.float()
 
 
-def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: OptimSettings, pad: int):
+def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: OptimSettings, pad: int,
+                    scales: Sequence[Sequence[float] | None] | None = None):
     base = model.base_model
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -154,7 +165,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     # A sliding window shorter than the rows would see the pad gap between prefix and suffix.
     window = getattr(model.config.get_text_config(), "sliding_window", None)
     longest = max(len(r) for p in facts for r in (*p.rows, p.kl_row))
-    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window))
+    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window), scales=scales)
     n = len(facts)
     kwarg = _cache_kwarg(base)
     kv = None
@@ -184,7 +195,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
             mask = torch.cat([c.prefix_mask[rows], mask], 1)
         positions = c.prefix_len[rows].unsqueeze(1) + torch.arange(int(suffix_len))
         kwargs = {kwarg: _make_cache(kv, rows.to(device), model.config)} if kv is not None else {}
-        row_delta = delta[c.fact_t[rows].to(device)]  # [rows, d]
+        row_delta = delta[c.fact_t[rows].to(device)] * c.scale[rows].to(device, dtype).unsqueeze(1)  # [rows, d]
         at_subject = c.at_subject[rows]  # the subject's last token, in suffix coordinates
         # The recorder is registered first, so it sees the site output before δ is added.
         with record_outputs(model, [site] if init is None else []) as seen, \
@@ -234,11 +245,14 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
 
 def optimise_targets(
     model, sites: Sequence[str], prepared: Sequence[PreparedRequest], settings: OptimSettings, *, pad: int,
+    row_scales: Sequence[Sequence[float]] | None = None,
 ) -> Targets:
     """Optimise one δ per request, added at module ``sites[i]``'s output at its subject token.
 
     Facts with the same site run together in chunks of `settings.facts_per_batch`; results come
     back in request order, float64 on CPU.  The model's weights are never changed.
+    `row_scales[i]` (one number per rewriting row, then one for the KL row) multiplies δ in
+    each of request i's rows; None adds δ unscaled everywhere.
     """
     n = len(prepared)
     parts: dict[int, tuple] = {}
@@ -247,7 +261,8 @@ def optimise_targets(
             members = [i for i in range(n) if sites[i] == site]
             for start in range(0, len(members), settings.facts_per_batch):
                 chunk = members[start:start + settings.facts_per_batch]
-                result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad)
+                scales = [row_scales[i] for i in chunk] if row_scales is not None else None
+                result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad, scales)
                 for j, i in enumerate(chunk):
                     parts[i] = tuple(t[j] for t in result)
     stacked = [torch.stack([parts[i][k] for i in range(n)]) for k in range(5)]
