@@ -146,6 +146,7 @@ def run_sequential(loaded, records, args):
             seconds = time.perf_counter() - started
             rows[method] = {"edits": len(records), "batch": args.batch, "seconds": round(seconds, 1),
                             **metrics(loaded.model, loaded.tokenizer, records)}
+            print(f"  {method}: {json.dumps(rows[method])}", flush=True)   # each row as soon as it exists
         finally:
             for handle in reversed(handles):
                 handle.revert()
