@@ -178,3 +178,16 @@ def test_requests_embed_like_the_keys_they_are_routed_to():
     assert (keys * queries).sum(axis=1).min() > 0.999
     # Each request's nearest key is its own text, as with the float32 encoder.
     assert (queries @ keys.T).argmax(axis=1).tolist() == list(range(len(texts)))
+
+
+def test_compile_command_builds_a_plugin(tmp_path):
+    """`editspec compile --backend retrieval` from the command line (its manifest names no model)."""
+    from click.testing import CliRunner
+
+    from editspec.cli import main
+
+    out = tmp_path / "lead.retrieval"
+    result = CliRunner().invoke(main, ["compile", SPEC, "--backend", "retrieval", "-o", str(out), "--no-lock"])
+    assert result.exit_code == 0, result.output
+    assert f"{out}: 3 edit(s) with retrieval for API models" in result.output
+    assert load_plugin(out).kind == "retrieval"

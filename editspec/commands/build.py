@@ -55,7 +55,9 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
     if not no_lock:
         record_artifact(artifact, spec=spec, overrides=overrides)
     manifest = artifact.manifest
-    click.echo(f"{artifact.path}: {len(manifest['edits'])} edit(s) with {backend} on {manifest['model']['name']} "
+    # Black-box plugins are compiled for any API model: their manifest names no model.
+    target = f"on {manifest['model']['name']}" if manifest.get("model") else "for API models"
+    click.echo(f"{artifact.path}: {len(manifest['edits'])} edit(s) with {backend} {target} "
                f"in {manifest['timings']['total']:.1f} s (payload {manifest['payload']['hash'][:12]})")
 
 
