@@ -128,7 +128,7 @@ def run_memit(loaded, records, args):
 
 def run_sequential(loaded, records, args):
     rows = {}
-    for method in ("memit", "alphaedit"):
+    for method in args.methods.split(","):
         config = (MemitConfig if method == "memit" else AlphaEditConfig)(**_overrides(args))
         stats = _stats(loaded, config.layers, args)
         templates = sampled_templates(loaded, config.context_template_counts, config.template_seed)
@@ -170,6 +170,8 @@ def main() -> None:
     parser.add_argument("run", choices=["rome", "memit", "sequential", "unedited"])
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--batch", type=int, default=100, help="Edits per batch in the sequential run.")
+    parser.add_argument("--methods", default="memit,alphaedit",
+                        help="Methods of the sequential run (one per process runs them side by side).")
     parser.add_argument("--stats-samples", type=int, default=2000)
     parser.add_argument("--data", choices=["500", "train"], default="500",
                         help="counterfact_500.json (full layout, 500 records) or counterfact-train.json (10,000, "
