@@ -77,10 +77,15 @@ def _edit_conflicts(spec: ir.Spec, report) -> None:
 
 
 def _answers(edit: ir.Edit) -> set[str]:
-    return {_norm(a) for a in (edit.target, *edit.aliases)}
+    return {fold_text(a) for a in (edit.target, *edit.aliases)}
 
 
-def _norm(text: str) -> str:
+def fold_text(text: str) -> str:
+    """How the checks compare prompts and answers: whitespace collapsed, case folded.
+
+    >>> fold_text("  New   York ") == fold_text("new york")
+    True
+    """
     return " ".join(text.split()).casefold()
 
 
@@ -89,13 +94,13 @@ def _keep_contradictions(spec: ir.Spec, report) -> None:
     by_prompt: dict[str, ir.Edit] = {}
     for edit in spec.edits:
         for prompt in edit.prompts + edit.paraphrases + edit.scope:
-            by_prompt.setdefault(_norm(prompt), edit)
+            by_prompt.setdefault(fold_text(prompt), edit)
     facts = [f for e in spec.edits for f in e.keep] + [f for c in spec.canonical for f in c.keep]
     for fact in facts:
         edit = by_key.get((fact.relation, fact.subject)) if fact.relation else None
         if edit is None:
-            edit = next((by_prompt[_norm(p)] for p in fact.prompts if _norm(p) in by_prompt), None)
-        if edit is not None and _norm(fact.answer) not in _answers(edit):
+            edit = next((by_prompt[fold_text(p)] for p in fact.prompts if fold_text(p) in by_prompt), None)
+        if edit is not None and fold_text(fact.answer) not in _answers(edit):
             report(f"keep contradicts an edit: this says \"{fact.answer}\" must stay, but the edit at "
                    f"{_where(edit.span)} changes it to \"{edit.target}\"", fact.span,
                    "remove the keep constraint, or the edit")
@@ -128,7 +133,7 @@ def _canonical(spec: ir.Spec, report) -> None:
             report(f"duplicate canonical block `{example.name}`", example.span,
                    f"the first is at {_where(names[example.name].span)}")
         names.setdefault(example.name, example)
-        if example.over is not None and _norm(example.over) == _norm(example.answer):
+        if example.over is not None and fold_text(example.over) == fold_text(example.answer):
             report("`over` names the same continuation as the answer", example.span)
         for check in example.checks:
             if check.statistic != "p":

@@ -41,6 +41,8 @@ class HashEmbedder:
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         return rows / np.maximum(norms, 1e-9)
 
+    encode_query = encode   # requests embed the same way as keys
+
 
 SPEC = '''
 relation capital {

@@ -133,7 +133,7 @@ def query_vectors(embedder, texts: Sequence[str], *, fast: bool = False) -> list
     """
     tails = [focus(t) for t in texts]
     extra = [i for i, (t, f) in enumerate(zip(texts, tails)) if f != t.strip()]
-    encode = embedder.encode_query if fast and hasattr(embedder, "encode_query") else embedder.encode
+    encode = embedder.encode_query if fast else embedder.encode
     encoded = encode([*texts, *(tails[i] for i in extra)])
     rows = [encoded[i:i + 1] for i in range(len(texts))]
     for position, i in enumerate(extra):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from editspec.commands.options import compile_options, model_options, parse_settings, progress
+from editspec.commands.options import compile_options, model_options, parse_settings, progress, require_http_url
 
 DEFAULT_BACKENDS = "rome,memit,ft,ike,retrieval"
 
@@ -60,8 +60,8 @@ def bench_command(spec, backend_list, out, protocol, upstream, api_model, as_mar
 
     if as_markdown and as_json:
         raise EditspecError("choose one of --markdown and --json")
-    if upstream and not upstream.startswith(("http://", "https://")):
-        raise EditspecError(f"--upstream `{upstream}` is not an http(s) URL", hint="e.g. --upstream http://127.0.0.1:8000/v1")
+    if upstream:
+        require_http_url(upstream)
     if plot:
         pyplot()  # refuse a missing matplotlib before minutes of compiling
     names = [name.strip() for name in backend_list.split(",") if name.strip()]

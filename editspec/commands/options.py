@@ -44,3 +44,10 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
 def progress(message: str) -> None:
     """Progress lines for long commands go to stderr, so stdout stays clean for data."""
     click.echo(message, err=True)
+
+
+def require_http_url(upstream: str) -> None:
+    """Refuse an `--upstream` that is not an http(s) URL, before anything is loaded."""
+    if not upstream.startswith(("http://", "https://")):
+        raise EditspecError(f"--upstream `{upstream}` is not an http(s) URL",
+                            hint="e.g. --upstream http://127.0.0.1:8000/v1")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from editspec.commands.options import model_options
+from editspec.commands.options import model_options, require_http_url
 from editspec.errors import EditspecError
 
 
@@ -60,9 +60,7 @@ def serve_command(artifact: str, upstream: str, host: str, port: int, timeout: f
     from editspec.blackbox.plugin import load_plugin
     from editspec.blackbox.proxy import create_proxy_app
 
-    if not upstream.startswith(("http://", "https://")):
-        raise EditspecError(f"--upstream `{upstream}` is not an http(s) URL",
-                            hint="e.g. --upstream http://127.0.0.1:8000/v1")
+    require_http_url(upstream)
     plugin = load_plugin(artifact)
     app = create_proxy_app(plugin, upstream, timeout=timeout, retries=retries)
     run_app(app, host, port, f"{plugin.kind} plugin ({len(plugin.memory)} edits) in front of {upstream}")

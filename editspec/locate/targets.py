@@ -103,11 +103,11 @@ class _Chunk:
     """The token layout of one chunk of facts: prefixes (left-padded, cached) and suffixes."""
 
     def __init__(self, facts: Sequence[PreparedRequest], pad: int, cache_prefix: bool = True,
-                 scales: Sequence[Sequence[float] | None] | None = None):
+                 scales: Sequence[Sequence[float]] | None = None):
         self.rows, self.fact, self.subject, self.bare, scale = [], [], [], [], []
         sup_row, sup_pos, sup_tgt, sup_w, self.kl_rows = [], [], [], [], []
         for f, prep in enumerate(facts):
-            own = scales[f] if scales is not None and scales[f] is not None else [1.0] * (prep.num_rows + 1)
+            own = scales[f] if scales is not None else [1.0] * (prep.num_rows + 1)
             if len(own) != prep.num_rows + 1:
                 raise ValueError(f"{len(own)} row scales for {prep.num_rows} rows and the KL row")
             scale += list(own)
@@ -157,7 +157,7 @@ def _logits(hidden, head_w, head_b, softcap):
 
 
 def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: OptimSettings, pad: int,
-                    scales: Sequence[Sequence[float] | None] | None = None):
+                    scales: Sequence[Sequence[float]] | None = None):
     base = model.base_model
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)

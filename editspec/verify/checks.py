@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from editspec import ir
+from editspec.checks import fold_text
 from editspec.errors import EditspecError
 from editspec.ir import stable_hash
 from editspec.verify.protocols import PROTOCOLS
@@ -98,10 +99,6 @@ def _fact_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foi
     ]
 
 
-def _normal(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def _edit_checks(edit: ir.Edit, override: str | None) -> list[Check]:
     answers = (edit.target, *edit.aliases)
     was = (edit.old,) if edit.old else ()
@@ -112,7 +109,7 @@ def _edit_checks(edit: ir.Edit, override: str | None) -> list[Check]:
         kept = (fact.answer, *fact.aliases)
         # A kept fact may share the edit's new object ("the Colosseum is in Rome" while the Eiffel
         # Tower moves to Rome): such an answer cannot be its own foil.
-        foils = tuple(a for a in answers if _normal(a) not in {_normal(k) for k in kept})
+        foils = tuple(a for a in answers if fold_text(a) not in {fold_text(k) for k in kept})
         checks += _fact_checks("locality", fact.id, fact.span, fact.prompts, kept, foils, agree=True, override=override)
     for fact in edit.implies:
         checks += _fact_checks("portability", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases), (),
