@@ -20,18 +20,27 @@ General loss: mean per-token NLL on the first 100 documents of val100.jsonl (= v
 `--val100 full`: all 4,007), edited against unedited; the figure is the relative rise in
 percent and "held" says whether it is at most 0.1%.
 
-The paper picks, per method, the best hyperparameters that keep the budget on a validation
-set.  This script does not sweep: it compiles at each backend's defaults, but the spec
-carries `preserve { budget loss_increase <= 0.1% }` on `--guard-docs` documents taken from
-the *end* of val100.jsonl (disjoint from the measured ones), so the trainer's own budget
-monitor stops and rolls back to the last parameters within the budget, checked every
+The spec carries `preserve { budget loss_increase <= 0.1% }` on `--guard-docs` documents
+taken from the *end* of val100.jsonl (disjoint from the measured ones), so the trainer's own
+budget check stops and rolls back to the last parameters within the budget, checked every
 `--budget-every` steps (default 2; the backends' own default, 10, rolls the default learning
-rates back to no edit at all).  `--guard-docs 0` compiles without it.  The preserve documents are also KL anchors (the
-training backends anchor on every preserve text), so the guard is an optimistic estimate of
-the measured rise: a variant can stop "within budget" and still miss it on val100.  `--set VARIANT:key=value` overrides settings.
+rates back to no edit at all).  The training backends keep half of the preserve documents
+out of their KL anchors and watch the budget on those (`budget_holdout`), so the guard
+estimates the rise on text the trainer was not pulled towards.  `--guard-docs 0` compiles
+without it.  `--set VARIANT:key=value` overrides settings.
 
-Reports per task x variant: success unedited, success edited, loss rise %, budget held,
-compile seconds, why training stopped and the steps whose parameters were kept; as a table or JSON (--json).
+The paper picks, per method, the best hyperparameters that keep the budget on a validation
+set.  `--sweep VARIANT:key=v1,v2,...` (repeatable) compiles a variant once per value (the
+grid of all its sweeps); the report marks, per task and variant, the setting with the best
+success among those that held the budget on the measured val100 documents (`*`).  Select on
+`--split val`, then report the chosen setting with `--split test`.
+
+    python benchmarks/bench_canonical.py --limit 10 --eval-limit 40 \
+        --sweep ft-lora:lr=3e-4,1e-3,3e-3 --sweep ft-full:lr=1e-5,3e-5,1e-4 --sweep sense:lr=3e-3,1e-2,3e-2
+
+Reports per task x variant (x setting): success unedited, success edited, loss rise %, budget
+held, compile seconds, why training stopped and the steps whose parameters were kept; as a
+table or JSON (--json).
 """
 from __future__ import annotations
 
@@ -146,6 +155,36 @@ def run_variant(variant: str, spec, cases, texts, base_loss: float, loaded, over
             "compile_s": round(seconds, 1), "steps_kept": steps, "stopped": training.get("stopped")}
 
 
+def parse_sweeps(items: list[str]) -> dict[str, list[dict[str, str]]]:
+    """`VARIANT:key=v1,v2` options into, per variant, the grid of settings to compile.
+
+    >>> parse_sweeps(["sense:lr=0.01,0.03", "sense:senses=4,8"])["sense"][1]
+    {'lr': '0.01', 'senses': '8'}
+    """
+    import itertools
+
+    from bench_lifelong import parse_sets
+
+    axes: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        for variant, pair in parse_sets([item]).items():
+            for key, values in pair.items():
+                axes.setdefault(variant, {})[key] = [v for v in values.split(",") if v]
+    return {variant: [dict(zip(keys, combo)) for combo in itertools.product(*keyed.values())]
+            for variant, keyed in axes.items() for keys in [list(keyed)]}
+
+
+def mark_selected(variants: dict[str, dict]) -> None:
+    """Per variant (the part of a row name before a space), flag the best row that held the budget."""
+    best: dict[str, str] = {}
+    for name, row in variants.items():
+        base = name.split(" ")[0]
+        if row["held"] and (base not in best or row["success"] > variants[best[base]]["success"]):
+            best[base] = name
+    for name, row in variants.items():
+        row["selected"] = best.get(name.split(" ")[0]) == name
+
+
 def main(argv=None) -> int:
     from bench_lifelong import parse_sets  # same `--set NAME:key=value` syntax
 
@@ -162,6 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-every", default="2", help="steps between the trainer's budget checks")
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded default)")
     parser.add_argument("--set", action="append", default=[], metavar="VARIANT:KEY=VALUE")
+    parser.add_argument("--sweep", action="append", default=[], metavar="VARIANT:KEY=V1,V2,...",
+                        help="compile the variant once per value (with several: the grid)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -172,6 +213,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     sets = parse_sets(args.set)
+    sweeps = parse_sweeps(args.sweep)
     loaded = load_model(args.model)
     texts = val100_texts(args.val100)
     guard = val100_texts("full")[-args.guard_docs:] if args.guard_docs > 0 else []
@@ -189,19 +231,25 @@ def main(argv=None) -> int:
             say(f"{task}: {row['examples']} examples, {row['eval_docs']} evaluation documents, "
                 f"unedited success {row['unedited']}")
             for variant in filter(None, args.variants.split(",")):
-                overrides = {**({"budget_every": args.budget_every} if guard else {}), **sets.get(variant, {})}
-                row["variants"][variant] = run_variant(variant, spec, cases, texts, base_loss, loaded,
-                                                       overrides, folder / variant, say)
-                say(f"{task} {variant}: {row['variants'][variant]}")
+                for swept in sweeps.get(variant, [{}]):
+                    name = " ".join([variant] + [f"{k}={v}" for k, v in swept.items()])
+                    overrides = {**({"budget_every": args.budget_every} if guard else {}),
+                                 **sets.get(variant, {}), **swept}
+                    row["variants"][name] = run_variant(variant, spec, cases, texts, base_loss, loaded,
+                                                        overrides, folder / name.replace(" ", "_"), say)
+                    say(f"{task} {name}: {row['variants'][name]}")
+            mark_selected(row["variants"])
             results["tasks"][task] = row
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{'task':<16} {'variant':<8} {'ex':>3} {'docs':>4} {'unedited':>8} {'edited':>7} {'loss +%':>8} "
+    width = max([len(v) for row in results["tasks"].values() for v in row["variants"]] + [8]) + 1
+    print(f"{'task':<16} {'variant':<{width}} {'ex':>3} {'docs':>4} {'unedited':>8} {'edited':>7} {'loss +%':>8} "
           f"{'held':>5} {'compile s':>9} stopped")
     for task, row in results["tasks"].items():
         for variant, r in row["variants"].items():
-            print(f"{task:<16} {variant:<8} {row['examples']:>3} {row['eval_docs']:>4} {row['unedited']:>8} "
+            name = variant + ("*" if r["selected"] else "")
+            print(f"{task:<16} {name:<{width}} {row['examples']:>3} {row['eval_docs']:>4} {row['unedited']:>8} "
                   f"{r['success']:>7} {r['loss_rise_pct']:>8} {str(r['held']):>5} {r['compile_s']:>9} "
                   f"{r['stopped']} ({r['steps_kept']} steps kept)")
     return 0

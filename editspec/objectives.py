@@ -9,7 +9,7 @@ Torch-free: this only decides *what* is trained, from the IR.
 | canonical `... over b` | `contrast`: `softplus(NLL(a) - NLL(b))`, the answer beats the contrast |
 | `forget { prompt p; never x }` | `bad`: `x` after `p` pushed below a probability threshold |
 | edit and canonical `keep` | anchors: KL to the unedited model on `prompt + answer` |
-| `preserve` texts and files | anchors (KL), and the `budget` the trainer must stay within |
+| `preserve` texts and files | anchors (KL), and the `budget` the trainer must stay within, watched on a held-out share (`split_preserve`) |
 
     >>> objectives = spec_objectives(spec, spec.edits)          # doctest: +SKIP
     >>> [t.kind for t in objectives.targets]                    # doctest: +SKIP
@@ -116,3 +116,24 @@ def preserve_texts(spec: ir.Spec) -> tuple[list[str], ir.Budget | None]:
         if block.budget is not None and (budget is None or block.budget.value < budget.value):
             budget = block.budget
     return texts, budget
+
+
+def split_preserve(texts: Sequence[str], holdout: float) -> tuple[list[str], list[str]]:
+    """`texts` as (anchored, watched): KL anchors for training, and the budget check's own texts.
+
+    About `holdout` of the texts, spread evenly over them, are watched and not anchored, so the
+    budget is measured on text the trainer was not pulled towards.  With fewer than two texts,
+    or `holdout` 0, every text is both anchored and watched.
+
+    >>> split_preserve(["a", "b", "c", "d"], 0.5)
+    (['a', 'c'], ['b', 'd'])
+    >>> split_preserve(["a"], 0.5)
+    (['a'], ['a'])
+    """
+    texts = list(texts)
+    if len(texts) < 2 or holdout <= 0:
+        return texts, texts
+    held = [int((i + 1) * holdout) > int(i * holdout) for i in range(len(texts))]
+    if not any(held):
+        held[-1] = True
+    return ([t for t, h in zip(texts, held) if not h], [t for t, h in zip(texts, held) if h])

@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
 from editspec.backend import Backend, CompileJob
-from editspec.objectives import Objectives, spec_objectives
+from editspec.objectives import Objectives, spec_objectives, split_preserve
 
 
 class TrainingBackend(Backend):
@@ -36,15 +36,18 @@ class TrainingBackend(Backend):
 
         loaded, config = job.model, job.config
         objectives = self.objectives(job)
-        texts = list(objectives.anchors) + list(objectives.preserve)
+        anchored, watched = split_preserve(objectives.preserve, config.budget_holdout)
+        texts = list(objectives.anchors) + anchored
         if config.kl_samples and config.kl_weight > 0:
             from editspec.corpus import load_corpus
 
             texts += load_corpus(config.kl_corpus).sample(config.kl_samples)
         job.progress(f"KL reference on {len(texts)} anchor text(s)")
         anchors = reference_anchors(loaded.model, loaded.tokenizer, texts)
-        budget = unedited_text_reference(loaded.model, loaded.tokenizer, objectives.preserve, objectives.budget)
-        return {"objectives": objectives, "anchors": anchors, "budget": budget}
+        budget = unedited_text_reference(loaded.model, loaded.tokenizer, watched, objectives.budget)
+        if budget is not None:
+            job.progress(f"preserve budget watched on {len(watched)} of {len(objectives.preserve)} preserve text(s)")
+        return {"objectives": objectives, "anchors": anchors, "budget": budget, "watched": watched}
 
     def run_training(self, job: CompileJob, model, params: Sequence) -> dict:
         """Train `params` of `model` (the base, or a wrapper around it) on the prepared objectives."""
@@ -53,7 +56,7 @@ class TrainingBackend(Backend):
         objectives: Objectives = job.prepared["objectives"]
         tokenizer = job.model.tokenizer
         encoded = encode_targets(tokenizer, objectives.targets)
-        monitor = budget_monitor(model, tokenizer, objectives.preserve, objectives.budget, job.prepared["budget"])
+        monitor = budget_monitor(model, tokenizer, job.prepared["watched"], objectives.budget, job.prepared["budget"])
         settings = job.config.training(job.seed, self.default_lr(job.config))
         job.progress(f"training on {len(encoded)} target(s) for at most {settings.steps} steps")
         with only_trainable(job.model.model, params):
@@ -77,7 +80,8 @@ class TrainingBackend(Backend):
             kinds[target.kind] += 1
         return {"training": {k: v for k, v in log.items() if k != "per_target"},
                 "objectives": dict(sorted(kinds.items())), "trained": dict(sorted(objectives.sources.items())),
-                "anchors": len(job.prepared["anchors"]) if job.prepared["anchors"] is not None else 0}
+                "anchors": len(job.prepared["anchors"]) if job.prepared["anchors"] is not None else 0,
+                "budget_watched": len(job.prepared["watched"]) if job.prepared["budget"] is not None else 0}
 
 
 @contextlib.contextmanager

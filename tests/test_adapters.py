@@ -14,6 +14,7 @@ from editspec.cli import main
 from editspec.compiler import compile_spec
 from editspec.errors import EditspecError
 from editspec.models import load_model
+from editspec.objectives import split_preserve
 from tiny import SENTENCES, target_logprob as _logprob, tiny_tokenizer, tiny_workspace
 
 SPEC = '''
@@ -170,6 +171,25 @@ def test_ft_preserve_budget_stops_training(setup):
                             overrides={**setup["overrides"]("ft"), "budget_every": "2", "lr": "0.05"})
     training = artifact.manifest["details"]["training"]
     assert training["stopped"] == "budget" and training["budget_measured"] > 1e-6
+
+
+def test_split_preserve_holds_out_an_even_share():
+    assert split_preserve(["a", "b", "c", "d"], 0.5) == (["a", "c"], ["b", "d"])
+    assert split_preserve(["a", "b", "c"], 0.1) == (["a", "b"], ["c"])     # at least one watched
+    assert split_preserve(["a"], 0.5) == (["a"], ["a"])                    # one text: both
+    assert split_preserve(["a", "b"], 0.0) == (["a", "b"], ["a", "b"])
+
+
+def test_ft_budget_is_watched_on_preserve_text_kept_out_of_the_anchors(setup):
+    setup["spec"].write_text(SPEC + '\npreserve {\n  text "Bill Gates founded Microsoft."\n'
+                             '  text "The Eiffel Tower is located in Paris."\n  budget loss_increase <= 50%\n}\n')
+    details = {}
+    for holdout in ("0", "0.5"):
+        artifact = compile_spec(setup["spec"], "ft", model=setup["model"], out=setup["tmp"] / holdout,
+                                overrides={**setup["overrides"]("ft"), "kl_samples": "0", "budget_holdout": holdout})
+        details[holdout] = artifact.manifest["details"]
+    assert details["0"]["budget_watched"] == 2 and details["0.5"]["budget_watched"] == 1
+    assert details["0"]["anchors"] - details["0.5"]["anchors"] == 1     # the watched sentence: one window fewer
 
 
 def test_artifact_lists_its_payload(setup):

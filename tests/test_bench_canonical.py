@@ -54,3 +54,19 @@ canonical "b" {
     assert [c[0] for c in cases] == ["doc a1", "doc b1", "doc a2", "doc a3"]
     assert cases[1][2] == pytest.approx(0.05)
     assert [c[0] for c in bench.eval_cases(spec, 2)] == ["doc a1", "doc b1"]
+
+
+def test_sweeps_form_a_grid_per_variant():
+    sweeps = bench.parse_sweeps(["sense:lr=0.01,0.03", "sense:senses=4,8", "ft-lora:lr=1e-3"])
+    assert sweeps["sense"] == [{"lr": "0.01", "senses": "4"}, {"lr": "0.01", "senses": "8"},
+                               {"lr": "0.03", "senses": "4"}, {"lr": "0.03", "senses": "8"}]
+    assert sweeps["ft-lora"] == [{"lr": "1e-3"}]
+
+
+def test_selected_setting_is_the_best_that_held_the_budget():
+    rows = {"sense lr=0.01": {"success": 0.2, "held": True},
+            "sense lr=0.03": {"success": 0.5, "held": False},   # better, but over the budget
+            "sense lr=0.1": {"success": 0.1, "held": True},
+            "ft-lora": {"success": 0.0, "held": False}}
+    bench.mark_selected(rows)
+    assert [name for name, row in rows.items() if row["selected"]] == ["sense lr=0.01"]

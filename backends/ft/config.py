@@ -23,6 +23,9 @@ class TrainingSettings(BaseModel):
     kl_samples: int = Field(8, ge=0, description="Documents of `kl_corpus` added to the anchors (0: only the spec's own keep and preserve text).")
     scope: bool = Field(False, description="Also train on each edit's `scope` prompts (they are then no longer held out by `verify`).")
     budget_every: int = Field(10, ge=1, description="Steps between checks of the `preserve` budget; past it, the last parameters within it are kept.")
+    budget_holdout: float = Field(
+        0.5, ge=0, lt=1, description="Share of the `preserve` texts kept out of the KL anchors and watched only by the budget "
+        "check, so it measures text the trainer was not pulled towards (needs two texts or more; 0: every preserve text is both).")
     grad_clip: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     forget_p: float = Field(0.01, gt=0, lt=1, description="A `forget` string is trained until its probability after each prompt is below this (verify's limit is 0.05).")
 
