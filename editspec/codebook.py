@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from editspec.hooks import record_inputs, record_outputs
+from editspec.hooks import record_inputs, record_outputs, stop_after
 from editspec.tokens import pad_id, right_pad
 
 Mode = Literal["coverage", "moving_average"]
@@ -112,22 +112,34 @@ def teacher_forced(tokenizer, encoded) -> list[KeyedText]:
 @torch.no_grad()
 def activations(model, tokenizer, path: str, sequences: Sequence[Sequence[int]], *,
                 where: Literal["input", "output"] = "input", batch_size: int = 16) -> list[torch.Tensor]:
-    """The activation at `path` ([len, d] per sequence, float32, CPU): the module's input or output."""
+    """The activation at `path` ([len, d] per sequence, float32, CPU): the module's input or output.
+
+    The forward pass stops at `path`: the layers above it and the output head never run.
+    """
     device = model.get_input_embeddings().weight.device
     found: list[torch.Tensor] = []
     recorder = record_inputs if where == "input" else record_outputs
     for start in range(0, len(sequences), batch_size):
         rows = [list(s) for s in sequences[start:start + batch_size]]
         ids, mask = right_pad(rows, pad_id(tokenizer))
-        with recorder(model, [path]) as seen:
+        with recorder(model, [path]) as seen, stop_after(model, path):
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
         states = seen[path].float().cpu()
         found += [states[r, : len(row)] for r, row in enumerate(rows)]
     return found
 
 
+SAME_POINT = 1e-4  # a reference row this close (relative to the key's norm) is the key itself
+
+
 def nearest_distances(keys: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """For each key [n, d], its distance to the nearest reference row [m, d] (inf when m = 0)."""
+    """For each key [n, d], its distance to the nearest reference row [m, d] (inf when none).
+
+    Rows at the key itself are skipped: reference text that continues an edit's own prompt
+    (the old fact, say) has the key's activation there, and is what the edit is meant to change.
+    """
     if references.numel() == 0:
         return torch.full((keys.shape[0],), float("inf"))
-    return torch.cdist(keys[None].float(), references[None].float())[0].min(dim=1).values
+    distances = torch.cdist(keys[None].float(), references[None].float())[0]
+    same = distances <= SAME_POINT * torch.linalg.vector_norm(keys.float(), dim=1, keepdim=True)
+    return distances.masked_fill(same, float("inf")).min(dim=1).values

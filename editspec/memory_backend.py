@@ -19,6 +19,8 @@ from editspec.objectives import edit_targets, fact_texts
 
 # Model -> its live memory attachment, so a sequential compile can take the old memory off.
 _LIVE: "weakref.WeakKeyDictionary[nn.Module, HookAttachment]" = weakref.WeakKeyDictionary()
+# Model -> (its state, {(path, where, token ids): activation}): reference text already run.
+_REFERENCE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 class HookAttachment(Attachment):
@@ -80,13 +82,40 @@ def radii(job: CompileJob, path: str, keys: torch.Tensor, where: str = "input") 
     tokenizer = job.model.tokenizer
     texts = reference_texts(job)
     ids = [list(tokenizer(t, add_special_tokens=True)["input_ids"])[:128] for t in texts]
-    states = activations(job.model.model, tokenizer, path, [i for i in ids if i], where=where)
+    states = reference_activations(job.model.model, tokenizer, path, [i for i in ids if i], where=where)
     references = torch.cat(states) if states else torch.zeros(0, keys.shape[1])
     distances = nearest_distances(keys, references)
     if not bool(torch.isfinite(distances).all()):
         raise EditspecError("`eps auto` needs reference text: none was given",
                             hint="set `eps` to a number, or give `reference_corpus` / keep facts")
     return config.eps_scale * distances
+
+
+def model_state(model: nn.Module) -> tuple:
+    """What a module's activations depend on besides the text: the weights (and their in-place
+    versions), the module tree and the hooks on it."""
+    weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    hooks = tuple(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return weights, hooks
+
+
+def reference_activations(model: nn.Module, tokenizer, path: str, sequences: Sequence[Sequence[int]],
+                          where: str = "input") -> list[torch.Tensor]:
+    """`activations` of reference text, remembered while `model`'s state is unchanged.
+
+    Sequential compiles in one process (a notebook, a benchmark) calibrate on the same general
+    text every time; it runs once.  Each text runs alone (no padding), so a remembered
+    activation is bit for bit the one a fresh process computes.
+    """
+    state = model_state(model)
+    known_state, known = _REFERENCE.get(model, (None, {}))
+    if known_state != state:
+        known = {}
+    missing = [s for s in dict.fromkeys(map(tuple, sequences)) if (path, where, s) not in known]
+    for sequence, state_at in zip(missing, activations(model, tokenizer, path, missing, where=where, batch_size=1)):
+        known[(path, where, sequence)] = state_at
+    _REFERENCE[model] = (state, known)
+    return [known[(path, where, tuple(s))] for s in sequences]
 
 
 def key_queries(job: CompileJob, path: str, keyed: Sequence[KeyedText], where: str = "input"

@@ -192,6 +192,36 @@ def test_ft_budget_is_watched_on_preserve_text_kept_out_of_the_anchors(setup):
     assert details["0"]["anchors"] - details["0.5"]["anchors"] == 1     # the watched sentence: one window fewer
 
 
+def test_radius_calibration_skips_reference_text_at_the_key_itself():
+    from editspec.codebook import nearest_distances
+
+    keys = torch.tensor([[3.0, 0.0]])
+    references = torch.tensor([[3.0, 1e-5], [0.0, 4.0]])       # the key's own prefix, then a neighbour
+    assert nearest_distances(keys, references).tolist() == [5.0]
+
+
+def test_reference_activations_are_remembered_only_while_the_model_is_unchanged(setup):
+    from editspec.codebook import activations
+    from editspec.memory_backend import reference_activations
+
+    model, tok = setup["model"].model, setup["model"].tokenizer
+    path = "model.layers.1.mlp.down_proj"
+    texts = [tok(t)["input_ids"] for t in ("Paris is in France", "Bill Gates founded Microsoft")]
+    fresh = activations(model, tok, path, texts, batch_size=1)
+    first = reference_activations(model, tok, path, texts)
+    assert all(torch.equal(a, b) for a, b in zip(first, fresh))
+    assert reference_activations(model, tok, path, texts)[0] is first[0]            # remembered
+    handle = model.model.layers[0].register_forward_hook(lambda m, a, out: None)    # a hook: the state differs
+    assert reference_activations(model, tok, path, texts)[0] is not first[0]
+    handle.remove()
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(2.0)                      # an in-place weight edit
+    changed = reference_activations(model, tok, path, texts)
+    assert not torch.equal(changed[0], first[0])
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.div_(2.0)
+
+
 def test_artifact_lists_its_payload(setup):
     artifact = _compile(setup, "ft")
     assert artifact.manifest["payload"]["files"] == [ADAPTER_DIR]
