@@ -77,3 +77,13 @@ def test_needs_statistics():
     model, tok = tiny_model("llama"), tiny_tokenizer()
     with pytest.raises(EditspecError):
         alphaedit_deltas(model, tok, [EditRequest("The capital of {} is", "France", "Rome")], templates=[["{}"]])
+
+
+def test_projector_is_remembered_by_the_content_of_c():
+    torch.manual_seed(3)
+    k = torch.randn(40, 6, dtype=torch.float64)
+    cov = k.T @ k / 40
+    first = nullspace_projector(cov, 1e-3, "relative")
+    assert nullspace_projector(cov.clone(), 1e-3, "relative") is first           # same content: no new eigh
+    other = nullspace_projector(cov + torch.eye(6, dtype=torch.float64), 1e-3, "relative")
+    assert other is not first

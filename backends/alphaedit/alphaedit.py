@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,12 +38,29 @@ class AlphaEditState:
     edits: int = 0
 
 
+# (digest of C, threshold, mode) -> P: sequential compiles in one process decompose each C once.
+_PROJECTORS: dict[tuple, torch.Tensor] = {}
+_PROJECTORS_KEPT = 16
+
+
 def nullspace_projector(cov: torch.Tensor, threshold: float, mode: str = "absolute") -> torch.Tensor:
     """``P = U₀U₀ᵀ`` over the eigenvectors of C whose eigenvalue is below the threshold.
 
-    P is symmetric and idempotent; ``P k ≈ 0`` for keys in C's well-sampled span.
+    P is symmetric and idempotent; ``P k ≈ 0`` for keys in C's well-sampled span.  The result
+    for the same C (by content), threshold and mode is remembered; do not modify it in place.
     """
-    values, vectors = torch.linalg.eigh(cov.to(torch.float64))
+    cov = cov.to(torch.float64)
+    content = cov.detach().to("cpu").contiguous().numpy().tobytes()
+    key = (hashlib.blake2b(content, digest_size=16).hexdigest(), threshold, mode)
+    if key not in _PROJECTORS:
+        if len(_PROJECTORS) >= _PROJECTORS_KEPT:
+            _PROJECTORS.pop(next(iter(_PROJECTORS)))
+        _PROJECTORS[key] = _eigen_projector(cov, threshold, mode)
+    return _PROJECTORS[key]
+
+
+def _eigen_projector(cov: torch.Tensor, threshold: float, mode: str) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(cov)
     limit = threshold * float(values.max()) if mode == "relative" else threshold
     null = vectors[:, values < limit]  # [d_k, d_null]
     return null @ null.T
