@@ -99,16 +99,23 @@ def run_rome(loaded, records, args):
     stats = _stats(loaded, [config.layer], args)
     templates = sampled_templates(loaded, config.context_template_counts, config.template_seed)
     model, tok = loaded.model, loaded.tokenizer
-    times, per_record = [], []
-    for record in records:
+    times, per_record, misses = [], [], []
+    for index, record in enumerate(records):
         started = time.perf_counter()
         result = rome_deltas(model, tok, [request(record)], config, stats=stats, templates=templates)
         times.append(time.perf_counter() - started)
         with apply_deltas(model, result.deltas):
             per_record.append(metrics(model, tok, [record]))
+        if per_record[-1]["ES"] < 1:   # what the efficacy misses share: printed as they happen
+            rewrite, fact = record["requested_rewrite"], result.facts[0]
+            misses.append({"index": index, "case_id": record.get("case_id"), "subject": rewrite["subject"],
+                           "prompt": rewrite["prompt"].format(rewrite["subject"]),
+                           "new": rewrite["target_new"]["str"], "true": rewrite["target_true"]["str"],
+                           "nll": round(fact["nll"], 4), "steps": fact["steps"]})
+            print(f"  ES miss: {json.dumps(misses[-1])}", flush=True)
     scores = {k: round(sum(r[k] for r in per_record) / len(per_record), 3) for k in ("ES", "PS", "NS")}
     return {"median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2),
-            "max_s": round(max(times), 2), **scores}
+            "max_s": round(max(times), 2), **scores, "es_misses": misses}
 
 
 def run_memit(loaded, records, args):
@@ -176,11 +183,15 @@ def main() -> None:
     parser.add_argument("--data", choices=["500", "train"], default="500",
                         help="counterfact_500.json (full layout, 500 records) or counterfact-train.json (10,000, "
                         "flattened: one paraphrase and one neighbour each); 1,000 sequential edits need `train`.")
+    parser.add_argument("--only", help="Comma-separated indices (0-based) of the loaded records to run, e.g. the "
+                        "`index` of the ES misses a `rome` run prints.")
     parser.add_argument("--config", help='JSON settings for the method, e.g. \'{"mom2_update_weight": 1000}\'')
     args = parser.parse_args()
     torch.manual_seed(0)
     loaded = load_model()
     records = load_records(args.records, TRAIN if args.data == "train" else DATA)
+    if args.only:
+        records = [records[int(i)] for i in args.only.split(",")]
     print(f"SmolLM2-135M, {len(records)} CounterFact records, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     if args.run == "unedited":

@@ -1,4 +1,4 @@
-"""Shared locate machinery: the cached-prefix optimisation equals the plain one; layer auto."""
+"""Shared locate machinery: the cached-prefix, replayed optimisation equals the plain one; layer auto."""
 import dataclasses
 
 import pytest
@@ -28,7 +28,8 @@ def test_prefix_cache_and_batching_do_not_change_targets(model_type, site):
     path = layout.mlp_out_at(1) if site == "mlp_out" else layout.block_at(1)
     fast = OptimSettings(steps=4, facts_per_batch=3)
     a = optimise_targets(model, [path] * 3, prep, fast, pad=0)
-    b = optimise_targets(model, [path] * 3, prep, dataclasses.replace(fast, cache_prefix=False, facts_per_batch=1), pad=0)
+    plain = dataclasses.replace(fast, cache_prefix=False, facts_per_batch=1, replay_below=False)
+    b = optimise_targets(model, [path] * 3, prep, plain, pad=0)
     # Gemma's norms compute in float32 even in a float64 model, hence the float32 tolerance.
     assert torch.allclose(a.init, b.init, atol=1e-5)
     assert torch.allclose(a.delta, b.delta, atol=1e-6)
@@ -45,6 +46,25 @@ def test_loss_falls_and_early_stop_freezes_facts():
     many = optimise_targets(model, [path] * 3, prep, OptimSettings(steps=40, clamp_factor=100, stop_loss=0.5), pad=0)
     assert bool((many.nll < one.nll).all())
     assert bool(((many.loss < 0.5) | (many.steps == 39)).all())
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_replaying_the_blocks_below_matches_running_them_as_facts_stop(model_type):
+    # Facts stop at different steps, so later steps replay a subset of the recorded rows.
+    model, tok = tiny_model(model_type, layers=4), tiny_tokenizer()
+    layout = layout_for(model)
+    modules = list(model.modules())                            # the stand-ins must all be gone afterwards
+    prep = prepare_requests(tok, FACTS, context_templates(model, tok, ((2, 3),), seed=0))
+    free = optimise_targets(model, [layout.block_at(2)] * 3, prep,
+                            OptimSettings(steps=40, facts_per_batch=3, clamp_factor=100, stop_loss=0.0), pad=0)
+    low, middle = sorted(free.loss.tolist())[:2]
+    settings = OptimSettings(steps=40, facts_per_batch=3, clamp_factor=100, stop_loss=(low + middle) / 2)
+    a = optimise_targets(model, [layout.block_at(2)] * 3, prep, settings, pad=0)
+    b = optimise_targets(model, [layout.block_at(2)] * 3, prep, dataclasses.replace(settings, replay_below=False), pad=0)
+    assert len(set(a.steps.tolist())) > 1                      # the facts did stop apart
+    assert torch.equal(a.steps, b.steps)
+    assert torch.allclose(a.delta, b.delta, atol=1e-6) and torch.allclose(a.loss, b.loss, atol=1e-5)
+    assert all(a is b for a, b in zip(model.modules(), modules)) and len(list(model.modules())) == len(modules)
 
 
 def test_layer_auto_picks_a_candidate_per_fact():

@@ -6,6 +6,8 @@ context template) and its KL row.  Two savings keep this fast on CPU:
 - δ enters at the subject's last token, so every token before it is unaffected: those
   prefixes run once, without grad, and their attention keys/values are reused at every step;
   only the few tokens from the subject's last token on are recomputed.
+- the blocks below the one that holds δ's site do not depend on δ either: they run once, and
+  at every later step stand-ins return their recorded output (`replay_below`).
 - logits are formed only where the loss reads them (target positions and the KL position).
 
 A fact stops (and leaves the batch) once its loss is below `stop_loss` or the (geometric mean)
@@ -23,9 +25,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from editspec.hooks import add_to_output, record_outputs
-from editspec.layout import output_head
+from editspec.layout import layout_for, module_at, output_head
 from editspec.tokens import right_pad
 
 from .requests import PreparedRequest
@@ -44,6 +47,7 @@ class OptimSettings:
     facts_per_batch: int = 16
     stop_prob: float = 1.0  # also stop once exp(-mean target NLL) reaches this (1.0: never)
     cache_prefix: bool = True  # reuse the tokens before the subject; False recomputes whole rows
+    replay_below: bool = True  # run the blocks below the site's block once; False: at every step
 
 
 @dataclass
@@ -147,6 +151,58 @@ class _Chunk:
         self.fact.append(f)
 
 
+class _Recorded(nn.Module):
+    """Stands in for a block below δ's site: returns the block's recorded output, computes nothing."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+def _blocks_below(model, site: str) -> list[str]:
+    """Paths of the blocks under the block that holds `site`, bottom first ([] if none or unknown)."""
+    layout = layout_for(model)
+    blocks = [layout.block_at(i) for i in range(layout.num_layers(model))]
+    holder = next((i for i, b in enumerate(blocks) if site == b or site.startswith(b + ".")), None)
+    return blocks[:holder] if holder else []
+
+
+@contextlib.contextmanager
+def _returns_bare_tensor(model, blocks: Sequence[str]):
+    """Yields a list that gets, per block run, whether it returned a bare tensor (transformers 5
+    blocks do; older ones return tuples, which a stand-in does not mimic: no replay then)."""
+    found: list[bool] = []
+    handles = [module_at(model, b).register_forward_hook(
+        lambda module, args, output: found.append(isinstance(output, torch.Tensor))) for b in blocks]
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _replaying(model, blocks: Sequence[str], hidden: torch.Tensor | None):
+    """With `hidden` (the top block's recorded output), `blocks` are swapped for `_Recorded` stand-ins."""
+    if hidden is None or not blocks:
+        yield
+        return
+    swapped = []
+    try:
+        for path in blocks:
+            parent, _, name = path.rpartition(".")
+            holder = module_at(model, parent)
+            swapped.append((holder, name, getattr(holder, name)))
+            setattr(holder, name, _Recorded(hidden))
+        yield
+    finally:
+        for holder, name, block in swapped:
+            setattr(holder, name, block)
+
+
 def _logits(hidden, head_w, head_b, softcap):
     logits = hidden @ head_w.T  # [N, vocab]
     if head_b is not None:
@@ -183,7 +239,8 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     delta = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=s.lr)
     active = torch.ones(n, dtype=torch.bool)
-    init = kl0 = None
+    init = kl0 = replay = None
+    below = _blocks_below(model, site) if s.replay_below else []
     loss_out, nll_out = torch.zeros(n), torch.zeros(n)
     steps_out = torch.zeros(n, dtype=torch.long)
     for it in range(s.steps):
@@ -198,10 +255,14 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         row_delta = delta[c.fact_t[rows].to(device)] * c.scale[rows].to(device, dtype).unsqueeze(1)  # [rows, d]
         at_subject = c.at_subject[rows]  # the subject's last token, in suffix coordinates
         # The recorder is registered first, so it sees the site output before δ is added.
-        with record_outputs(model, [site] if init is None else []) as seen, \
-                add_to_output(model, site, row_delta, at_subject):
+        recorded = replay[rows.to(device), :suffix_len] if replay is not None else None
+        with record_outputs(model, ([site] + below[-1:]) if init is None else []) as seen, \
+                _returns_bare_tensor(model, below[-1:] if init is None else []) as bare_block, \
+                _replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject):
             hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
                           position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
+        if init is None and below and all(bare_block):
+            replay = seen[below[-1]].detach()  # [all rows, suffix, d]: what the blocks below give, every step
         if init is None:
             bare = torch.tensor(c.bare)
             init = seen[site][bare.to(device), c.at_subject[bare].to(device)].detach()  # [n, d], bare prompt
