@@ -23,6 +23,16 @@ from editspec.hooks import record_inputs, record_outputs, stop_after
 from editspec.tokens import pad_id, right_pad
 
 Mode = Literal["coverage", "moving_average"]
+SLACK = 1e-4  # a radius grown to reach a key reaches a little past it (relative)
+
+
+def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distances [m, n] between rows of `a` [m, d] and `b` [n, d], computed the same way everywhere.
+
+    Not through a matrix product: that form loses digits, and a key placed exactly on a radius
+    must be found inside it when a query lands on it again.
+    """
+    return torch.cdist(a[None].float(), b[None].float(), compute_mode="donot_use_mm_for_euclid_dist")[0]
 
 
 @dataclass
@@ -49,14 +59,15 @@ class Codebook:
         """
         key = key.detach().float().cpu()
         if len(self):
-            distances = torch.linalg.vector_norm(self.keys - key, dim=1)
+            distances = euclidean(key[None], self.keys)[0]
             nearest = int(distances.argmin())
             d = float(distances[nearest])
             if d <= eps_init + float(self.eps[nearest]):
                 if int(self.labels[nearest]) == label:
                     if mode == "moving_average":
                         self.keys[nearest] = (self.keys[nearest] + key) / 2
-                    self.eps[nearest] = max(float(self.eps[nearest]), d)
+                        d = float(euclidean(key[None], self.keys[nearest][None])[0, 0])
+                    self.eps[nearest] = max(float(self.eps[nearest]), d * (1 + SLACK))
                     return nearest
                 self.eps[nearest] = d / 2 - 1e-5
                 return self._append(key, label, d / 2)
@@ -74,7 +85,7 @@ class Codebook:
             return torch.full(queries.shape[:-1], -1, dtype=torch.long, device=queries.device)
         flat = queries.reshape(-1, queries.shape[-1]).float()
         keys = self.keys.to(flat.device)
-        distances = torch.cdist(flat[None], keys[None])[0]  # [m, n]
+        distances = euclidean(flat, keys)  # [m, n]
         best, index = distances.min(dim=1)
         inside = best <= self.eps.to(flat.device)[index]
         return torch.where(inside, index, torch.full_like(index, -1)).reshape(queries.shape[:-1])
@@ -140,6 +151,6 @@ def nearest_distances(keys: torch.Tensor, references: torch.Tensor) -> torch.Ten
     """
     if references.numel() == 0:
         return torch.full((keys.shape[0],), float("inf"))
-    distances = torch.cdist(keys[None].float(), references[None].float())[0]
+    distances = euclidean(keys, references)
     same = distances <= SAME_POINT * torch.linalg.vector_norm(keys.float(), dim=1, keepdim=True)
     return distances.masked_fill(same, float("inf")).min(dim=1).values

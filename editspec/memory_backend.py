@@ -153,6 +153,9 @@ def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tens
             per_text = [x.item() for x in losses]
             if steps == n_iter or max(per_text) < stop_loss:
                 break
+            if not losses.requires_grad:   # no position of any text reached the memory being trained
+                raise EditspecError("no edit prompt reaches the memory's keys: nothing to train",
+                                    hint="report this with the spec: the keys were placed but do not route")
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             optimizer.step()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from editspec.codebook import SLACK, euclidean
+
 
 @dataclass
 class Router:
@@ -38,7 +40,7 @@ class Router:
         """Add one key of an edit (`label`) served by `block`."""
         key = key.detach().float().cpu()
         if len(self.centers):
-            distances = torch.linalg.vector_norm(self.centers - key, dim=1)
+            distances = euclidean(key[None], self.centers)[0]
             nearest = int(distances.argmin())
             d = float(distances[nearest])
             if d <= float(self.radii[nearest]) + radius:
@@ -46,8 +48,8 @@ class Router:
                     self._add_point(key, nearest, block)
                     members = self.points[self.point_cluster == nearest]
                     self.centers[nearest] = members.mean(0)
-                    spread = float(torch.linalg.vector_norm(members - self.centers[nearest], dim=1).max())
-                    self.radii[nearest] = max(radius, spread)
+                    spread = float(euclidean(members, self.centers[nearest][None]).max())
+                    self.radii[nearest] = max(radius, spread * (1 + SLACK))
                     return
                 self.radii[nearest] = self.radii[nearest] / 2
                 self._forget_outside(nearest)
@@ -63,7 +65,7 @@ class Router:
         self.point_block = torch.cat([self.point_block, torch.tensor([block])])
 
     def _forget_outside(self, cluster: int) -> None:
-        inside = torch.linalg.vector_norm(self.points - self.centers[cluster], dim=1) <= self.radii[cluster]
+        inside = euclidean(self.points, self.centers[cluster][None])[:, 0] <= self.radii[cluster]
         keep = (self.point_cluster != cluster) | inside
         self.points, self.point_cluster, self.point_block = self.points[keep], self.point_cluster[keep], self.point_block[keep]
 
@@ -74,9 +76,9 @@ class Router:
             return torch.full(shape, -1, dtype=torch.long, device=queries.device)
         flat = queries.reshape(-1, queries.shape[-1]).float()
         centers = self.centers.to(flat.device)
-        best, cluster = torch.cdist(flat[None], centers[None])[0].min(dim=1)
+        best, cluster = euclidean(flat, centers).min(dim=1)
         inside = best <= self.radii.to(flat.device)[cluster]
-        to_points = torch.cdist(flat[None], self.points.to(flat.device)[None])[0]  # [m, p]
+        to_points = euclidean(flat, self.points.to(flat.device))  # [m, p]
         foreign = self.point_cluster.to(flat.device)[None, :] != cluster[:, None]
         to_points = to_points.masked_fill(foreign, float("inf"))
         distance, point = to_points.min(dim=1)
