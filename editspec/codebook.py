@@ -27,12 +27,23 @@ SLACK = 1e-4  # a radius grown to reach a key reaches a little past it (relative
 
 
 def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distances [m, n] between rows of `a` [m, d] and `b` [n, d], computed the same way everywhere.
+    """Exact distances [m, n] between rows of `a` [m, d] and `b` [n, d] (slow: for calibration).
 
-    Not through a matrix product: that form loses digits, and a key placed exactly on a radius
-    must be found inside it when a query lands on it again.
+    Not through a matrix product, which torch's `cdist` uses past 25 rows: it loses digits,
+    most for points close together.
     """
     return torch.cdist(a[None].float(), b[None].float(), compute_mode="donot_use_mm_for_euclid_dist")[0]
+
+
+def nearest(queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query [m, d], the index of its nearest key [n, d] and the exact distance to it.
+
+    The fast matrix-product distances pick the key; the distance is then measured exactly, the
+    same way as when a radius was grown to reach a key, so that key is found inside it again.
+    """
+    queries, keys = queries.float(), keys.float()
+    index = torch.cdist(queries[None], keys[None])[0].argmin(dim=1)
+    return torch.linalg.vector_norm(queries - keys[index], dim=1), index
 
 
 @dataclass
@@ -59,17 +70,16 @@ class Codebook:
         """
         key = key.detach().float().cpu()
         if len(self):
-            distances = euclidean(key[None], self.keys)[0]
-            nearest = int(distances.argmin())
-            d = float(distances[nearest])
-            if d <= eps_init + float(self.eps[nearest]):
-                if int(self.labels[nearest]) == label:
+            distance, index = nearest(key[None], self.keys)
+            d, near = float(distance[0]), int(index[0])
+            if d <= eps_init + float(self.eps[near]):
+                if int(self.labels[near]) == label:
                     if mode == "moving_average":
-                        self.keys[nearest] = (self.keys[nearest] + key) / 2
-                        d = float(euclidean(key[None], self.keys[nearest][None])[0, 0])
-                    self.eps[nearest] = max(float(self.eps[nearest]), d * (1 + SLACK))
-                    return nearest
-                self.eps[nearest] = d / 2 - 1e-5
+                        self.keys[near] = (self.keys[near] + key) / 2
+                        d = float(torch.linalg.vector_norm(key - self.keys[near]))
+                    self.eps[near] = max(float(self.eps[near]), d * (1 + SLACK))
+                    return near
+                self.eps[near] = d / 2 - 1e-5
                 return self._append(key, label, d / 2)
         return self._append(key, label, eps_init)
 
@@ -84,9 +94,7 @@ class Codebook:
         if not len(self):
             return torch.full(queries.shape[:-1], -1, dtype=torch.long, device=queries.device)
         flat = queries.reshape(-1, queries.shape[-1]).float()
-        keys = self.keys.to(flat.device)
-        distances = euclidean(flat, keys)  # [m, n]
-        best, index = distances.min(dim=1)
+        best, index = nearest(flat, self.keys.to(flat.device))
         inside = best <= self.eps.to(flat.device)[index]
         return torch.where(inside, index, torch.full_like(index, -1)).reshape(queries.shape[:-1])
 

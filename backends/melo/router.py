@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editspec.codebook import SLACK, euclidean
+from editspec.codebook import SLACK, nearest
 
 
 @dataclass
@@ -40,19 +40,18 @@ class Router:
         """Add one key of an edit (`label`) served by `block`."""
         key = key.detach().float().cpu()
         if len(self.centers):
-            distances = euclidean(key[None], self.centers)[0]
-            nearest = int(distances.argmin())
-            d = float(distances[nearest])
-            if d <= float(self.radii[nearest]) + radius:
-                if int(self.labels[nearest]) == label:
-                    self._add_point(key, nearest, block)
-                    members = self.points[self.point_cluster == nearest]
-                    self.centers[nearest] = members.mean(0)
-                    spread = float(euclidean(members, self.centers[nearest][None]).max())
-                    self.radii[nearest] = max(radius, spread * (1 + SLACK))
+            distance, index = nearest(key[None], self.centers)
+            d, near = float(distance[0]), int(index[0])
+            if d <= float(self.radii[near]) + radius:
+                if int(self.labels[near]) == label:
+                    self._add_point(key, near, block)
+                    members = self.points[self.point_cluster == near]
+                    self.centers[near] = members.mean(0)
+                    spread = float(torch.linalg.vector_norm(members - self.centers[near], dim=1).max())
+                    self.radii[near] = max(radius, spread * (1 + SLACK))
                     return
-                self.radii[nearest] = self.radii[nearest] / 2
-                self._forget_outside(nearest)
+                self.radii[near] = self.radii[near] / 2
+                self._forget_outside(near)
                 radius = radius / 2
         self.centers = torch.cat([self.centers, key[None]])
         self.radii = torch.cat([self.radii, torch.tensor([radius])])
@@ -65,7 +64,7 @@ class Router:
         self.point_block = torch.cat([self.point_block, torch.tensor([block])])
 
     def _forget_outside(self, cluster: int) -> None:
-        inside = euclidean(self.points, self.centers[cluster][None])[:, 0] <= self.radii[cluster]
+        inside = torch.linalg.vector_norm(self.points - self.centers[cluster], dim=1) <= self.radii[cluster]
         keep = (self.point_cluster != cluster) | inside
         self.points, self.point_cluster, self.point_block = self.points[keep], self.point_cluster[keep], self.point_block[keep]
 
@@ -76,9 +75,9 @@ class Router:
             return torch.full(shape, -1, dtype=torch.long, device=queries.device)
         flat = queries.reshape(-1, queries.shape[-1]).float()
         centers = self.centers.to(flat.device)
-        best, cluster = euclidean(flat, centers).min(dim=1)
+        best, cluster = nearest(flat, centers)
         inside = best <= self.radii.to(flat.device)[cluster]
-        to_points = euclidean(flat, self.points.to(flat.device))  # [m, p]
+        to_points = torch.cdist(flat[None], self.points.to(flat.device)[None])[0]  # [m, p]: which point, not how far
         foreign = self.point_cluster.to(flat.device)[None, :] != cluster[:, None]
         to_points = to_points.masked_fill(foreign, float("inf"))
         distance, point = to_points.min(dim=1)
