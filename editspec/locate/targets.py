@@ -171,12 +171,11 @@ def _blocks_below(model, site: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _returns_bare_tensor(model, blocks: Sequence[str]):
-    """Yields a list that gets, per block run, whether it returned a bare tensor (transformers 5
-    blocks do; older ones return tuples, which a stand-in does not mimic: no replay then)."""
-    found: list[bool] = []
-    handles = [module_at(model, b).register_forward_hook(
-        lambda module, args, output: found.append(isinstance(output, torch.Tensor))) for b in blocks]
+def _raw_outputs(model, blocks: Sequence[str]):
+    """Yields a list that gets each run block's output as it is returned (a tensor, or a tuple)."""
+    found: list = []
+    handles = [module_at(model, b).register_forward_hook(lambda module, args, output: found.append(output))
+               for b in blocks]
     try:
         yield found
     finally:
@@ -256,13 +255,15 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         at_subject = c.at_subject[rows]  # the subject's last token, in suffix coordinates
         # The recorder is registered first, so it sees the site output before δ is added.
         recorded = replay[rows.to(device), :suffix_len] if replay is not None else None
-        with record_outputs(model, ([site] + below[-1:]) if init is None else []) as seen, \
-                _returns_bare_tensor(model, below[-1:] if init is None else []) as bare_block, \
+        with record_outputs(model, [site] if init is None else []) as seen, \
+                _raw_outputs(model, below[-1:] if init is None else []) as top_below, \
                 _replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject):
             hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
                           position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
-        if init is None and below and all(bare_block):
-            replay = seen[below[-1]].detach()  # [all rows, suffix, d]: what the blocks below give, every step
+        # Transformers 5 blocks return a bare tensor, which a stand-in can return in their place;
+        # older ones return tuples: then the blocks below run at every step.
+        if top_below and isinstance(top_below[0], torch.Tensor):
+            replay = top_below[0].detach()  # [all rows, suffix, d]: what the blocks below give, every step
         if init is None:
             bare = torch.tensor(c.bare)
             init = seen[site][bare.to(device), c.at_subject[bare].to(device)].detach()  # [n, d], bare prompt
