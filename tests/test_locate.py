@@ -48,6 +48,68 @@ def test_loss_falls_and_early_stop_freezes_facts():
     assert bool(((many.loss < 0.5) | (many.steps == 39)).all())
 
 
+def test_stragglers_go_on_from_where_they_stopped_with_the_wider_clamp():
+    model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
+    path = layout_for(model).block_at(0)
+    prep = prepare_requests(tok, FACTS, [["{}"]])
+    # Unreachable stop criteria: every fact is a straggler.
+    short = OptimSettings(steps=6, clamp_factor=0.5, stop_loss=0.0, stop_prob=1.0)
+    first = optimise_targets(model, [path] * 3, prep, short, pad=0)
+    longer = optimise_targets(model, [path] * 3, prep,
+                              dataclasses.replace(short, straggler_steps=10, straggler_clamp_factor=100), pad=0)
+    assert longer.steps.tolist() == [5 + 10] * 3                 # step indices: 0-5, then 10 more
+    assert bool((longer.loss < first.loss).all())
+    assert bool((longer.delta.norm(dim=-1) > 0.5 * first.init.norm(dim=-1) * 1.01).all())  # past the first clamp
+    assert torch.equal(longer.init, first.init)
+
+
+def test_a_straggler_pass_resumes_the_loss_with_the_unedited_kl_anchor():
+    # Re-evaluating the first pass's δ must give its last loss: the KL term still compares
+    # with the unedited distribution, not with the one δ produced.
+    from editspec.locate.targets import _optimise_chunk
+
+    model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
+    path = layout_for(model).block_at(0)
+    prep = prepare_requests(tok, FACTS, [["{}"]])
+    settings = OptimSettings(steps=5, clamp_factor=100, stop_loss=0.0, stop_prob=1.0, kl_factor=1.0)
+    delta, _, loss, _, _, kl0 = _optimise_chunk(model, path, prep, settings, 0)
+    _, _, again, _, _, _ = _optimise_chunk(model, path, prep, dataclasses.replace(settings, steps=1), 0,
+                                           start=(delta, kl0))
+    assert torch.allclose(again, loss, atol=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_steps_keep_the_first_step_exact_and_follow_the_float32_path(native, monkeypatch):
+    import editspec.locate.targets as targets
+
+    monkeypatch.setattr(targets, "native_bfloat16", lambda device: native)
+    model, tok = tiny_model("llama", layers=2, dtype=torch.float32), tiny_tokenizer()
+    path = layout_for(model).block_at(0)
+    prep = prepare_requests(tok, FACTS, context_templates(model, tok, ((2, 3),), seed=0))
+    plain = OptimSettings(steps=8, clamp_factor=100, stop_loss=0.0, stop_prob=1.0)
+    exact = optimise_targets(model, [path] * 3, prep, plain, pad=0)
+    fast = optimise_targets(model, [path] * 3, prep, dataclasses.replace(plain, bf16_steps=True), pad=0)
+    assert torch.equal(fast.init, exact.init)                    # step 0 ran in float32
+    if native:
+        assert not torch.equal(fast.delta, exact.delta)          # later steps did run in bfloat16 ...
+        assert torch.allclose(fast.loss, exact.loss, rtol=0.1)   # ... and landed where float32 does
+        cosine = torch.nn.functional.cosine_similarity(fast.delta, exact.delta, dim=-1)
+        assert bool((cosine > 0.95).all())
+    else:                                                        # no native bfloat16: float32 throughout
+        assert torch.equal(fast.delta, exact.delta)
+
+
+def test_facts_that_stop_in_time_are_not_rerun():
+    model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
+    path = layout_for(model).block_at(0)
+    prep = prepare_requests(tok, FACTS, [["{}"]])
+    easy = OptimSettings(steps=6, stop_loss=1e9)                 # every fact stops at step 0
+    plain = optimise_targets(model, [path] * 3, prep, easy, pad=0)
+    extra = optimise_targets(model, [path] * 3, prep, dataclasses.replace(easy, straggler_steps=10), pad=0)
+    assert extra.steps.tolist() == [0, 0, 0]
+    assert torch.equal(plain.delta, extra.delta)
+
+
 @pytest.mark.parametrize("model_type", TYPES)
 def test_replaying_the_blocks_below_matches_running_them_as_facts_stop(model_type):
     # Facts stop at different steps, so later steps replay a subset of the recorded rows.

@@ -11,7 +11,9 @@ context template) and its KL row.  Two savings keep this fast on CPU:
 - logits are formed only where the loss reads them (target positions and the KL position).
 
 A fact stops (and leaves the batch) once its loss is below `stop_loss` or the (geometric mean)
-probability of its target tokens reaches `stop_prob`.
+probability of its target tokens reaches `stop_prob`.  Facts that reach neither within `steps`
+(stragglers) can go on from where they stopped for `straggler_steps` more, with a wider clamp,
+so that a few hard facts get more room without slowing the typical one.
 
 `row_scales` optionally scale δ per row: a rank-one edit built on an averaged key k̄ adds
 ``(uᵀk_t / uᵀk̄)·δ`` at a prompt whose key is k_t, not δ itself, so ROME optimises the δ that
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -29,6 +31,7 @@ from torch import nn
 
 from editspec.hooks import add_to_output, record_outputs
 from editspec.layout import layout_for, module_at, output_head
+from editspec.precision import bfloat16_autocast, native_bfloat16
 from editspec.tokens import right_pad
 
 from .requests import PreparedRequest
@@ -48,6 +51,17 @@ class OptimSettings:
     stop_prob: float = 1.0  # also stop once exp(-mean target NLL) reaches this (1.0: never)
     cache_prefix: bool = True  # reuse the tokens before the subject; False recomputes whole rows
     replay_below: bool = True  # run the blocks below the site's block once; False: at every step
+    straggler_steps: int = 0  # more steps for facts that met neither stop criterion (0: none)
+    straggler_clamp_factor: float = 8.0  # δ's norm limit during those steps
+    bf16_steps: bool = False  # steps after the first in bfloat16 autocast, where the device computes it natively
+
+    def reached(self, loss: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+        """Which facts met a stop criterion: loss below `stop_loss`, or target probability `stop_prob`."""
+        return (loss < self.stop_loss) | (torch.exp(-nll) >= self.stop_prob)
+
+    def for_stragglers(self) -> "OptimSettings":
+        """The settings of the straggler pass: `straggler_steps` more steps, the wider clamp."""
+        return replace(self, steps=self.straggler_steps + 1, clamp_factor=self.straggler_clamp_factor)
 
 
 @dataclass
@@ -212,7 +226,9 @@ def _logits(hidden, head_w, head_b, softcap):
 
 
 def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: OptimSettings, pad: int,
-                    scales: Sequence[Sequence[float]] | None = None):
+                    scales: Sequence[Sequence[float]] | None = None,
+                    start: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """One chunk's δ; `start` (δ, unedited KL-row log-probabilities) goes on from an earlier pass."""
     base = model.base_model
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -235,11 +251,17 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         cache = getattr(out, "cache", None)
         kv = _kv_of(cache if cache is not None else out.past_key_values)
     # Both sites (MLP output, block output) live in the residual width d_model.
-    delta = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device, requires_grad=True)
+    delta = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device)
+    init = kl0 = replay = None
+    if start is not None:
+        delta += start[0].to(device, dtype)
+        kl0 = start[1].to(device)  # from the first pass, before any δ
+    delta.requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=s.lr)
     active = torch.ones(n, dtype=torch.bool)
-    init = kl0 = replay = None
     below = _blocks_below(model, site) if s.replay_below else []
+    # Step 0 stays in the model's dtype: it records init, the KL anchor and the replayed blocks.
+    fast = s.bf16_steps and dtype == torch.float32 and native_bfloat16(device)
     loss_out, nll_out = torch.zeros(n), torch.zeros(n)
     steps_out = torch.zeros(n, dtype=torch.long)
     for it in range(s.steps):
@@ -257,7 +279,8 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         recorded = replay[rows.to(device), :suffix_len] if replay is not None else None
         with record_outputs(model, [site] if init is None else []) as seen, \
                 _raw_outputs(model, below[-1:] if init is None else []) as top_below, \
-                _replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject):
+                _replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
+                bfloat16_autocast(device, fast and it > 0):
             hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
                           position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
         # Transformers 5 blocks return a bare tensor, which a stand-in can return in their place;
@@ -288,8 +311,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         loss_out[idx] = loss.detach().cpu()[idx]
         nll_out[idx] = nll.detach().cpu()[idx]
         steps_out[idx] = it
-        reached = (loss.detach().cpu() < s.stop_loss) | (torch.exp(-nll.detach().cpu()) >= s.stop_prob)
-        active = active & ~reached
+        active = active & ~s.reached(loss.detach().cpu(), nll.detach().cpu())
         if it == s.steps - 1 or not bool(active.any()):
             break  # the final iteration only evaluates
         opt.zero_grad()
@@ -302,7 +324,8 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
             norm = delta.float().norm(dim=-1)
             scale = torch.where(norm > limit, limit / norm.clamp(min=1e-30), torch.ones_like(norm))
             delta.mul_(scale.to(delta.dtype).unsqueeze(1))
-    return delta.detach().to("cpu", torch.float64), init.to("cpu", torch.float64), loss_out, nll_out, steps_out
+    return (delta.detach().to("cpu", torch.float64), init.to("cpu", torch.float64), loss_out, nll_out, steps_out,
+            kl0.cpu())
 
 
 def optimise_targets(
@@ -319,13 +342,28 @@ def optimise_targets(
     n = len(prepared)
     parts: dict[int, tuple] = {}
     with frozen(model):
-        for site in dict.fromkeys(sites):
-            members = [i for i in range(n) if sites[i] == site]
-            for start in range(0, len(members), settings.facts_per_batch):
-                chunk = members[start:start + settings.facts_per_batch]
-                scales = [row_scales[i] for i in chunk] if row_scales is not None else None
-                result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad, scales)
-                for j, i in enumerate(chunk):
-                    parts[i] = tuple(t[j] for t in result)
+        _optimise_groups(model, sites, prepared, settings, pad, row_scales, range(n), parts)
+        stragglers = [i for i in range(n) if not settings.reached(parts[i][2], parts[i][3])]
+        if settings.straggler_steps and stragglers:
+            first = {i: parts[i] for i in stragglers}
+            _optimise_groups(model, sites, prepared, settings.for_stragglers(), pad, row_scales, stragglers, parts,
+                             start={i: (first[i][0], first[i][5]) for i in stragglers})
+            for i in stragglers:  # the second pass's step 0 re-evaluates the first pass's last step
+                delta, init, loss, nll, steps, kl0 = parts[i]
+                parts[i] = (delta, init, loss, nll, steps + first[i][4], kl0)
     stacked = [torch.stack([parts[i][k] for i in range(n)]) for k in range(5)]
     return Targets(*stacked)
+
+
+def _optimise_groups(model, sites, prepared, settings, pad, row_scales, indices, parts, start=None):
+    """Runs `indices` in chunks of facts with the same site; writes each fact's results to `parts`."""
+    indices = list(indices)
+    for site in dict.fromkeys(sites[i] for i in indices):
+        members = [i for i in indices if sites[i] == site]
+        for first in range(0, len(members), settings.facts_per_batch):
+            chunk = members[first:first + settings.facts_per_batch]
+            scales = [row_scales[i] for i in chunk] if row_scales is not None else None
+            begin = tuple(torch.stack([start[i][k] for i in chunk]) for k in range(2)) if start is not None else None
+            result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad, scales, begin)
+            for j, i in enumerate(chunk):
+                parts[i] = tuple(t[j] for t in result)
