@@ -17,6 +17,7 @@ Torch-free: this only decides *what* is trained, from the IR.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -68,11 +69,12 @@ def fact_texts(facts: Sequence[ir.Fact]) -> list[str]:
 
 
 def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = False,
-                    whole_spec: bool = True) -> Objectives:
+                    whole_spec: bool = True, rehearsed: Sequence[ir.Edit] = ()) -> Objectives:
     """The objectives for compiling `edits` of `spec`.
 
     With `whole_spec` (a first compile) canonical examples and `forget` blocks are trained too;
     a sequential compile (`--on`) trains only the new edits, and keeps every anchor.
+    `rehearsed` earlier edits are trained again beside the new ones (see `rehearsal`).
     """
     targets: list[Target] = []
     sources: dict[str, str] = {}
@@ -80,6 +82,9 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
     for edit in edits:
         targets += edit_targets(edit, scope=scope)
         sources[edit.id] = "edit"
+    for edit in rehearsed:
+        targets += edit_targets(edit, scope=scope)
+        sources[edit.id] = "rehearsed"
     for edit in spec.edits:
         anchors += fact_texts(edit.keep)
     for example in spec.canonical:
@@ -98,6 +103,23 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
         raise EditspecError(f"{spec.source} has nothing to train: no edits, canonical examples or forget blocks",
                             hint="add an `edit`, a `canonical` example or a `forget` block")
     return Objectives(tuple(targets), tuple(dict.fromkeys(anchors)), tuple(preserve), budget, sources)
+
+
+def rehearsal(spec: ir.Spec, new: Sequence[ir.Edit], count: int, seed: int) -> list[ir.Edit]:
+    """Up to `count` of the spec's edits that are not `new`, drawn by `seed` (in spec order).
+
+    The draw depends on the seed and on how many edits the spec has, so successive sequential
+    compiles rehearse different earlier edits, and the same compile always the same ones.
+
+    >>> rehearsal(spec, spec.edits[-1:], 8, seed=0)                # doctest: +SKIP
+    [Edit(id='e1', ...), ...]
+    """
+    fresh = {edit.id for edit in new}
+    earlier = [edit for edit in spec.edits if edit.id not in fresh]
+    if len(earlier) <= count:
+        return earlier
+    chosen = set(random.Random(f"{seed}:{len(spec.edits)}").sample(range(len(earlier)), count))
+    return [edit for i, edit in enumerate(earlier) if i in chosen]
 
 
 def preserve_texts(spec: ir.Spec) -> tuple[list[str], ir.Budget | None]:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
 from editspec.backend import Backend, CompileJob
-from editspec.objectives import Objectives, spec_objectives, split_preserve
+from editspec.objectives import Objectives, rehearsal, spec_objectives, split_preserve
 
 
 class TrainingBackend(Backend):
@@ -28,8 +28,12 @@ class TrainingBackend(Backend):
         return 1e-3
 
     def objectives(self, job: CompileJob) -> Objectives:
-        """Edits (and, on a first compile, canonical examples and forget blocks) as objectives."""
-        return spec_objectives(job.spec, job.edits, scope=job.config.scope, whole_spec=job.previous is None)
+        """Edits (and, on a first compile, canonical examples and forget blocks) as objectives.
+
+        A sequential compile also rehearses `config.rehearse` of the earlier edits."""
+        first = job.previous is None
+        rehearsed = [] if first else rehearsal(job.spec, job.edits, job.config.rehearse, job.seed)
+        return spec_objectives(job.spec, job.edits, scope=job.config.scope, whole_spec=first, rehearsed=rehearsed)
 
     def prepare(self, job: CompileJob) -> dict[str, Any]:
         from editspec.tuning import reference_anchors, unedited_text_reference

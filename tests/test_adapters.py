@@ -126,6 +126,34 @@ def test_on_previous_adds_edits(setup, backend):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_ft_on_previous_rehearses_earlier_edits_only_when_asked(setup):
+    first = _compile(setup, "ft", out="v1")
+    setup["spec"].write_text(SPEC + MORE)
+    trained = {}
+    for count in ("0", "8"):
+        artifact = compile_spec(setup["spec"], "ft", model=setup["model"], out=setup["tmp"] / f"r{count}", on=first.path,
+                                overrides={**setup["overrides"]("ft"), "rehearse": count})
+        trained[count] = artifact.manifest["details"]["trained"]
+    new = [k for k, v in trained["0"].items() if v == "edit"]
+    assert len(new) == 1 and list(trained["0"].values()) == ["edit"]
+    assert sorted(trained["8"].values()) == ["edit", "rehearsed", "rehearsed"]   # both earlier edits, trained again
+
+
+def test_rehearsal_draws_earlier_edits_by_seed():
+    from types import SimpleNamespace
+
+    from editspec.objectives import rehearsal
+
+    edits = [SimpleNamespace(id=f"e{i}") for i in range(20)]
+    spec = SimpleNamespace(edits=edits)
+    drawn = rehearsal(spec, edits[-2:], 5, seed=0)
+    assert len(drawn) == 5 and all(e.id not in ("e18", "e19") for e in drawn)
+    assert [e.id for e in drawn] == [e.id for e in rehearsal(spec, edits[-2:], 5, seed=0)]          # reproducible
+    assert [e.id for e in drawn] == sorted((e.id for e in drawn), key=lambda i: int(i[1:]))         # in spec order
+    assert {e.id for e in rehearsal(spec, edits[-2:], 5, seed=1)} != {e.id for e in drawn}
+    assert rehearsal(spec, edits[-2:], 50, seed=0) == edits[:-2]                                   # all, when few
+
+
 @pytest.mark.parametrize("backend", ["ft", "ft-full", "sense"])
 def test_apply_merges_into_a_checkpoint(setup, backend):
     artifact = _compile(setup, backend)

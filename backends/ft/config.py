@@ -26,6 +26,9 @@ class TrainingSettings(BaseModel):
     budget_holdout: float = Field(
         0.5, ge=0, lt=1, description="Share of the `preserve` texts kept out of the KL anchors and watched only by the budget "
         "check, so it measures text the trainer was not pulled towards (needs two texts or more; 0: every preserve text is both).")
+    rehearse: int = Field(
+        8, ge=0, description="In a sequential compile (`--on`), also train on up to this many of the spec's earlier edits, "
+        "drawn by the seed, so the adapter does not forget them while it learns the new ones (0: only the new edits).")
     grad_clip: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     forget_p: float = Field(0.01, gt=0, lt=1, description="A `forget` string is trained until its probability after each prompt is below this (verify's limit is 0.05).")
 
