@@ -37,6 +37,25 @@ def test_prefix_cache_and_batching_do_not_change_targets(model_type, site):
     assert bool((a.nll < a.nll.new_full((3,), 100)).all())
 
 
+def test_chunks_follow_suffix_width_and_results_keep_request_order(monkeypatch):
+    import editspec.locate.targets as targets
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    prep = prepare_requests(tok, FACTS, context_templates(model, tok, ((2, 4),), seed=0))
+    widths = [targets.suffix_width(p) for p in prep]
+    assert len(set(widths)) > 1   # the three facts need different suffix widths
+    chunks, real = [], targets._optimise_chunk
+    monkeypatch.setattr(targets, "_optimise_chunk",
+                        lambda model, site, facts, *a, **k: chunks.append([prep.index(f) for f in facts]) or real(model, site, facts, *a, **k))
+    site = layout_for(model).block_at(1)
+    paired = optimise_targets(model, [site] * 3, prep, OptimSettings(steps=4, facts_per_batch=2), pad=0)
+    by_width = sorted(range(3), key=lambda i: widths[i])
+    assert chunks == [by_width[:2], by_width[2:]]
+    alone = optimise_targets(model, [site] * 3, prep, OptimSettings(steps=4, facts_per_batch=1), pad=0)
+    assert torch.allclose(paired.delta, alone.delta, atol=1e-6)   # each fact's δ, in request order
+    assert torch.allclose(paired.init, alone.init, atol=1e-6)
+
+
 def test_loss_falls_and_early_stop_freezes_facts():
     model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
     layout = layout_for(model)
