@@ -30,7 +30,8 @@ expect {
   locality >= 0.9
 }
 '''
-SETTINGS = {"ft": {}, "grace": {}, "melo": {}}  # defaults: what `editspec verify --backend B` runs
+SETTINGS = {"ft": {}, "sense": {}, "grace": {}, "melo": {}}  # defaults: what `editspec verify --backend B` runs
+# (`sense` on an ordinary transformer trains the k most relevant MLP value vectors of each example)
 
 pytestmark = pytest.mark.slow
 
