@@ -28,14 +28,21 @@ MODEL_TYPE = "backpack-gpt2"
 
 
 class BackpackConfig(GPT2Config):
-    """A GPT-2 config plus `num_senses` and the sense network's width (`sense_intermediate_scale` × d)."""
+    """A GPT-2 config plus `num_senses` and the sense network's width (`sense_intermediate_scale` × d).
+
+    The defaults are those of the public Backpack-GPT2 config (50,264 words, 512 positions,
+    attention scaled by the inverse layer index), so a `config.json` that leaves them out
+    still describes that model.
+    """
 
     model_type = MODEL_TYPE
 
-    def __init__(self, num_senses: int = 16, sense_intermediate_scale: int = 4, **kwargs):
+    def __init__(self, num_senses: int = 16, sense_intermediate_scale: int = 4, vocab_size: int = 50264,
+                 n_positions: int = 512, scale_attn_by_inverse_layer_idx: bool = True, **kwargs):
         self.num_senses = num_senses
         self.sense_intermediate_scale = sense_intermediate_scale
-        super().__init__(**kwargs)
+        super().__init__(vocab_size=vocab_size, n_positions=n_positions,
+                         scale_attn_by_inverse_layer_idx=scale_attn_by_inverse_layer_idx, **kwargs)
 
 
 class _MLP(nn.Module):

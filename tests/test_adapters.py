@@ -343,3 +343,20 @@ def _logits_unhooked(model, tok, text, state):
     fresh = BackpackLM(model.config).eval()
     fresh.load_state_dict(state)
     return _logits(fresh, tok, text)
+
+
+def test_backpack_parameters_carry_the_public_checkpoint_names():
+    from editspec.backpack import BackpackConfig, BackpackLM
+
+    config = BackpackConfig(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16, num_senses=4)
+    assert BackpackConfig().vocab_size == 50264 and BackpackConfig().scale_attn_by_inverse_layer_idx
+    names = set(BackpackLM(config).state_dict())
+    sense = "backpack.sense_network."
+    public = {f"{sense}{m}.{p}" for m in ("block.ln_1", "block.ln_2", "ln") for p in ("weight", "bias")}
+    public |= {f"{sense}{m}.{p}" for m in ("block.mlp.c_fc", "block.mlp.c_proj", "final_mlp.c_fc", "final_mlp.c_proj")
+               for p in ("weight", "bias")}
+    public |= {"backpack.sense_weight_net.c_attn.weight", "backpack.sense_weight_net.c_attn.bias", "lm_head.weight",
+               "backpack.gpt2_model.wte.weight", "backpack.gpt2_model.wpe.weight"}
+    assert public <= names
+    assert {n for n in names if not n.startswith("backpack.gpt2_model.")} <= public   # nothing of our own
+    assert BackpackLM(config).state_dict()["backpack.sense_network.final_mlp.c_fc.weight"].shape == (16, 64)  # Conv1D: [in, out]
