@@ -180,6 +180,17 @@ def test_ft_adapter_loads_with_plain_peft(setup):
     assert torch.equal(_logits(plain, tok, "The capital of France is"), expected)
 
 
+def test_ft_compile_and_load_show_users_no_library_deprecation_noise(setup):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        artifact = _compile(setup, "ft")
+        with editspec.load_edited(setup["model"], artifact):
+            pass
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
 def test_ft_canonical_examples_and_forget_blocks_become_objectives(setup):
     setup["spec"].write_text(SPEC + CANONICAL)
     model, tok = setup["model"].model, setup["model"].tokenizer

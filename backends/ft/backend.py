@@ -8,6 +8,8 @@ updates in `delta.safetensors` (each stored exactly, as ``I @ Δ``, in float64).
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 import weakref
 
 import torch
@@ -110,7 +112,8 @@ class FtBackend(TrainingBackend):
             paths = mlp_module_paths(base, config.layers, config.modules)
             lora = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                               target_modules=paths, bias="none")
-            peft_model, owned = get_peft_model(base, lora), True
+            with _quiet_peft():
+                peft_model, owned = get_peft_model(base, lora), True
             _clear_base_model_path(peft_model)
         try:
             params = [p for name, p in peft_model.named_parameters() if "lora_" in name]
@@ -167,7 +170,18 @@ def attach_adapter(model: nn.Module, adapter_dir, *, trainable: bool = False) ->
 
     if model in _LIVE:
         raise EditspecError("this model already has an adapter artifact attached; revert that one first")
-    return PeftAttachment(model, PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable))
+    with _quiet_peft():
+        loaded = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    return PeftAttachment(model, loaded)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    # peft reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a
+    # FutureWarning on every adapter: noise in every `ft` compile and verify, not the user's to act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _clear_base_model_path(peft_model) -> None:
