@@ -17,7 +17,6 @@ Example::
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Sequence
 import torch
 
 from editspec.errors import EditspecError
+from editspec.kvcache import cache_kwarg, output_cache
 
 SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -122,8 +122,7 @@ def sample_context_templates(
     """
     generator = torch.Generator().manual_seed(seed)
     device = _device(model)
-    # transformers 5 renamed `past_key_values` to `cache`.
-    kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kwarg = cache_kwarg(model)
     groups: list[list[str]] = [["{}"]]
     for n, max_len in counts:
         seeds = [tokenizer(seed_words[i % len(seed_words)], add_special_tokens=True)["input_ids"] for i in range(n)]
@@ -136,7 +135,7 @@ def sample_context_templates(
             for _ in range(max(max_len - width, 0)):
                 # Rows share a length, so the KV cache needs no padding; only the last logits are used.
                 out = model(input_ids=step_ids, use_cache=True, **({kwarg: cache} if cache is not None else {}))
-                cache = getattr(out, "cache", None) or out.past_key_values
+                cache = output_cache(out)
                 logits = out.logits[:, -1, :].float().cpu()  # [rows, vocab]
                 top = logits.topk(top_k, dim=-1)
                 probs = torch.softmax(top.values, dim=-1)

@@ -15,6 +15,7 @@ from editspec.compiler import compile_spec
 from editspec.errors import EditspecError
 from editspec.models import load_model
 from editspec.objectives import split_preserve
+from editspec.verify.protocols import score_targets
 from tiny import SENTENCES, target_logprob as _logprob, tiny_tokenizer, tiny_workspace
 
 SPEC = '''
@@ -186,9 +187,12 @@ def test_ft_compile_and_load_show_users_no_library_deprecation_noise(setup):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         artifact = _compile(setup, "ft")
-        with editspec.load_edited(setup["model"], artifact):
-            pass
-    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+        with editspec.load_edited(setup["model"], artifact) as edited:
+            # verify scores through the peft wrapper, whose forward takes **kwargs
+            scored = score_targets(edited.model, setup["model"].tokenizer, [("The capital of France is", "Paris")])
+    assert scored[0].logprobs
+    noise = [w for w in seen if "is_gradient_checkpointing" in str(w.message) or "past_key_values" in str(w.message)]
+    assert not noise, [str(w.message) for w in noise]
 
 
 def test_ft_canonical_examples_and_forget_blocks_become_objectives(setup):

@@ -11,10 +11,11 @@ a request is reproducible either way.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
+
+from editspec.kvcache import cache_kwarg, output_cache
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,7 @@ def generate(loaded, input_ids: Sequence[int], *, max_tokens: int, temperature: 
     for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
         ends.update(value if isinstance(value, list) else [value] if value is not None else [])
     generator = torch.Generator(device="cpu").manual_seed(seed or 0)
-    # transformers 5 renamed `past_key_values` to `cache`.
-    kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kwarg = cache_kwarg(model)
     with torch.inference_mode():
         ids = torch.tensor([list(input_ids)], device=loaded.input_device)
         output = model(input_ids=ids, use_cache=True)
@@ -77,9 +77,8 @@ def generate(loaded, input_ids: Sequence[int], *, max_tokens: int, temperature: 
             yield Step(token, tokenizer.decode([token]), float(logprobs[token]), _top(logprobs, tokenizer, top_logprobs))
             if token in ends:
                 return
-            cache = getattr(output, "cache", None)
-            cache = cache if cache is not None else output.past_key_values
-            output = model(input_ids=torch.tensor([[token]], device=ids.device), use_cache=True, **{kwarg: cache})
+            output = model(input_ids=torch.tensor([[token]], device=ids.device), use_cache=True,
+                           **{kwarg: output_cache(output)})
 
 
 def _choose(logits, temperature: float, top_p: float, generator) -> int:

@@ -22,7 +22,6 @@ its update will actually deliver at each template.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from editspec.hooks import add_to_output, record_outputs
+from editspec.kvcache import cache_kwarg, output_cache
 from editspec.layout import layout_for, module_at, output_head
 from editspec.precision import bfloat16_autocast, native_bfloat16
 from editspec.tokens import right_pad
@@ -94,11 +94,6 @@ def frozen(model):
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(training)
-
-
-def _cache_kwarg(base) -> str:
-    # transformers 5 renamed `past_key_values` to `cache`.
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -238,7 +233,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     longest = max(len(r) for p in facts for r in (*p.rows, p.kl_row))
     c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window), scales=scales)
     n = len(facts)
-    kwarg = _cache_kwarg(base)
+    kwarg = cache_kwarg(base)
     kv = None
     if c.width:
         # Every position attends (causally) in this pass: a row made only of pads would otherwise
@@ -248,8 +243,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         with torch.no_grad():
             out = base(input_ids=c.prefix_ids.to(device), attention_mask=torch.ones_like(c.prefix_ids).to(device),
                        position_ids=pos.to(device), use_cache=True)
-        cache = getattr(out, "cache", None)
-        kv = _kv_of(cache if cache is not None else out.past_key_values)
+        kv = _kv_of(output_cache(out))
     # Both sites (MLP output, block output) live in the residual width d_model.
     delta = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device)
     init = kl0 = replay = None

@@ -22,7 +22,6 @@ Example::
 """
 from __future__ import annotations
 
-import inspect
 import math
 import re
 import string
@@ -31,6 +30,7 @@ from typing import Sequence
 
 import torch
 
+from editspec.kvcache import cache_kwarg, output_cache
 from editspec.tokens import pad_id, right_pad, target_token_ids
 
 PROTOCOLS = ("compare", "teacher_forced", "generate", "logprob")
@@ -92,11 +92,6 @@ def _chunks(items: Sequence, size: int):
         yield items[start:start + size]
 
 
-def _cache_kwarg(model) -> str:
-    # transformers 5 renamed `past_key_values` to `cache`.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor):
     """Run prompts with a KV cache; the logits at each row's last real token [b, vocab], and the output."""
     try:
@@ -124,14 +119,14 @@ def _score_chunk(model, heads: list[list[int]], wanted: list[tuple[int, list[int
     rows = [first[r][None] for r, _ in wanted]
     multi = [k for k, (_, target) in enumerate(wanted) if len(target) > 1]
     if multi:
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = output_cache(out)
         index = torch.tensor([wanted[k][0] for k in multi], device=device)
         cache.batch_select_indices(index)  # one cache row per continuation (rows may repeat)
         cont_ids, cont_mask = right_pad([wanted[k][1][:-1] for k in multi], pad)
         steps = cont_ids.shape[1]
         positions = lengths[index][:, None] + torch.arange(steps, device=device)[None]
         logits = model(input_ids=cont_ids.to(device), attention_mask=torch.cat([mask[index], cont_mask.to(device)], 1),
-                       position_ids=positions, use_cache=True, **{_cache_kwarg(model): cache}).logits
+                       position_ids=positions, use_cache=True, **{cache_kwarg(model): cache}).logits
         logits = torch.log_softmax(logits.float(), dim=-1)  # [continuations, steps, vocab]
         for row, k in enumerate(multi):
             rows[k] = torch.cat([rows[k], logits[row, : len(wanted[k][1]) - 1]], dim=0)
