@@ -8,7 +8,7 @@ Torch-free: this only decides *what* is trained, from the IR.
 | canonical `example p -> a` | `good` on the example |
 | canonical `... over b` | `contrast`: `softplus(NLL(a) - NLL(b))`, the answer beats the contrast |
 | `forget { prompt p; never x }` | `bad`: `x` after `p` pushed below a probability threshold |
-| edit and canonical `keep` | anchors: KL to the unedited model on `prompt + answer` |
+| edit and canonical `keep` | anchors: KL to the unedited model on `prompt + answer` (`held`: those of edits not trained now) |
 | `preserve` texts and files | anchors (KL), and the `budget` the trainer must stay within, watched on a held-out share (`split_preserve`) |
 
     >>> objectives = spec_objectives(spec, spec.edits)          # doctest: +SKIP
@@ -41,13 +41,19 @@ class Target:
 
 @dataclass(frozen=True)
 class Objectives:
-    """What to train: `targets`; what to hold: `anchors` (KL texts); `preserve` texts and `budget`."""
+    """What to train: `targets`; what to hold: `anchors` (KL texts); `preserve` texts and `budget`.
+
+    `anchors` are the keep facts of what this compile trains (its edits, rehearsed edits and
+    canonical examples); `held` the keep facts of the spec's other edits, which a sequential
+    compile must hold too but which are least at risk from the edits it trains.
+    """
 
     targets: tuple[Target, ...]
     anchors: tuple[str, ...] = ()
     preserve: tuple[str, ...] = ()
     budget: ir.Budget | None = None
     sources: dict[str, str] = field(default_factory=dict)  # source id -> "edit" / "canonical" / "forget"
+    held: tuple[str, ...] = ()
 
 
 def edit_targets(edit: ir.Edit, *, scope: bool = False) -> list[Target]:
@@ -82,11 +88,12 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
     for edit in edits:
         targets += edit_targets(edit, scope=scope)
         sources[edit.id] = "edit"
+        anchors += fact_texts(edit.keep)
     for edit in rehearsed:
         targets += edit_targets(edit, scope=scope)
         sources[edit.id] = "rehearsed"
-    for edit in spec.edits:
         anchors += fact_texts(edit.keep)
+    held = [text for edit in spec.edits if edit.id not in sources for text in fact_texts(edit.keep)]
     for example in spec.canonical:
         anchors += fact_texts(example.keep)
         if whole_spec:
@@ -102,7 +109,10 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
     if not targets:
         raise EditspecError(f"{spec.source} has nothing to train: no edits, canonical examples or forget blocks",
                             hint="add an `edit`, a `canonical` example or a `forget` block")
-    return Objectives(tuple(targets), tuple(dict.fromkeys(anchors)), tuple(preserve), budget, sources)
+    anchors = list(dict.fromkeys(anchors))
+    own = set(anchors)
+    held = [text for text in dict.fromkeys(held) if text not in own]
+    return Objectives(tuple(targets), tuple(anchors), tuple(preserve), budget, sources, tuple(held))
 
 
 def rehearsal(spec: ir.Spec, new: Sequence[ir.Edit], count: int, seed: int) -> list[ir.Edit]:

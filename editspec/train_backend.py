@@ -41,13 +41,15 @@ class TrainingBackend(Backend):
         loaded, config = job.model, job.config
         objectives = self.objectives(job)
         anchored, watched = split_preserve(objectives.preserve, config.budget_holdout)
-        texts = list(objectives.anchors) + anchored
+        general = []
         if config.kl_samples and config.kl_weight > 0:
             from editspec.corpus import load_corpus
 
-            texts += load_corpus(config.kl_corpus).sample(config.kl_samples)
-        job.progress(f"KL reference on {len(texts)} anchor text(s)")
-        anchors = reference_anchors(loaded.model, loaded.tokenizer, texts)
+            general = load_corpus(config.kl_corpus).sample(config.kl_samples)
+        # The keep facts of what is trained now come first; earlier edits' keep facts last.
+        groups = [objectives.anchors, anchored, general, objectives.held]
+        job.progress(f"KL reference on {sum(map(len, groups))} anchor text(s)")
+        anchors = reference_anchors(loaded.model, loaded.tokenizer, groups)
         budget = unedited_text_reference(loaded.model, loaded.tokenizer, watched, objectives.budget)
         if budget is not None:
             job.progress(f"preserve budget watched on {len(watched)} of {len(objectives.preserve)} preserve text(s)")

@@ -7,7 +7,7 @@ batch, as Hewitt et al. 2024), and takes one Adam step on `params`.  It stops ea
 objective loss is below `stop_loss`; with a preserve `budget`, it measures the preserve texts
 every `budget_every` steps and, past the budget, restores the last parameters within it.
 
-    >>> anchors = reference_anchors(model, tok, ["The capital of France is Paris"])   # doctest: +SKIP
+    >>> anchors = reference_anchors(model, tok, [["The capital of France is Paris"]])   # doctest: +SKIP
     >>> log = train(model, tok, params, encode_targets(tok, objectives.targets), anchors, settings)  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -85,8 +85,23 @@ def _device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def anchor_windows(tokenizer, texts: Sequence[str], limit: int) -> list[list[int]]:
-    """Windows of at most `ANCHOR_TOKENS` tokens from `texts`, at most `limit`, in text order."""
+def anchor_windows(tokenizer, groups: Sequence[Sequence[str]], limit: int) -> list[list[int]]:
+    """At most `limit` windows of at most `ANCHOR_TOKENS` tokens, taken from `groups` of texts in turn.
+
+    One window from each group that has any left, round after round, so that no group crowds
+    out the others: a sequential compile of the 200th edit anchors that edit's own keep facts
+    and general text, not only the first edits' keep facts.  Within a group, text order.
+    """
+    per_group = [_windows(tokenizer, texts, limit) for texts in groups]
+    chosen: list[list[int]] = []
+    for round_ in range(limit):
+        for windows in per_group:
+            if round_ < len(windows) and len(chosen) < limit:
+                chosen.append(windows[round_])
+    return chosen
+
+
+def _windows(tokenizer, texts: Sequence[str], limit: int) -> list[list[int]]:
     windows: list[list[int]] = []
     for text in texts:
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -94,13 +109,17 @@ def anchor_windows(tokenizer, texts: Sequence[str], limit: int) -> list[list[int
             window = ids[start:start + ANCHOR_TOKENS]
             if len(window) > 1:
                 windows.append(window)
+        if len(windows) >= limit:
+            break
     return windows[:limit]
 
 
 @torch.no_grad()
-def reference_anchors(model, tokenizer, texts: Sequence[str], *, limit: int = 64) -> Anchors | None:
-    """The unedited `model`'s log-probs on windows of `texts` (None when there is no text)."""
-    windows = anchor_windows(tokenizer, texts, limit)
+def reference_anchors(model, tokenizer, groups: Sequence[Sequence[str]], *, limit: int = 64) -> Anchors | None:
+    """The unedited `model`'s log-probs on windows of the texts in `groups` (None when there is no text).
+
+    Groups share the `limit` fairly (`anchor_windows`)."""
+    windows = anchor_windows(tokenizer, groups, limit)
     if not windows:
         return None
     ids, mask = right_pad(windows, pad_id(tokenizer))

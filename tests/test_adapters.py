@@ -155,6 +155,36 @@ def test_rehearsal_draws_earlier_edits_by_seed():
     assert rehearsal(spec, edits[-2:], 50, seed=0) == edits[:-2]                                   # all, when few
 
 
+def test_anchor_windows_share_the_limit_between_groups():
+    from editspec.tuning import ANCHOR_TOKENS, anchor_windows
+
+    tok = tiny_tokenizer()
+    long = [" ".join(SENTENCES)] * 20                      # far more windows than the limit
+    own, general = ["The capital of France is Paris"], ["Rome is in Italy."]
+    windows = anchor_windows(tok, [own, [], general, long], limit=6)
+    assert len(windows) == 6 and all(1 < len(w) <= ANCHOR_TOKENS for w in windows)
+    assert windows[0] == tok(own[0])["input_ids"] and windows[1] == tok(general[0])["input_ids"]
+    assert anchor_windows(tok, [long, own], limit=6)[1] == tok(own[0])["input_ids"]   # never crowded out
+
+
+def test_sequential_objectives_anchor_the_trained_edits_keep_facts_first():
+    from types import SimpleNamespace
+
+    from editspec.objectives import spec_objectives
+
+    def edit(i):
+        keep = SimpleNamespace(prompts=(f"Neighbour {i} lives in",), answer=f"Town{i}")
+        return SimpleNamespace(id=f"e{i}", prompts=(f"Person {i} lives in",), scope=(), target="Rome",
+                               keep=(keep,), relation="r", span=None)
+
+    edits = [edit(i) for i in range(100)]
+    spec = SimpleNamespace(edits=edits, canonical=[], forget=[], preserve=[], source="s.edit")
+    objectives = spec_objectives(spec, edits[-1:], whole_spec=False, rehearsed=edits[3:4])
+    assert objectives.anchors == ("Neighbour 99 lives in Town99", "Neighbour 3 lives in Town3")
+    assert len(objectives.held) == 98 and objectives.held[0] == "Neighbour 0 lives in Town0"
+    assert not spec_objectives(spec, edits).held                  # a first compile trains every edit
+
+
 @pytest.mark.parametrize("backend", ["ft", "ft-full", "sense"])
 def test_apply_merges_into_a_checkpoint(setup, backend):
     artifact = _compile(setup, backend)
