@@ -103,7 +103,8 @@ def add_to_output(
             return output
         # Out of place: the module output may be needed by autograd as it was.
         bump = torch.zeros_like(hidden)
-        bump[rows[keep], pos[keep]] = vectors[keep].to(hidden.dtype)
+        # With a device map the module may sit on another device than the vectors (kept with the head).
+        bump[rows[keep], pos[keep]] = vectors.to(device=hidden.device, dtype=hidden.dtype)[keep]
         return _with_hidden(output, hidden + bump)
 
     handle = module.register_forward_hook(hook)
