@@ -88,8 +88,17 @@ def compile_spec(
         timings["total"] = time.perf_counter() - started
         manifest = _manifest(spec, impl, config, seed, loaded, previous, edits, result, workdir, timings)
         (workdir / MANIFEST).write_text(canonical_json(manifest), encoding="utf-8")
-    say(f"wrote {out} ({len(edits)} edit{'s' * (len(edits) != 1)} in {timings['total']:.1f} s)")
+    say(f"wrote {out} ({contents(spec, len(edits), first=previous is None)} in {timings['total']:.1f} s)")
     return read_artifact(out)
+
+
+def contents(spec: Spec, edits: int, *, first: bool = True) -> str:
+    """What a compile of `spec` holds, for messages: "2 edit(s)", "0 edit(s), 10 canonical example(s)".
+
+    Canonical examples and forget blocks count only in a first compile (`--on` adds edits only).
+    """
+    counts = [(len(spec.canonical), "canonical example"), (len(spec.forget), "forget block")] if first else []
+    return ", ".join([f"{edits} edit(s)"] + [f"{n} {noun}(s)" for n, noun in counts if n])
 
 
 def _refuse_to_overwrite(out: Path) -> None:

@@ -245,3 +245,15 @@ def test_cli_compile_builds_on_the_locked_artifact_when_edits_were_only_added(se
     fresh = runner.invoke(main, args + ["--fresh"])
     assert fresh.exit_code == 0 and "compiling only those" not in fresh.output
     assert [e["stage"] for e in read_artifact(out).manifest["edits"]] == [1, 1, 1]
+
+
+def test_compile_messages_count_canonical_examples_and_forget_blocks():
+    from pathlib import Path
+
+    from editspec.compiler import contents
+
+    examples = Path(__file__).resolve().parent.parent / "specs" / "examples"
+    erasure = load_spec(examples / "erasure.edit")
+    assert contents(erasure, 0) == "0 edit(s), 1 canonical example(s), 4 forget block(s)"
+    assert contents(erasure, 2, first=False) == "2 edit(s)"      # --on adds edits only
+    assert contents(load_spec(examples / "first.edit"), 1) == "1 edit(s)"

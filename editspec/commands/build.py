@@ -38,7 +38,7 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
       editspec compile facts.edit --backend memit --set layers=4..8 -o build/facts.memit
       editspec compile facts.edit --backend alphaedit --on build/facts.alphaedit -o build/facts.v2
     """
-    from editspec.compiler import compile_spec, default_output
+    from editspec.compiler import compile_spec, contents, default_output
     from editspec.lock import incremental_base, record_artifact
     from editspec.resolve import load_spec
 
@@ -57,7 +57,8 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
     manifest = artifact.manifest
     # Black-box plugins are compiled for any API model: their manifest names no model.
     target = f"on {manifest['model']['name']}" if manifest.get("model") else "for API models"
-    click.echo(f"{artifact.path}: {len(manifest['edits'])} edit(s) with {backend} {target} "
+    compiled = contents(artifact.spec, len(manifest["edits"]), first=manifest.get("based_on") is None)
+    click.echo(f"{artifact.path}: {compiled} with {backend} {target} "
                f"in {manifest['timings']['total']:.1f} s (payload {manifest['payload']['hash'][:12]})")
 
 
