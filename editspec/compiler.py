@@ -88,16 +88,19 @@ def compile_spec(
         timings["total"] = time.perf_counter() - started
         manifest = _manifest(spec, impl, config, seed, loaded, previous, edits, result, workdir, timings)
         (workdir / MANIFEST).write_text(canonical_json(manifest), encoding="utf-8")
-    say(f"wrote {out} ({contents(spec, len(edits), first=previous is None)} in {timings['total']:.1f} s)")
+    say(f"wrote {out} ({contents(manifest, len(edits))} in {timings['total']:.1f} s)")
     return read_artifact(out)
 
 
-def contents(spec: Spec, edits: int, *, first: bool = True) -> str:
-    """What a compile of `spec` holds, for messages: "2 edit(s)", "0 edit(s), 10 canonical example(s)".
+def contents(manifest: dict, edits: int | None = None) -> str:
+    """What an artifact holds, for messages: "2 edit(s)", "0 edit(s), 10 canonical example(s)".
 
-    Canonical examples and forget blocks count only in a first compile (`--on` adds edits only).
+    `edits` defaults to every edit of the artifact; canonical examples and forget blocks are
+    counted where the backend trained them (its details' `trained` sources).
     """
-    counts = [(len(spec.canonical), "canonical example"), (len(spec.forget), "forget block")] if first else []
+    trained = list((manifest.get("details") or {}).get("trained", {}).values())
+    counts = [(trained.count("canonical"), "canonical example"), (trained.count("forget"), "forget block")]
+    edits = len(manifest["edits"]) if edits is None else edits
     return ", ".join([f"{edits} edit(s)"] + [f"{n} {noun}(s)" for n, noun in counts if n])
 
 

@@ -247,13 +247,11 @@ def test_cli_compile_builds_on_the_locked_artifact_when_edits_were_only_added(se
     assert [e["stage"] for e in read_artifact(out).manifest["edits"]] == [1, 1, 1]
 
 
-def test_compile_messages_count_canonical_examples_and_forget_blocks():
-    from pathlib import Path
-
+def test_compile_messages_count_what_the_backend_trained():
     from editspec.compiler import contents
 
-    examples = Path(__file__).resolve().parent.parent / "specs" / "examples"
-    erasure = load_spec(examples / "erasure.edit")
-    assert contents(erasure, 0) == "0 edit(s), 1 canonical example(s), 4 forget block(s)"
-    assert contents(erasure, 2, first=False) == "2 edit(s)"      # --on adds edits only
-    assert contents(load_spec(examples / "first.edit"), 1) == "1 edit(s)"
+    trained = {"c1": "canonical", "f1": "forget", "f2": "forget", "e1": "edit"}
+    manifest = {"edits": [{"id": "e1"}], "details": {"trained": trained}}
+    assert contents(manifest) == "1 edit(s), 1 canonical example(s), 2 forget block(s)"
+    assert contents({"edits": [], "details": {"trained": {"c1": "canonical"}}}) == "0 edit(s), 1 canonical example(s)"
+    assert contents({"edits": [{"id": "e1"}, {"id": "e2"}], "details": {}}, 1) == "1 edit(s)"   # a plugin, or --on

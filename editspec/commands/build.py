@@ -57,8 +57,7 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
     manifest = artifact.manifest
     # Black-box plugins are compiled for any API model: their manifest names no model.
     target = f"on {manifest['model']['name']}" if manifest.get("model") else "for API models"
-    compiled = contents(artifact.spec, len(manifest["edits"]), first=manifest.get("based_on") is None)
-    click.echo(f"{artifact.path}: {compiled} with {backend} {target} "
+    click.echo(f"{artifact.path}: {contents(manifest)} with {backend} {target} "
                f"in {manifest['timings']['total']:.1f} s (payload {manifest['payload']['hash'][:12]})")
 
 
