@@ -86,14 +86,19 @@ def _device(model) -> torch.device:
 
 
 def anchor_windows(tokenizer, groups: Sequence[Sequence[str]], limit: int) -> list[list[int]]:
-    """At most `limit` windows of at most `ANCHOR_TOKENS` tokens, taken from `groups` of texts in turn.
+    """At most `limit` windows of at most `ANCHOR_TOKENS` tokens from `groups` of texts, in priority order.
 
-    One window from each group that has any left, round after round, so that no group crowds
-    out the others: a sequential compile of the 200th edit anchors that edit's own keep facts
-    and general text, not only the first edits' keep facts.  Within a group, text order.
+    The first group (the keep facts of what is trained now) comes first, up to half the limit;
+    then one window from each group that has any left, round after round, so that no group
+    crowds out the others: a sequential compile of the 200th edit anchors that edit's own keep
+    facts and general text, not only the first edits' keep facts.  Within a group, text order.
     """
     per_group = [_windows(tokenizer, texts, limit) for texts in groups]
-    chosen: list[list[int]] = []
+    if not per_group:
+        return []
+    first = per_group[0][:limit // 2]
+    per_group[0] = per_group[0][len(first):]
+    chosen: list[list[int]] = list(first)
     for round_ in range(limit):
         for windows in per_group:
             if round_ < len(windows) and len(chosen) < limit:

@@ -164,7 +164,11 @@ def test_anchor_windows_share_the_limit_between_groups():
     windows = anchor_windows(tok, [own, [], general, long], limit=6)
     assert len(windows) == 6 and all(1 < len(w) <= ANCHOR_TOKENS for w in windows)
     assert windows[0] == tok(own[0])["input_ids"] and windows[1] == tok(general[0])["input_ids"]
-    assert anchor_windows(tok, [long, own], limit=6)[1] == tok(own[0])["input_ids"]   # never crowded out
+    assert anchor_windows(tok, [[], long, own], limit=6)[1] == tok(own[0])["input_ids"]   # never crowded out
+    first = anchor_windows(tok, [long, general], limit=6)              # the first group: up to half, first
+    assert first.index(tok(general[0])["input_ids"]) == 4             # 3 pinned, then one of each in turn
+    few = anchor_windows(tok, [own * 2, general], limit=6)             # a first compile's few keep facts lead
+    assert few[:2] == [tok(own[0])["input_ids"]] * 2 and few[2] == tok(general[0])["input_ids"]
 
 
 def test_sequential_objectives_anchor_the_trained_edits_keep_facts_first():
