@@ -105,7 +105,7 @@ def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _make_cache(kv, rows: torch.Tensor, config):
     from transformers import DynamicCache
 
-    data = [(k[rows], v[rows]) for k, v in kv]
+    data = [(k[rows.to(k.device)], v[rows.to(v.device)]) for k, v in kv]  # layers may sit on several devices
     try:
         return DynamicCache(ddp_cache_data=data, config=config)
     except TypeError:  # transformers < 4.56
@@ -270,20 +270,24 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         row_delta = delta[c.fact_t[rows].to(device)] * c.scale[rows].to(device, dtype).unsqueeze(1)  # [rows, d]
         at_subject = c.at_subject[rows]  # the subject's last token, in suffix coordinates
         # The recorder is registered first, so it sees the site output before δ is added.
-        recorded = replay[rows.to(device), :suffix_len] if replay is not None else None
+        recorded = replay[rows.to(replay.device), :suffix_len] if replay is not None else None
         with record_outputs(model, [site] if init is None else []) as seen, \
                 _raw_outputs(model, below[-1:] if init is None else []) as top_below, \
                 _replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
                 bfloat16_autocast(device, fast and it > 0):
             hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
                           position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
+        # Under a device map the last block may sit on another device than the (tied) head: δ,
+        # the losses and the bookkeeping all live on the head's device.
+        hidden = hidden.to(device)
         # Transformers 5 blocks return a bare tensor, which a stand-in can return in their place;
         # older ones return tuples: then the blocks below run at every step.
         if top_below and isinstance(top_below[0], torch.Tensor):
             replay = top_below[0].detach()  # [all rows, suffix, d]: what the blocks below give, every step
         if init is None:
             bare = torch.tensor(c.bare)
-            init = seen[site][bare.to(device), c.at_subject[bare].to(device)].detach()  # [n, d], bare prompt
+            at_site = seen[site]
+            init = at_site[bare.to(at_site.device), c.at_subject[bare].to(at_site.device)].detach().to(device)  # [n, d]
         where = {int(r): i for i, r in enumerate(rows)}  # chunk row -> batch row
         sup = torch.tensor([k for k, r in enumerate(c.sup_row.tolist()) if int(r) in where], dtype=torch.long)
         sup_batch = torch.tensor([where[int(r)] for r in c.sup_row[sup]], dtype=torch.long)
