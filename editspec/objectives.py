@@ -93,7 +93,6 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
         targets += edit_targets(edit, scope=scope)
         sources[edit.id] = "rehearsed"
         anchors += fact_texts(edit.keep)
-    held = [text for edit in spec.edits if edit.id not in sources for text in fact_texts(edit.keep)]
     for example in spec.canonical:
         anchors += fact_texts(example.keep)
         if whole_spec:
@@ -111,7 +110,8 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
                             hint="add an `edit`, a `canonical` example or a `forget` block")
     anchors = list(dict.fromkeys(anchors))
     own = set(anchors)
-    held = [text for text in dict.fromkeys(held) if text not in own]
+    earlier = (text for edit in spec.edits if edit.id not in sources for text in fact_texts(edit.keep))
+    held = [text for text in dict.fromkeys(earlier) if text not in own]
     return Objectives(tuple(targets), tuple(anchors), tuple(preserve), budget, sources, tuple(held))
 
 
