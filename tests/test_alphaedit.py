@@ -87,3 +87,36 @@ def test_projector_is_remembered_by_the_content_of_c():
     assert nullspace_projector(cov.clone(), 1e-3, "relative") is first           # same content: no new eigh
     other = nullspace_projector(cov + torch.eye(6, dtype=torch.float64), 1e-3, "relative")
     assert other is not first
+
+
+def test_preserved_sum_is_a_factor_that_grows_with_the_edits_then_folds_at_the_key_width():
+    from editspec.locate import extend_factor, factor_of_gram
+
+    g = torch.Generator().manual_seed(4)
+    batches = [torch.randn(n, 8, generator=g, dtype=torch.float64) for n in (3, 2, 5, 4)]
+    factor, gram = None, torch.zeros(8, 8, dtype=torch.float64)
+    widths = []
+    for rows in batches:
+        factor = extend_factor(factor, rows)
+        gram = gram + rows.T @ rows
+        widths.append(factor.shape[1])
+        assert torch.allclose(factor @ factor.T, gram, atol=1e-10)
+    assert widths[:2] == [3, 5]               # one column per key while narrower than the key width
+    assert max(widths) <= 8                   # folded: never wider than the dense sum
+    assert torch.allclose(factor_of_gram(gram) @ factor_of_gram(gram).T, gram, atol=1e-10)
+
+
+def test_state_of_older_artifacts_with_dense_sums_is_still_read(tmp_path):
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from editspec.backends.alphaedit.backend import STATE, AlphaEditBackend
+
+    g = torch.Generator().manual_seed(5)
+    keys = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    save_file({"preserved.4": keys.T @ keys}, str(tmp_path / STATE), metadata={"edits": "3"})
+    job = SimpleNamespace(previous=SimpleNamespace(file=lambda name: tmp_path / name))
+    state = AlphaEditBackend._state(job)
+    assert state.edits == 3 and state.preserved[4].shape[0] == 8 and state.preserved[4].shape[1] <= 3
+    assert torch.allclose(state.preserved[4] @ state.preserved[4].T, keys.T @ keys, atol=1e-10)

@@ -2,7 +2,8 @@
 
 Sequential use: pass the returned state to the next call (on the model with the earlier
 deltas applied); it carries the cached projectors and the running sum ``K_p K_pᵀ`` of every
-earlier batch's keys, so new edits also keep the old ones in place.
+earlier batch's keys, as a low-rank factor (`extend_factor`), so new edits also keep the old
+ones in place.
 
 Example::
 
@@ -21,7 +22,7 @@ import torch
 
 from editspec.layout import layout_for
 from editspec.locate import (
-    EditRequest, EditResult, StatsSource, optimise_targets, prepare_requests,
+    EditRequest, EditResult, StatsSource, extend_factor, optimise_targets, prepare_requests,
     request_key_matrix, revert_all, second_moment_for, spread_over_layers, template_keys, templates_for,
 )
 from editspec.tokens import pad_id
@@ -34,7 +35,7 @@ class AlphaEditState:
     """What sequential AlphaEdit carries between batches, per layer (float64 CPU)."""
 
     projectors: dict[int, torch.Tensor] = field(default_factory=dict)  # P [d_k, d_k]
-    preserved: dict[int, torch.Tensor] = field(default_factory=dict)  # Σ K_p K_pᵀ [d_k, d_k]
+    preserved: dict[int, torch.Tensor] = field(default_factory=dict)  # F [d_k, r], F Fᵀ = Σ K_p K_pᵀ
     edits: int = 0
 
 
@@ -108,16 +109,16 @@ def alphaedit_deltas(
         if layer not in new.projectors:
             cov = second_moment_for(stats, layer, keys.shape[1])
             new.projectors[layer] = nullspace_projector(cov, config.nullspace_threshold, config.threshold_mode)
-        return alphaedit_update(keys, residual, new.projectors[layer], new.preserved.get(layer), config.l2)
+        factor = new.preserved.get(layer)
+        gram = factor @ factor.T if factor is not None else None
+        return alphaedit_update(keys, residual, new.projectors[layer], gram, config.l2)
 
     deltas, handles, logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve, pad=pad)
     try:
         # The keys of this batch, on the model with this batch applied, join the preserved set.
         keys, _ = template_keys(model, layout, prepared, list(layers), pad=pad)
         for layer in layers:
-            k = request_key_matrix(keys[layer], prepared)
-            gram = k.T @ k
-            new.preserved[layer] = gram if layer not in new.preserved else new.preserved[layer] + gram
+            new.preserved[layer] = extend_factor(new.preserved.get(layer), request_key_matrix(keys[layer], prepared))
     finally:
         revert_all(handles)
     new.edits += len(prepared)

@@ -5,9 +5,10 @@
 - `optimise_targets`: the δ vectors for many facts in one batched pass;
 - `select_layers`: `layer auto`, one layer per fact;
 - `spread_over_layers`: MEMIT's residual spreading, with the solve passed in;
-- `second_moment_for`, `EditResult`, `templates_for`: small shared pieces.
+- `second_moment_for`, `EditResult`, `templates_for`: small shared pieces;
+- `extend_factor`: a running sum of key outer products as a low-rank factor.
 """
-from .common import EditResult, StatsSource, second_moment_for, templates_for
+from .common import EditResult, StatsSource, extend_factor, factor_of_gram, second_moment_for, templates_for
 from .keys import average_keys, collect_at, request_keys, template_keys
 from .layers import layer_scores, select_layers
 from .requests import KL_PROMPT, EditRequest, PreparedRequest, flatten_groups, prepare_requests
@@ -17,7 +18,7 @@ from .targets import OptimSettings, Targets, frozen, optimise_targets
 
 __all__ = [
     "EditRequest", "EditResult", "KL_PROMPT", "OptimSettings", "PreparedRequest", "ResidualTargetSettings", "Solver", "StatsSource",
-    "Targets", "average_keys", "collect_at", "flatten_groups", "frozen", "layer_scores",
+    "Targets", "average_keys", "collect_at", "extend_factor", "factor_of_gram", "flatten_groups", "frozen", "layer_scores",
     "optimise_targets", "prepare_requests", "request_key_matrix", "request_keys", "revert_all",
     "second_moment_for", "select_layers", "spread_over_layers", "template_keys", "templates_for",
 ]

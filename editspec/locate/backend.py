@@ -1,4 +1,4 @@
-"""The backend class ROME, MEMIT and AlphaEdit share: spec edits in, low-rank deltas out.
+"""The backend classes ROME, MEMIT, AlphaEdit (and UltraEdit) share: spec edits in, low-rank deltas out.
 
 Each method only says which layers need statistics and how to turn requests into deltas;
 everything else lives here once: edit → request (with diagnostics at the spec line),
@@ -24,10 +24,27 @@ from .requests import EditRequest
 _LOGGED = ("layer", "denominator", "delta_norm", "loss", "nll", "steps")
 
 
-class LocateBackend(Backend):
-    """Base of the locate-then-edit backends; subclasses set `stats_layers` and `edit`."""
+class DeltaBackend(Backend):
+    """Base of every backend whose payload is low-rank weight deltas (`delta.safetensors`).
+
+    Each compile appends its stage's deltas after the previous artifact's (for `--on`), and
+    attaching applies them all in order, reversibly and bit-exactly.
+    """
 
     capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+
+    def save_stage(self, job: CompileJob, deltas: Sequence) -> None:
+        """Write the previous artifact's deltas (if any), then `deltas`, to the workdir's payload."""
+        earlier = load_deltas(job.previous.file(DELTAS))[0] if job.previous is not None else []
+        save_deltas([*earlier, *deltas], job.workdir / DELTAS, metadata={"backend": self.name})
+
+    def attach(self, model, artifact: Artifact) -> AppliedDeltas:
+        deltas, _ = load_deltas(artifact.file(DELTAS))
+        return apply_deltas(model, deltas)
+
+
+class LocateBackend(DeltaBackend):
+    """Base of the locate-then-edit backends; subclasses set `stats_layers` and `edit`."""
 
     def stats_layers(self, config, model) -> list[int]:
         """The layers whose second moments C the method reads."""
@@ -52,19 +69,13 @@ class LocateBackend(Backend):
         requests = edit_requests(job.edits, job.model.tokenizer)
         job.progress(f"computing {self.name} updates for {len(requests)} edit(s)")
         result = self.edit(job, requests)
-        earlier = load_deltas(job.previous.file(DELTAS))[0] if job.previous is not None else []
-        save_deltas([*earlier, *result.deltas], job.workdir / DELTAS,
-                    metadata={"backend": self.name})
+        self.save_stage(job, result.deltas)
         return CompileResult(files=[DELTAS, *self.extra_files(job)], edits=_edit_logs(job.edits, result),
                              details={"layers": [_plain(log) for log in result.layers]})
 
     def extra_files(self, job: CompileJob) -> list[str]:
         """Payload files besides the deltas that `edit` wrote into the workdir."""
         return []
-
-    def attach(self, model, artifact: Artifact) -> AppliedDeltas:
-        deltas, _ = load_deltas(artifact.file(DELTAS))
-        return apply_deltas(model, deltas)
 
 
 def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:

@@ -1,4 +1,5 @@
-"""Small pieces every locate-then-edit backend shares: statistics lookup, results, templates."""
+"""Small pieces every locate-then-edit backend shares: statistics lookup, results, templates,
+and running sums of key outer products kept as low-rank factors."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,3 +47,25 @@ class EditResult:
     deltas: list[Delta]
     facts: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+
+
+def extend_factor(factor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """A factor F [d, r] of ``F Fᵀ = old + rowsᵀ rows``, where `factor` holds the old sum (None: 0).
+
+    A sum of n outer products has rank at most n, so it is kept as the rows themselves while
+    that is smaller than the dense [d, d] matrix: an artifact that carries it grows with the
+    number of edits, not with the layer.  Once r reaches d, the factor is folded once into
+    ``U·√Λ`` over the sum's eigenvectors (at most d columns, zero eigenvalues dropped), so it
+    never grows past the dense size.  Float64 throughout.
+    """
+    rows = rows.to(torch.float64)
+    grown = rows.T.contiguous() if factor is None else torch.cat([factor.to(torch.float64), rows.T], dim=1)
+    d, r = grown.shape
+    return grown if r < d else factor_of_gram(grown @ grown.T)
+
+
+def factor_of_gram(gram: torch.Tensor) -> torch.Tensor:
+    """A factor F with ``F Fᵀ = gram`` for a dense symmetric PSD sum (as older artifacts stored it)."""
+    values, vectors = torch.linalg.eigh(gram.to(torch.float64))
+    keep = values > values.max().clamp(min=0) * gram.shape[0] * torch.finfo(torch.float64).eps
+    return (vectors[:, keep] * values[keep].sqrt()).contiguous()
