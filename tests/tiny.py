@@ -119,3 +119,19 @@ def target_logprob(model, tok, prompt: str, target: str) -> float:
     with torch.no_grad():
         logits = model(torch.tensor([ids + tgt])).logits[0].log_softmax(-1)
     return float(sum(logits[len(ids) - 1 + j, t] for j, t in enumerate(tgt)))
+
+
+# A small Jinja chat template in the ChatML shape instruct models use, on the tiny vocabulary.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|endoftext|>{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant:{% endif %}"
+)
+
+
+def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
+    """`tiny_tokenizer()` with `CHAT_TEMPLATE`: an "instruct" tokenizer for the chat protocol."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    tok.chat_template = CHAT_TEMPLATE
+    return tok

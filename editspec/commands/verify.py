@@ -15,9 +15,15 @@ from editspec.commands.options import compile_options, model_options, parse_sett
               help="A compiled artifact to verify (its model is loaded unless --model says otherwise).")
 @click.option("--backend", "-b", metavar="B", help="Compile SPEC with backend B first (into a temporary directory).")
 @click.option("--no-edit", "no_edit", is_flag=True, help="Verify the unedited model: the baseline every edit starts from.")
-@click.option("--protocol", type=click.Choice(["compare", "teacher_forced", "generate", "logprob"]),
+@click.option("--protocol", type=click.Choice(["compare", "teacher_forced", "generate", "logprob", "chat"]),
               help="Protocol of the fact checks (efficacy, generalization, locality, portability). "
               "Default: compare when the spec gives something to beat, else teacher_forced.")
+@click.option("--chat", "chat", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="Also run the fact checks under the chat protocol (each question as a user turn through the "
+              "model's chat template, the greedy reply judged): auto does so when the tokenizer has a chat "
+              "template, off never.")
+@click.option("--max-new-tokens", "max_new_tokens", type=click.IntRange(min=1), default=48, show_default=True,
+              metavar="N", help="Longest chat reply, in tokens (the reply also ends with the assistant's turn).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report (raw outputs included) as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write JUnit XML (one testcase per check and per expectation) for CI.")
@@ -30,13 +36,15 @@ from editspec.commands.options import compile_options, model_options, parse_sett
               help="The model name sent to --upstream.")
 @compile_options
 @model_options
-def verify_command(spec, artifact, backend, no_edit, protocol, as_json, junit, markdown, failures_only,
+def verify_command(spec, artifact, backend, no_edit, protocol, chat, max_new_tokens, as_json, junit, markdown, failures_only,
                    upstream, api_model, settings, seed, model, device, device_map, dtype):
     """Verify SPEC: every check it implies, on the edited model, against the unedited one.
 
     Checks: efficacy, generalization, locality, portability, canonical, hard_negatives,
     forget, preserve and fluency, each under a named protocol (compare, teacher_forced,
-    generate, logprob) printed next to its number; totals are never averaged across protocols.
+    generate, logprob, chat) printed next to its number; totals are never averaged across
+    protocols.  On an instruct model (a tokenizer with a chat template) the fact checks also run
+    as chat, shown beside the default protocol (an `expect` line reads the default protocol).
     The unedited model's outputs are computed once and cached.  Exit 0 when every `expect`
     line and preserve budget holds, 1 when one fails, 2 when verification could not run.
 
@@ -55,7 +63,8 @@ def verify_command(spec, artifact, backend, no_edit, protocol, as_json, junit, m
     else:
         report = verify_spec(spec, artifact=artifact, backend=backend, no_edit=no_edit, model=model,
                              overrides=parse_settings(settings), seed=seed, protocol=protocol, device=device,
-                             device_map=device_map, dtype=dtype, progress=progress)
+                             device_map=device_map, dtype=dtype, progress=progress, chat=chat,
+                             max_new_tokens=max_new_tokens)
     if junit:
         Path(junit).write_text(junit_xml(report), encoding="utf-8")
     if markdown:

@@ -13,7 +13,12 @@
 | fluency | the spec's prompts, sampled | `ngram_entropy` |
 
 `protocol=` overrides the protocol of the fact checks (efficacy, generalization, locality,
-portability): `generate` is the one for API models.
+portability): `generate` is the one for API models.  `chat=True` (the engine sets it when the
+tokenizer has a chat template) runs every fact check a second time under the `chat` protocol,
+*alongside* the default one: the relation's `question` templates where it has them, else the
+prompts themselves, sent as a user turn.  Alongside checks have ids `<node>/<metric>/chat/<i>`
+and are measured and reported, but an unqualified expectation (`efficacy >= 0.9`) keeps its
+meaning and reads only the default protocol; `efficacy[chat] >= 0.9` reads the chat checks.
 
 Example::
 
@@ -38,15 +43,21 @@ FLUENCY_PROMPTS = 8          # at most this many prompts are sampled for fluency
 FLUENCY_TOKENS = 50          # tokens sampled per fluency prompt (top-k 5, seeded)
 FLUENCY_DROP = 0.9           # without a fluency expectation: at least 90% of the unedited entropy
 
+CHAT_TOKENS = 48             # tokens of a chat reply (or a free generation): enough for a sentence
+
 FACT_METRICS = ("efficacy", "generalization", "locality", "portability")
+GENERATIVE = ("chat",)       # fact protocols judged on free text, with foils as "must not appear"
 
 
 @dataclass(frozen=True)
 class Check:
     """One thing the verifier measures on one prompt, with the spec line that declared it.
 
-    `answers` are the expected answer and its aliases; `foils` what it must beat (`compare`);
+    `answers` are the expected answer and its aliases; `foils` what it must beat (`compare`)
+    or must not say (`chat`: an edit's `was` object, or for locality the edit's new object);
     `agree` asks the model's answer to match the unedited model's (locality, hard negatives).
+    `alongside` marks a check run beside the default protocol (chat on an instruct model),
+    which unqualified expectations do not read; `max_new_tokens` bounds a chat reply.
     """
 
     id: str
@@ -63,6 +74,8 @@ class Check:
     threshold: float | None = None
     texts: tuple[str, ...] = field(default=(), repr=False)
     prompts: tuple[str, ...] = field(default=(), repr=False)
+    alongside: bool = False
+    max_new_tokens: int | None = None
 
     @property
     def location(self) -> str:
@@ -87,33 +100,60 @@ def _fact_protocol(override: str | None, has_foil: bool) -> str:
     return "compare" if has_foil else "teacher_forced"
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How one pass over the fact checks runs: its protocol (None: the default) and whether it is alongside."""
+
+    protocol: str | None = None
+    alongside: bool = False
+    max_new_tokens: int = CHAT_TOKENS
+
+    def suffix(self, metric: str) -> str:
+        return f"{metric}/{self.protocol}" if self.alongside else metric
+
+
 def _fact_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foils, *, agree=False,
-                 override=None) -> list[Check]:
-    protocol = _fact_protocol(override, bool(foils))
+                 plan: _Plan = _Plan()) -> list[Check]:
+    protocol = _fact_protocol(plan.protocol, bool(foils))
     threshold = LOGPROB_DEFAULT_P if protocol == "logprob" else None
+    keeps_foils = protocol == "compare" or protocol in GENERATIVE
+    tokens = plan.max_new_tokens if protocol in GENERATIVE else None
     return [
-        Check(id=f"{node_id}/{metric}/{i}", metric=metric, protocol=protocol, file=span.file, line=span.line,
-              column=span.column, prompt=prompt, answers=tuple(answers),
-              foils=tuple(foils) if protocol == "compare" else (), agree=agree, threshold=threshold)
+        Check(id=f"{node_id}/{plan.suffix(metric)}/{i}", metric=metric, protocol=protocol, file=span.file,
+              line=span.line, column=span.column, prompt=prompt, answers=tuple(answers),
+              foils=tuple(foils) if keeps_foils else (), agree=agree, threshold=threshold,
+              alongside=plan.alongside, max_new_tokens=tokens)
         for i, prompt in enumerate(prompts)
     ]
 
 
-def _edit_checks(edit: ir.Edit, override: str | None) -> list[Check]:
+def _questions(fact: ir.Fact, relations: dict[str, ir.Relation]) -> tuple[str, ...]:
+    relation = relations.get(fact.relation) if fact.relation else None
+    if relation is None or fact.subject is None:
+        return ()
+    return tuple(q.replace("{subject}", fact.subject) for q in relation.questions)
+
+
+def _edit_checks(edit: ir.Edit, plan: _Plan, relations: dict[str, ir.Relation]) -> list[Check]:
+    """The fact checks of one edit under `plan`; chat asks the relation's questions where it has them."""
+    chat = _fact_protocol(plan.protocol, False) in GENERATIVE
     answers = (edit.target, *edit.aliases)
     was = (edit.old,) if edit.old else ()
-    checks = _fact_checks("efficacy", edit.id, edit.span, edit.prompts, answers, was, override=override)
+    checks = _fact_checks("efficacy", edit.id, edit.span, (chat and edit.questions) or edit.prompts, answers, was,
+                          plan=plan)
     checks += _fact_checks("generalization", edit.id, edit.span, (*edit.scope, *edit.paraphrases), answers, was,
-                           override=override)
+                           plan=plan)
     for fact in edit.keep:
         kept = (fact.answer, *fact.aliases)
         # A kept fact may share the edit's new object ("the Colosseum is in Rome" while the Eiffel
         # Tower moves to Rome): such an answer cannot be its own foil.
         foils = tuple(a for a in answers if fold_text(a) not in {fold_text(k) for k in kept})
-        checks += _fact_checks("locality", fact.id, fact.span, fact.prompts, kept, foils, agree=True, override=override)
+        prompts = (chat and _questions(fact, relations)) or fact.prompts
+        checks += _fact_checks("locality", fact.id, fact.span, prompts, kept, foils, agree=True, plan=plan)
     for fact in edit.implies:
-        checks += _fact_checks("portability", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases), (),
-                               override=override)
+        prompts = (chat and _questions(fact, relations)) or fact.prompts
+        checks += _fact_checks("portability", fact.id, fact.span, prompts, (fact.answer, *fact.aliases), (),
+                               plan=plan)
     return checks
 
 
@@ -182,17 +222,28 @@ def _fluency_check(spec: ir.Spec) -> list[Check]:
                   threshold=expectation.value if expectation else None, prompts=tuple(prompts))]
 
 
-def derive_checks(spec: ir.Spec, *, protocol: str | None = None) -> list[Check]:
+def derive_checks(spec: ir.Spec, *, protocol: str | None = None, chat: bool = False,
+                  max_new_tokens: int = CHAT_TOKENS) -> list[Check]:
     """Every check the spec implies, in spec order; `protocol` overrides the fact checks' protocol.
+
+    With `chat`, the fact checks also run under the `chat` protocol, alongside (unless
+    `protocol` is already `chat`); `max_new_tokens` bounds each chat reply.
 
     >>> [c.metric for c in derive_checks(load_spec("specs/examples/leadership.edit"))][:3]  # doctest: +SKIP
     ['efficacy', 'generalization', 'generalization']
     """
     if protocol is not None and protocol not in PROTOCOLS:
         raise EditspecError(f"unknown protocol `{protocol}`", hint="one of " + ", ".join(PROTOCOLS))
+    if max_new_tokens < 1:
+        raise EditspecError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    plans = [_Plan(protocol, max_new_tokens=max_new_tokens)]
+    if chat and protocol != "chat":
+        plans.append(_Plan("chat", alongside=True, max_new_tokens=max_new_tokens))
+    relations = {r.name: r for r in spec.relations}
     checks: list[Check] = []
     for edit in spec.edits:
-        checks += _edit_checks(edit, protocol)
+        for plan in plans:
+            checks += _edit_checks(edit, plan, relations)
     for example in spec.canonical:
         checks += _canonical_checks(example)
     for erasure in spec.forget:

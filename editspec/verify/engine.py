@@ -24,9 +24,13 @@ from typing import Callable
 from editspec import __version__, ir
 from editspec.cache import atomic_write, cache_dir
 from editspec.ir import stable_hash
-from editspec.verify.checks import Check, checks_hash, derive_checks
+from editspec.errors import EditspecError
+from editspec.verify.checks import CHAT_TOKENS, Check, checks_hash, derive_checks
 from editspec.verify.judge import CheckResult, Verdict, expectation_verdicts, judge, metric_totals
 from editspec.verify.observe import kl_references, observe
+from editspec.verify.protocols import has_chat_template
+
+CHAT_MODES = ("auto", "off")
 
 # Bump when observations change meaning, so old cached baselines are not trusted.
 BASELINE_FORMAT = 1
@@ -87,6 +91,8 @@ def baseline(checks: list[Check], model, tokenizer, *, weights_hash: str | None,
         # The same weights in another dtype or on another kind of device score (slightly) differently.
         parameter = next(model.parameters())
         where = f"{weights_hash}:{parameter.dtype}:{parameter.device.type}"
+        if any(c.protocol == "chat" for c in checks):  # the template is part of what a chat check asks
+            where += ":" + stable_hash(getattr(tokenizer, "chat_template", None))
         path = cache_dir("verify", "baselines") / f"{baseline_key(where, checks, seed)}.json"
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(path.read_text())
@@ -99,20 +105,29 @@ def baseline(checks: list[Check], model, tokenizer, *, weights_hash: str | None,
     return seen, False
 
 
+def chat_enabled(tokenizer, chat: str = "auto") -> bool:
+    """Whether the chat checks run beside the default ones: `auto` follows the tokenizer, `off` never."""
+    if chat not in CHAT_MODES:
+        raise EditspecError(f"unknown chat mode `{chat}`", hint="one of " + ", ".join(CHAT_MODES))
+    return chat == "auto" and has_chat_template(tokenizer)
+
+
 def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, weights_hash: str | None = None,
            protocol: str | None = None, seed: int = 0, batch_size: int = 32, model_name: str = "",
-           edited_name: str = "") -> Report:
+           edited_name: str = "", chat: str = "auto", max_new_tokens: int = CHAT_TOKENS) -> Report:
     """Run every check of `spec` on `model` with the edit from `attach` (None: the unedited model).
 
     `attach(model)` must return a context manager (an `Attachment`) whose `.model` is the
     edited model and whose exit restores the base weights; the baseline is taken before it.
+    For a tokenizer with a chat template, `chat="auto"` adds the `chat` protocol's fact checks
+    beside the default ones (replies of at most `max_new_tokens`); `chat="off"` leaves them out.
 
     >>> verify(spec, model, tokenizer).exit_code   # unedited: efficacy fails  # doctest: +SKIP
     1
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    checks = derive_checks(spec, protocol=protocol)
+    checks = derive_checks(spec, protocol=protocol, chat=chat_enabled(tokenizer, chat), max_new_tokens=max_new_tokens)
     base, cached = baseline(checks, model, tokenizer, weights_hash=weights_hash, seed=seed, batch_size=batch_size)
     timings["baseline"] = time.perf_counter() - started
     if attach is None:

@@ -1,7 +1,8 @@
 """Turn observations into verdicts: per check (pass/fail, score, raw outputs), per metric and protocol.
 
 A metric's total is kept per protocol and never averaged across protocols; an expectation
-`efficacy >= 0.9` holds when every protocol's total for efficacy meets it.
+`efficacy >= 0.9` holds when every default protocol's total for efficacy meets it (checks run
+alongside, such as `chat` on an instruct model, are reported but not read by it).
 
 Example::
 
@@ -15,7 +16,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from editspec import ir
-from editspec.verify import protocols
+from editspec.verify import answers, protocols
 from editspec.verify.checks import FLUENCY_DROP, Check
 from editspec.verify.observe import scored_from_json
 
@@ -95,7 +96,7 @@ def _agreement(check: Check, seen: dict, base: dict) -> tuple[bool, dict]:
     return agree == 1.0, {"agreement": agree, "unedited_argmax": before}
 
 
-def _protocol_result(check: Check, seen: dict, tokenizer) -> protocols.ProtocolResult:
+def _protocol_result(check: Check, seen: dict, tokenizer, base: dict | None = None) -> protocols.ProtocolResult:
     if check.protocol == "compare":
         return protocols.compare(_scored(check, seen, check.answers), _scored(check, seen, check.foils))
     if check.protocol == "teacher_forced":
@@ -103,6 +104,11 @@ def _protocol_result(check: Check, seen: dict, tokenizer) -> protocols.ProtocolR
         return protocols.teacher_forced(_scored(check, seen, check.answers), decode)
     if check.protocol == "logprob":
         return protocols.logprob(_scored(check, seen, check.answers), check.comparator, check.threshold)
+    if check.protocol == "chat":
+        if check.agree:  # locality: what the unedited reply said is still said, and no new object crept in
+            unedited = (base or seen)["generated"]
+            return answers.judge_kept(seen["generated"], unedited, check.answers, check.foils, check.prompt)
+        return answers.judge_reply(seen["generated"], check.answers, check.foils)
     if check.protocol == "generate":
         result = protocols.generate(seen["generated"], check.answers)
         if check.metric == "forget":  # forbidden strings: passing means *not* generated
@@ -118,11 +124,13 @@ def judge(check: Check, seen: dict, base: dict, tokenizer=None) -> CheckResult:
         return _judge_preserve(check, seen, base)
     if check.metric == "fluency":
         return _judge_fluency(check, seen, base)
-    result = _protocol_result(check, seen, tokenizer)
-    unedited = _protocol_result(check, base, tokenizer)
+    result = _protocol_result(check, seen, tokenizer, base)
+    unedited = _protocol_result(check, base, tokenizer, base)
     baseline = dict(unedited.scores, passed=unedited.passed, got=unedited.got)
     passed, score, scores = result.passed, result.score, dict(result.scores)
-    if check.agree:  # locality and hard negatives: the answer wins *and* nothing moved
+    if check.protocol == "chat":  # both models' raw replies, side by side in the report
+        scores.update(generated=seen["generated"], unedited_generated=base["generated"])
+    elif check.agree:  # locality and hard negatives: the answer wins *and* nothing moved
         agrees, detail = _agreement(check, seen, base)
         scores.update(detail, agrees_with_unedited=agrees)
         passed = passed and agrees
@@ -169,9 +177,11 @@ def expectation_verdicts(spec: ir.Spec, results: list[CheckResult]) -> list[Verd
     the verifier cannot see.
     """
     totals = metric_totals(results)
+    default = {(r.check.metric, r.check.protocol) for r in results if not r.check.alongside}
     verdicts = []
     for e in spec.expect:
-        mine = tuple(t for (metric, _), t in totals.items() if metric == e.metric)
+        # Unqualified: the default protocols, as before the chat checks ran alongside them.
+        mine = tuple(t for key, t in totals.items() if key[0] == e.metric and key in default)
         holds = bool(mine) and all(_compares(t.value, e.comparator, e.value) for t in mine)
         verdicts.append(Verdict(e.metric, e.comparator, e.value, e.span.file, e.span.line, holds, mine))
     for r in results:

@@ -18,9 +18,10 @@ from typing import Sequence
 
 import torch
 
+from editspec.errors import EditspecError
 from editspec.tokens import pad_id, right_pad
 from editspec.verify.checks import FLUENCY_TOKENS, Check
-from editspec.verify.protocols import Scored, _device, generate_texts, score_targets
+from editspec.verify.protocols import Scored, _device, generate_texts, has_chat_template, score_targets
 
 TEXT_CHUNK = 256          # preserve texts are scored in windows of this many tokens
 GENERATE_SLACK = 6        # generation runs this many tokens past the longest answer
@@ -116,6 +117,7 @@ def observe(checks: Sequence[Check], model, tokenizer, *, seed: int = 0, batch_s
     for length, prompts in sorted(by_length.items()):
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens=length, batch_size=batch_size)
         generated.update({(length, p): t for p, t in zip(prompts, texts)})
+    replies = _chat_replies([c for c in checks if c.protocol == "chat"], model, tokenizer, batch_size)
 
     seen: dict[str, dict] = {}
     for c in checks:
@@ -126,6 +128,8 @@ def observe(checks: Sequence[Check], model, tokenizer, *, seed: int = 0, batch_s
         if c.protocol == "generate":
             length = max(_answer_tokens(tokenizer, a) for a in c.answers) + GENERATE_SLACK
             data["generated"] = generated[(length, c.prompt)]
+        if c.protocol == "chat":
+            data["generated"] = replies[(c.max_new_tokens, c.prompt)]
         if c.metric == "preserve":
             data.update(text_loss(model, tokenizer, c.texts, (kl_reference or {}).get(c.id)))
         if c.metric == "fluency":
@@ -135,6 +139,23 @@ def observe(checks: Sequence[Check], model, tokenizer, *, seed: int = 0, batch_s
             data["entropies"] = [ngram_entropy(t) for t in texts]
         seen[c.id] = data
     return seen
+
+
+def _chat_replies(checks: Sequence[Check], model, tokenizer, batch_size: int) -> dict[tuple[int, str], str]:
+    """The greedy chat reply to each check's prompt (a user turn), grouped by reply length."""
+    if checks and not has_chat_template(tokenizer):
+        where = checks[0]
+        raise EditspecError(f"{where.location}: the `chat` protocol needs a tokenizer with a chat template, "
+                            "and this model's has none",
+                            hint="verify an instruct model, or use another protocol (compare, generate, ...)")
+    by_length: dict[int, list[str]] = defaultdict(list)
+    for c in checks:
+        by_length[c.max_new_tokens].append(c.prompt)
+    replies: dict[tuple[int, str], str] = {}
+    for length, prompts in sorted(by_length.items()):
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=length, batch_size=batch_size, chat=True)
+        replies.update({(length, p): t for p, t in zip(prompts, texts)})
+    return replies
 
 
 def kl_references(checks: Sequence[Check], model, tokenizer) -> dict[str, list[torch.Tensor]]:

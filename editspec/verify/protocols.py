@@ -8,6 +8,10 @@ Editing papers score edits in incompatible ways; each verifier check names the o
   gold previous tokens (zsRE); the check passes when every token is.
 - ``generate``: greedy generation contains the answer or an alias after normalisation
   (lower case, punctuation, articles and extra whitespace removed).  The protocol for API models.
+- ``chat``: the prompt (or the relation's ``question``) is sent as a user message through the
+  tokenizer's chat template; the greedy reply, up to the end of the turn or ``max_new_tokens``,
+  must contain the answer or an alias and must not contain the ``was`` object
+  (`editspec.verify.answers`).  Only for models whose tokenizer has a chat template.
 - ``logprob``: the whole answer's probability ``P = exp(sum of token log-probs)`` against a
   threshold such as ``p >= 1/5`` (Hewitt et al.'s "example" normalisation).
 
@@ -33,7 +37,7 @@ import torch
 from editspec.kvcache import cache_kwarg, output_cache
 from editspec.tokens import pad_id, right_pad, target_token_ids
 
-PROTOCOLS = ("compare", "teacher_forced", "generate", "logprob")
+PROTOCOLS = ("compare", "teacher_forced", "generate", "logprob", "chat")
 
 
 @dataclass(frozen=True)
@@ -168,20 +172,46 @@ def score_targets(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_s
     return [found[p] for p in pairs]
 
 
+def has_chat_template(tokenizer) -> bool:
+    """Whether `tokenizer` carries a chat template (an instruct model), so the `chat` protocol applies."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt_ids(tokenizer, message: str) -> list[int]:
+    """Token ids of `message` as the one user turn of the tokenizer's chat template, ready for the reply.
+
+    The template writes its own special tokens (and any default system turn), so no others are added.
+
+    >>> tokenizer.decode(chat_prompt_ids(tokenizer, "Where is the Eiffel Tower?"))  # doctest: +SKIP
+    '<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\nWhere is the Eiffel Tower?<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    text = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                         tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 @torch.inference_mode()
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 32,
-                   sample_top_k: int | None = None, seed: int = 0) -> list[str]:
+                   sample_top_k: int | None = None, seed: int = 0, chat: bool = False) -> list[str]:
     """The continuation of each prompt: greedy, or top-k sampling with a fixed seed when `sample_top_k`.
 
     Rows are left-padded (with position ids from the attention mask, which `generate`
-    derives), so a prompt gives the same continuation alone or in a batch.
+    derives), so a prompt gives the same continuation alone or in a batch.  With `chat`, each
+    prompt is a user message sent through the chat template (`chat_prompt_ids`) and the reply
+    stops at the end of the assistant's turn (the tokenizer's EOS); without it, generation
+    runs the full `max_new_tokens`.
 
     >>> generate_texts(model, tok, ["The capital of France is"])  # doctest: +SKIP
     [' Paris. It is the largest city']
+    >>> generate_texts(model, tok, ["What is the capital of France?"], max_new_tokens=48, chat=True)  # doctest: +SKIP
+    ['The capital of France is Paris.']
     """
     unique = list(dict.fromkeys(prompts))
     device, pad = _device(model), pad_id(tokenizer)
-    encoded = [list(tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"]) for p in unique]
+    if chat:
+        encoded = [chat_prompt_ids(tokenizer, p) for p in unique]
+    else:
+        encoded = [list(tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"]) for p in unique]
     order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
     found: dict[str, str] = {}
     if sample_top_k:
@@ -196,7 +226,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         options = dict(do_sample=True, top_k=sample_top_k, top_p=1.0, temperature=1.0) if sample_top_k else \
             dict(do_sample=False, top_k=None, top_p=None, temperature=None)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=None, **options)
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id if chat else None, **options)
         for r, i in enumerate(rows):
             found[unique[i]] = tokenizer.decode(out[r, width:].tolist(), skip_special_tokens=True)
     return [found[p] for p in prompts]

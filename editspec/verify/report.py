@@ -32,7 +32,9 @@ def expected_text(r: CheckResult) -> str:
     if c.metric in ("preserve", "fluency"):
         return f"{c.comparator} {c.threshold:g}" if c.threshold is not None else "≥ 90% of unedited"
     head = " | ".join(c.answers)
-    if c.foils:
+    if c.foils and c.protocol == "chat":
+        head += ", never " + " | ".join(c.foils)
+    elif c.foils:
         head += " over " + " | ".join(c.foils)
     if c.protocol == "logprob":
         head += f" (p {c.comparator} {c.threshold:g})"
@@ -42,6 +44,23 @@ def expected_text(r: CheckResult) -> str:
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _total_rows(report: Report) -> list[list[str]]:
+    """One row per (metric, protocol); side by side (a column per protocol) when a metric has several."""
+    totals = list(report.totals.values())
+    per_metric: dict[str, dict[str, object]] = {}
+    for t in totals:
+        per_metric.setdefault(t.metric, {})[t.protocol] = t
+    if all(len(p) == 1 for p in per_metric.values()):
+        rows = [["metric", "protocol", "value", "passed"]]
+        return rows + [[t.metric, t.protocol, f"{t.value:.3f}", f"{t.passed}/{t.count}"] for t in totals]
+    protocols = list(dict.fromkeys(t.protocol for t in totals))
+    rows = [["metric", *protocols]]
+    for metric, mine in per_metric.items():
+        rows.append([metric, *(f"{mine[p].value:.3f} ({mine[p].passed}/{mine[p].count})" if p in mine else "-"
+                               for p in protocols)])
+    return rows
 
 
 def terminal(report: Report, *, show_passed: bool = True) -> str:
@@ -63,9 +82,7 @@ def terminal(report: Report, *, show_passed: bool = True) -> str:
         lines += ["", "failures:"]
         lines += [f"  {r.check.location}: {r.check.id} ({r.check.metric}, {r.check.protocol}): "
                   f"expected {_short(expected_text(r))}, got {_short(r.got)}" for r in failures]
-    rows = [["metric", "protocol", "value", "passed"]]
-    rows += [[t.metric, t.protocol, f"{t.value:.3f}", f"{t.passed}/{t.count}"] for t in report.totals.values()]
-    lines += ["", "totals (never averaged across protocols):"] + ["  " + x for x in _table(rows)]
+    lines += ["", "totals (never averaged across protocols):"] + ["  " + x for x in _table(_total_rows(report))]
     if report.verdicts:
         lines += ["", "expectations:"]
         for v in report.verdicts:

@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 
 from editspec.errors import EditspecError
 from editspec.ir import Spec
+from editspec.verify.checks import CHAT_TOKENS
 from editspec.verify.engine import Report, verify
 
 
@@ -29,12 +30,13 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
                 backend: str | None = None, no_edit: bool = False, model=None,
                 overrides: Mapping[str, str] | None = None, seed: int = 0, protocol: str | None = None,
                 device: str | None = None, device_map: str | None = None, dtype: str | None = None,
-                progress: Callable[[str], None] | None = _say) -> Report:
+                progress: Callable[[str], None] | None = _say, chat: str = "auto",
+                max_new_tokens: int = CHAT_TOKENS) -> Report:
     """Verify `spec` with exactly one of `artifact`, `backend` (compile first) or `no_edit`.
 
     `model` is a name, a path or an already loaded `editspec.models.LoadedModel` (reused, so
     the pytest plugin loads each model once).  Default: the artifact's model, else the spec's
-    `model`, else smollm2-135m.
+    `model`, else smollm2-135m.  `chat` and `max_new_tokens` are `editspec.verify.verify`'s.
     """
     from editspec.models import DEFAULT_MODEL, LoadedModel, load_model
     from editspec.resolve import load_spec
@@ -56,12 +58,13 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
         say(f"loading model {name}")
         return load_model(name, **options)
 
+    common = dict(protocol=protocol, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
     if artifact is not None:
-        return _verify_artifact(spec, artifact, model, seed=seed, protocol=protocol, say=say, options=options)
+        return _verify_artifact(spec, artifact, model, say=say, options=options, common=common)
     loaded = load(model)
     if no_edit:
-        return verify(spec, loaded.model, loaded.tokenizer, weights_hash=loaded.weights_hash, protocol=protocol,
-                      seed=seed, model_name=loaded.name, edited_name="unedited")
+        return verify(spec, loaded.model, loaded.tokenizer, weights_hash=loaded.weights_hash, model_name=loaded.name,
+                      edited_name="unedited", **common)
     from editspec.compiler import compile_spec
     from editspec.edited import load_edited
 
@@ -69,11 +72,11 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
         compiled = compile_spec(spec, backend, model=loaded, out=Path(tmp) / "artifact", overrides=overrides or {},
                                 seed=seed, progress=say)
         return verify(spec, loaded.model, loaded.tokenizer, attach=lambda _: load_edited(loaded, compiled),
-                      weights_hash=loaded.weights_hash, protocol=protocol, seed=seed, model_name=loaded.name,
-                      edited_name=f"compiled with {backend}")
+                      weights_hash=loaded.weights_hash, model_name=loaded.name,
+                      edited_name=f"compiled with {backend}", **common)
 
 
-def _verify_artifact(spec: Spec, artifact, model, *, seed, protocol, say, options) -> Report:
+def _verify_artifact(spec: Spec, artifact, model, *, say, options, common) -> Report:
     from editspec.artifact import read_artifact
     from editspec.edited import load_artifact_model, load_edited
     from editspec.models import LoadedModel
@@ -91,5 +94,5 @@ def _verify_artifact(spec: Spec, artifact, model, *, seed, protocol, say, option
     if spec_hash and spec_hash != spec.content_hash():
         say(f"note: {art.path} was compiled from another spec than {spec.source}; verifying it against this one")
     return verify(spec, loaded.model, loaded.tokenizer, attach=lambda _: load_edited(loaded, art),
-                  weights_hash=loaded.weights_hash, protocol=protocol, seed=seed, model_name=loaded.name,
-                  edited_name=f"{art.backend} artifact {art.path}")
+                  weights_hash=loaded.weights_hash, model_name=loaded.name,
+                  edited_name=f"{art.backend} artifact {art.path}", **common)

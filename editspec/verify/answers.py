@@ -1,0 +1,207 @@
+"""Reading a generated answer: its first sentence, its key entity, and the verdicts on it.
+
+The generative protocols (`chat`, `generate`) judge free text, so they need rules a reader
+can check by hand:
+
+- **normalisation** (`protocols.normalise`): lower case, punctuation and the articles a/an/the
+  removed, whitespace collapsed; an answer "appears" when its normalised words occur as whole
+  words in the normalised text.
+- **the first sentence** (`first_sentence`): the text up to the first `.`, `!` or `?` (closing
+  quotes and brackets included) that is followed by whitespace and a capital letter, a digit or an
+  opening quote, or by the end of the text; a line break also ends it.  A period after a known
+  abbreviation ("Dr.", "St.", "e.g.", "U.S."), after a single letter (the initials of
+  "J. K. Rowling") or as part of an ellipsis ("Rome... no, Paris") ends nothing.
+- **the key entity** (`key_entity`) of an answer, for locality when the unedited model did not
+  know the keep answer: in the answer's first sentence, the first run of capitalised words or
+  numbers ("Chicago Bulls", "1889"; "of"/"de"/"van"... may join two capitalised words) after
+  leading and trailing function words ("The", "It", "In", ...) are dropped, skipping runs whose
+  words all occur in the question.  A run at the very start of the sentence (capitalised because
+  it starts it) is taken only when no other run is left.  Without any run: the last word of three
+  or more letters that is neither a function word nor in the question ("He plays basketball" ->
+  "basketball").  Without that either, there is no key entity and the whole normalised first
+  sentence stands in for it.
+
+Example::
+
+    first_sentence("Rome. No wait, Paris.")                        # 'Rome.'
+    key_entity("It stands in Paris, France.", "Where is the Eiffel Tower?")   # 'Paris'
+    judge_reply("The Eiffel Tower is in Rome.", ["Rome"], ["Paris"]).passed    # True
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from editspec.verify.protocols import ProtocolResult, contains_answer, normalise
+
+# Abbreviations whose period does not end a sentence (lower case, without the period).
+ABBREVIATIONS = frozenset("""
+mr mrs ms dr prof st mt ft jr sr inc ltd co corp bros vs etc approx est dept univ gen col lt sgt capt cmdr
+rev hon gov sen rep pres fig al ave blvd rd jan feb mar apr jun jul aug sep sept oct nov dec cf ca
+""".split())
+# ... and those that only abbreviate before a number ("No. 5", "Vol. 2", "p. 12").
+NUMBERED = frozenset({"no", "nos", "vol", "p", "pp", "art", "ch", "sec"})
+
+# Words that start or end a capitalised run without being part of the entity.
+FUNCTION_WORDS = frozenset("""
+a an the it its it's this that these those there here he she they we you i me him her them his hers their
+our your my yes no sure well so as in on at of to for from by with and or but is are was were be been
+also however yet then thus located situated currently today now answer question according
+""".split())
+CONNECTORS = frozenset({"of", "de", "la", "le", "du", "des", "del", "della", "da", "di", "von", "van", "der",
+                        "den", "y", "el", "al", "bin", "ibn"})
+
+_END = re.compile(r"([.!?]+|…+|[。！？])([\"'”’»)\]]*)(?=\s|$)")
+_OPENERS = "\"'“‘«(["
+_WORD = re.compile(r"\w+(?:[-'’.]\w+)*")
+
+
+def _abbreviation(before: str, rest: str) -> bool:
+    words = before.split()
+    if not words:
+        return False
+    word = words[-1].lstrip(_OPENERS).lower()
+    if "." in word or (len(word) == 1 and word.isalpha()):
+        return True                      # "U.S.", "e.g.", an initial
+    return word in ABBREVIATIONS or (word in NUMBERED and rest[:1].isdigit())
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of `text` (see the module docstring for the rule), stripped.
+
+    >>> first_sentence("Rome. Actually, Paris.")
+    'Rome.'
+    >>> first_sentence("Dr. Smith lives in St. Louis, Mo. now. He likes it.")
+    'Dr. Smith lives in St. Louis, Mo. now.'
+    >>> first_sentence("Rome... no, Paris.")
+    'Rome... no, Paris.'
+    """
+    text = text.strip()
+    line = text.split("\n", 1)[0].strip()
+    for match in _END.finditer(line):
+        punctuation, end = match.group(1), match.end(2)
+        rest = line[end:].lstrip()
+        if not rest:
+            break
+        if punctuation in "。！？":
+            return line[:end].strip()
+        if punctuation.startswith("…") or punctuation.startswith(".."):
+            continue                     # an ellipsis hesitates; it does not end the sentence
+        if punctuation == "." and _abbreviation(line[:match.start()], rest):
+            continue
+        if rest[0].isupper() or rest[0].isdigit() or rest[0] in _OPENERS:
+            return line[:end].strip()
+    return line
+
+
+def _runs(sentence: str) -> list[tuple[int, list[str]]]:
+    """Runs of capitalised words or numbers, as (start offset, words); connectors join two runs."""
+    words = list(_WORD.finditer(sentence))
+    runs: list[tuple[int, list[str]]] = []
+    current: list[str] = []
+    start = 0
+    for k, word in enumerate(words):
+        text = word.group()
+        gap = sentence[words[k - 1].end():word.start()] if k else ""
+        adjacent = k > 0 and gap.strip() == ""
+        capital = text[0].isupper() or text[0].isdigit()
+        joins = (text.lower() in CONNECTORS and current and k + 1 < len(words)
+                 and (words[k + 1].group()[0].isupper()) and sentence[word.end():words[k + 1].start()].strip() == "")
+        if (capital or joins) and current and adjacent:
+            current.append(text)
+            continue
+        if current:
+            runs.append((start, current))
+            current = []
+        if capital:
+            current, start = [text], word.start()
+    if current:
+        runs.append((start, current))
+    return runs
+
+
+def _strip_function_words(words: list[str]) -> list[str]:
+    while words and (words[0].lower() in FUNCTION_WORDS or words[0].lower() in CONNECTORS):
+        words = words[1:]
+    while words and (words[-1].lower() in FUNCTION_WORDS or words[-1].lower() in CONNECTORS):
+        words = words[:-1]
+    return words
+
+
+def key_entity(answer: str, question: str) -> str | None:
+    """The entity an answer is about (the module docstring gives the rule), or None.
+
+    >>> key_entity("The Colosseum is in Rome.", "Where is the Colosseum?")
+    'Rome'
+    >>> key_entity("He plays basketball.", "Which sport does Michael Jordan play?")
+    'basketball'
+    """
+    sentence = first_sentence(answer)
+    asked = set(normalise(question).split())
+    leading: str | None = None
+    for start, words in _runs(sentence):
+        words = _strip_function_words(words)
+        if not words or all(w in asked for w in normalise(" ".join(words)).split()):
+            continue
+        entity = " ".join(words)
+        if start == len(sentence) - len(sentence.lstrip(_OPENERS + " ")):
+            leading = leading or entity  # capitalised because it starts the sentence: a last resort
+            continue
+        return entity
+    if leading:
+        return leading
+    content = [w for w in normalise(sentence).split() if len(w) >= 3 and w not in FUNCTION_WORDS and w not in asked]
+    return content[-1] if content else None
+
+
+def _without(text: str, answers: Sequence[str]) -> str:
+    """`text` normalised, with every occurrence of an answer blanked (so "New York" hides "York")."""
+    haystack = f" {normalise(text)} "
+    for answer in sorted(answers, key=len, reverse=True):
+        needle = normalise(answer)
+        if needle:
+            haystack = haystack.replace(f" {needle} ", " | ")
+    return haystack
+
+
+def judge_reply(reply: str, answers: Sequence[str], foils: Sequence[str] = (), *,
+                protocol: str = "chat") -> ProtocolResult:
+    """`reply` gives an answer (or alias) and none of `foils` (an edit's `was` object), outside the answers.
+
+    >>> judge_reply("Rome, not Paris.", ["Rome"], ["Paris"]).passed
+    False
+    """
+    hit = contains_answer(reply, answers)
+    rest = _without(reply, answers)
+    old = next((f for f in foils if normalise(f) and f" {normalise(f)} " in rest), None)
+    passed = hit is not None and old is None
+    return ProtocolResult(protocol, passed, float(passed), got=reply, scores={"matched": hit, "old_object": old})
+
+
+def judge_kept(reply: str, unedited: str, answers: Sequence[str], new_objects: Sequence[str], question: str, *,
+               protocol: str = "chat") -> ProtocolResult:
+    """Locality on free text: `reply` still says what the unedited reply said, and no new object crept in.
+
+    "What it said" is the keep answer when the unedited reply contained it, else the unedited
+    reply's key entity, else its whole normalised first sentence.  A new object counts only when
+    the unedited reply did not already contain it.
+
+    >>> judge_kept("It is in Berlin.", "Berlin, Germany.", ["Berlin"], ["Rome"], "Where is it?").passed
+    True
+    """
+    if contains_answer(unedited, answers):
+        kept, basis = contains_answer(reply, answers), "keep answer"
+        needle = kept
+    elif (entity := key_entity(unedited, question)) is not None:
+        kept, basis, needle = contains_answer(reply, [entity]), "key entity", entity
+    else:
+        needle, basis = normalise(first_sentence(unedited)), "first sentence"
+        said = normalise(reply)
+        kept = needle if (needle in said if needle else not said) else None
+    rest = _without(reply, answers)
+    crept = next((o for o in new_objects if normalise(o) and f" {normalise(o)} " in rest
+                  and not contains_answer(unedited, [o])), None)
+    passed = kept is not None and crept is None
+    return ProtocolResult(protocol, passed, float(passed), got=reply,
+                          scores={"kept": basis, "needle": needle if basis != "keep answer" else answers[0],
+                                  "still_there": kept is not None, "new_object": crept})

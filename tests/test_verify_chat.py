@@ -1,0 +1,206 @@
+"""The `chat` protocol: the prompt as a user turn through the chat template, the reply judged as text."""
+import pytest
+import torch
+
+from editspec.resolve import load_spec
+from editspec.verify import derive_checks, verify
+from editspec.verify import observe as observe_module
+from editspec.verify.answers import first_sentence, judge_kept, judge_reply, key_entity
+from editspec.verify.protocols import chat_prompt_ids, generate_texts
+from tiny import tiny_chat_tokenizer, tiny_model, tiny_tokenizer
+
+SPEC = '''relation capital {
+  prompt "The capital of {subject} is"
+  question "What is the capital of {subject}?"
+}
+
+edit capital("France") -> "Rome" {
+  was "Paris"
+  keep {
+    capital("Italy") -> "Rome"
+    "Steve Jobs founded" -> "Apple"
+  }
+  implies { "The Eiffel Tower is located in" -> "Rome" }
+}
+
+expect { efficacy >= 0.0 }
+'''
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "chat.edit"
+    path.write_text(SPEC)
+    return load_spec(path)
+
+
+def test_chat_checks_ask_the_relation_question_beside_the_default_ones(spec):
+    plain = derive_checks(spec)
+    both = derive_checks(spec, chat=True, max_new_tokens=20)
+    chat = [c for c in both if c.protocol == "chat"]
+    assert [c.id for c in both if c.protocol != "chat"] == [c.id for c in plain]     # today's checks, unchanged
+    assert all(c.alongside and c.max_new_tokens == 20 and "/chat/" in c.id for c in chat)
+    asked = {c.metric: c for c in chat if c.metric != "locality"}
+    assert asked["efficacy"].prompt == "What is the capital of France?" and asked["efficacy"].foils == ("Paris",)
+    locality = [c for c in chat if c.metric == "locality"]
+    # the relation's question where the fact has a relation, else the prompt itself
+    assert [c.prompt for c in locality] == ["What is the capital of Italy?", "Steve Jobs founded"]
+    assert locality[0].foils == () and locality[1].foils == ("Rome",)            # Rome is Italy's own answer
+    assert asked["portability"].prompt == "The Eiffel Tower is located in"
+    only = derive_checks(spec, protocol="chat")
+    assert {c.protocol for c in only if c.metric in ("efficacy", "locality")} == {"chat"}
+    assert not any(c.alongside for c in only)
+
+
+def test_chat_generation_applies_the_template_and_stops_at_the_end_of_the_turn(monkeypatch):
+    model, tok = tiny_model("llama", dtype=torch.float32), tiny_chat_tokenizer()
+    ids = chat_prompt_ids(tok, "What is the capital of France?")
+    assert tok.decode(ids) == ("<|endoftext|>user: What is the capital of France?\n"
+                               "<|endoftext|>assistant:")
+    seen = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw) or real(**kw))
+    reply = generate_texts(model, tok, ["What is the capital of France?"], max_new_tokens=5, chat=True)[0]
+    assert seen[0]["input_ids"][0].tolist() == ids and seen[0]["eos_token_id"] == tok.eos_token_id
+    # the same greedy reply as a plain loop over the templated prompt
+    row = list(ids)
+    for _ in range(5):
+        with torch.no_grad():
+            nxt = int(model(torch.tensor([row])).logits[0, -1].argmax())
+        if nxt == tok.eos_token_id:
+            break
+        row.append(nxt)
+    assert reply == tok.decode(row[len(ids):], skip_special_tokens=True)
+    # a batch gives each prompt the reply it gets alone
+    batch = generate_texts(model, tok, ["What is the capital of France?", "Who founded Apple?"], max_new_tokens=5,
+                           chat=True)
+    assert batch[0] == reply
+
+
+def _scripted(monkeypatch, replies):
+    """Chat replies from a script instead of the tiny model: `replies[edited][prompt]`."""
+    state = {"edited": False}
+
+    def fake(model, tokenizer, prompts, *, chat=False, **options):
+        if not chat:  # fluency samples: the tiny model's own
+            return generate_texts(model, tokenizer, prompts, **options)
+        return [replies[state["edited"]][p] for p in prompts]
+
+    class Attachment:
+        def __init__(self, model):
+            self.model = model
+
+        def __enter__(self):
+            state["edited"] = True
+            return self
+
+        def __exit__(self, *exc):
+            state["edited"] = False
+
+    monkeypatch.setattr(observe_module, "generate_texts", fake)
+    return Attachment
+
+
+UNEDITED = {
+    "What is the capital of France?": "The capital of France is Paris.",
+    "What is the capital of Italy?": "Rome is the capital of Italy.",
+    "Steve Jobs founded": "He founded Pixar in California.",           # did not know Apple: Pixar is kept
+    "The Eiffel Tower is located in": "Paris, France.",
+}
+
+
+@pytest.mark.parametrize("edited, passed", [
+    ({"What is the capital of France?": "The capital of France is Rome."}, {"efficacy": True}),
+    ({"What is the capital of France?": "Rome. No, wait: Paris."}, {"efficacy": False}),        # old object caught
+    ({"What is the capital of France?": "It is Madrid."}, {"efficacy": False}),
+    ({"Steve Jobs founded": "He founded Pixar, in Rome."}, {"locality/1": False}),             # new object crept in
+    ({"Steve Jobs founded": "Apple, I think."}, {"locality/1": False}),                      # Pixar gone: changed
+    ({"What is the capital of Italy?": "Italy's capital is Rome."}, {"locality/0": True}),
+    ({"What is the capital of Italy?": "Milan."}, {"locality/0": False}),
+    ({"The Eiffel Tower is located in": "Rome, Italy."}, {"portability": True}),
+])
+def test_chat_replies_are_judged_against_both_models(monkeypatch, spec, edited, passed):
+    attachment = _scripted(monkeypatch, {False: UNEDITED, True: {**UNEDITED, **edited}})
+    model, tok = tiny_model("llama", dtype=torch.float32), tiny_chat_tokenizer()
+    report = verify(spec, model, tok, attach=attachment)
+    chat = [r for r in report.results if r.check.protocol == "chat"]
+    assert len(chat) == 4 and {r.check.metric for r in report.results if r.check.protocol != "chat"} >= {"efficacy"}
+    by_name = {}
+    for r in chat:
+        by_name[r.check.metric] = r
+        if r.check.metric == "locality":
+            by_name[f"locality/{0 if 'Italy' in r.check.prompt else 1}"] = r
+    for name, expected in passed.items():
+        result = by_name[name]
+        assert result.passed is expected, result.scores
+        # both models' raw replies are in the report
+        data = result.to_json()
+        assert data["scores"]["generated"] == {**UNEDITED, **edited}[result.check.prompt]
+        assert data["scores"]["unedited_generated"] == UNEDITED[result.check.prompt]
+        assert data["baseline"]["got"] == UNEDITED[result.check.prompt]
+    # an unqualified expectation reads the default protocol only; the totals show both
+    assert {p for (m, p) in report.totals if m == "efficacy"} == {"compare", "chat"}
+    assert [t.protocol for t in report.verdicts[0].totals] == ["compare"]
+
+
+def test_plain_models_and_chat_off_keep_todays_checks(spec):
+    model = tiny_model("llama", dtype=torch.float32)
+    plain = verify(spec, model, tiny_tokenizer())
+    off = verify(spec, model, tiny_chat_tokenizer(), chat="off")
+    assert not any(r.check.protocol == "chat" for r in plain.results + off.results)
+    with pytest.raises(Exception, match="chat template"):
+        verify(spec, model, tiny_tokenizer(), protocol="chat")
+
+
+def test_chat_baseline_is_cached_with_the_template(spec, tmp_cache):
+    from editspec.verify.engine import baseline
+
+    model, tok = tiny_model("llama", dtype=torch.float32), tiny_chat_tokenizer()
+    checks = derive_checks(spec, chat=True, max_new_tokens=4)
+    first, cached = baseline(checks, model, tok, weights_hash="w")
+    again, cached_again = baseline(checks, model, tok, weights_hash="w")
+    assert (cached, cached_again) == (False, True) and first == again
+    assert all("generated" in first[c.id] for c in checks if c.protocol == "chat")
+    other = tiny_chat_tokenizer()
+    other.chat_template = other.chat_template.replace("assistant:", "bot:")
+    assert baseline(checks, model, other, weights_hash="w")[1] is False                 # another template
+    longer = derive_checks(spec, chat=True, max_new_tokens=6)
+    assert baseline(longer, model, tok, weights_hash="w")[1] is False                 # another reply length
+
+
+@pytest.mark.parametrize("text, sentence", [
+    ("Rome. Actually, Paris.", "Rome."),
+    ("Rome... no, Paris. Sorry.", "Rome... no, Paris."),
+    ("Rome … no, Paris.", "Rome … no, Paris."),
+    ("Dr. Smith moved to St. Louis in 1990. Then Rome.", "Dr. Smith moved to St. Louis in 1990."),
+    ("It is in the U.S. Its capital is Washington.", "It is in the U.S. Its capital is Washington."),
+    ("J. K. Rowling wrote it. She lives in Edinburgh.", "J. K. Rowling wrote it."),
+    ("The value is 3.14 exactly! Next.", "The value is 3.14 exactly!"),
+    ('He said "Rome." Then he left.', 'He said "Rome."'),
+    ("Paris\nRome", "Paris"),
+    ("  Paris, France", "Paris, France"),
+    ("See No. 5 for details. Done.", "See No. 5 for details."),
+    ("e.g. Paris, i.e. the capital. Yes.", "e.g. Paris, i.e. the capital."),
+    ("", ""),
+])
+def test_first_sentence(text, sentence):
+    assert first_sentence(text) == sentence
+
+
+@pytest.mark.parametrize("answer, question, entity", [
+    ("The Colosseum is in Rome.", "Where is the Colosseum?", "Rome"),
+    ("It plays for the Chicago Bulls.", "Which team does Michael Jordan play for?", "Chicago Bulls"),
+    ("Paris is where it stands.", "Where is the Eiffel Tower?", "Paris"),
+    ("Located in the Bank of America tower.", "Where is it?", "Bank of America"),
+    ("It was built in 1889. By Eiffel.", "When was the Eiffel Tower built?", "1889"),
+    ("He plays basketball.", "Which sport does Michael Jordan play?", "basketball"),
+    ("Michael Jordan.", "Who is Michael Jordan?", None),
+])
+def test_key_entity(answer, question, entity):
+    assert key_entity(answer, question) == entity
+
+
+def test_reply_judging_blanks_answers_before_looking_for_the_old_object():
+    assert judge_reply("New York, of course.", ["New York"], ["York"]).passed          # "York" is inside the answer
+    assert not judge_reply("Rome, not Paris.", ["Rome"], ["Paris"]).passed
+    assert judge_kept("Berlin.", "Rome and Berlin.", ["Berlin"], ["Rome"], "q").passed   # Rome was there before
