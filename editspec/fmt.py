@@ -27,6 +27,7 @@ class _Line:
     tag: int  # the source line this output line comes from (for placing comments)
     trailing: str = ""
     trailing_column: int = 0  # where the comment stood in the source; kept when the code fits before it
+    also: int | None = None  # another source line whose trailing comment may end this line (a moved clause's)
 
 
 class _Printer:
@@ -34,9 +35,14 @@ class _Printer:
         self.parsed = parsed
         self.lines: list[_Line] = []
         self.comment_lines = {c.line for c in parsed.comments}
+        self.trailing_lines = {c.line for c in parsed.comments if parsed.line(c.line)[: c.column - 1].strip()}
 
-    def emit(self, indent: int, text: str, tag: int) -> None:
-        self.lines.append(_Line(indent, text, tag))
+    def emit(self, indent: int, text: str, tag: int, also: int | None = None) -> None:
+        self.lines.append(_Line(indent, text, tag, also=also))
+
+    def comment_on(self, first: int, last: int, skip: tuple[int | None, ...] = ()) -> bool:
+        """Is there a comment on a source line from `first` to `last` (inclusive), other than `skip`?"""
+        return any(first <= c <= last and c not in skip for c in self.comment_lines)
 
     def has_comment_within(self, node: Tree) -> bool:
         """A comment before the node's last line would be lost inside a one-line block."""
@@ -105,13 +111,28 @@ class _Printer:
         self.block(0, f"relation {name}", tree, self.aligned(pairs), allow_inline=False)
 
     def edit_decl(self, tree: Tree) -> None:
-        relation, subject, answer, *body = tree.children
+        """`was` is written in the header, as on an `edits` batch line; one `was` in the block moves
+        there, with its trailing comment when no comment stands between.  With two (an error
+        `check` reports) each stays where it was written, so formatting loses nothing."""
+        relation, subject, answer, *rest = tree.children
         head = f"edit {relation}({subject}) -> {self.answer(answer)}"
-        clauses = body[0].children if body else []
+        body = next((c for c in rest if c.data == "edit_body"), None)
+        clauses = list(body.children) if body else []
+        was = [c for c in rest if c.data == "was_clause"] + [c for c in clauses if c.data == "was_clause"]
+        also = None
+        if was and (len(was) == 1 or was[0] not in clauses):
+            head += f" was {was[0].children[0]}"
+            if was[0] in clauses:
+                clauses.remove(was[0])
+            if not self.comment_on(tree.meta.line, was[0].meta.line - 1):
+                also = was[0].meta.line
         if not clauses:
-            self.emit(0, head, tree.meta.line)
-            return
-        self.emit(0, f"{head} {{", tree.meta.line)
+            # An empty block goes, unless it holds comments that would have nowhere to stand.
+            notes = [c for c in sorted(self.comment_lines) if tree.meta.line <= c <= tree.meta.end_line]
+            if body is None or len(notes) <= 1 and set(notes) <= self.trailing_lines:
+                self.emit(0, head, tree.meta.line, notes[0] if body is not None and notes else also)
+                return
+        self.emit(0, f"{head} {{", tree.meta.line, also)
         for clause in clauses:
             self.edit_clause(1, clause)
         self.emit(0, "}", tree.meta.end_line)
@@ -195,6 +216,9 @@ class _Printer:
             before = source_lines[comment.line - 1][: comment.column - 1]
             (trailing.__setitem__(comment.line, comment) if before.strip() else own_line.append(comment))
         last_with_tag = {line.tag: i for i, line in enumerate(self.lines) if line.text}
+        for i, line in enumerate(self.lines):
+            if line.also is not None:
+                last_with_tag.setdefault(line.also, i)
         for tag, comment in trailing.items():
             if tag in last_with_tag:
                 self.lines[last_with_tag[tag]].trailing = str(comment)

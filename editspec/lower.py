@@ -12,6 +12,7 @@ from lark import Token, Tree
 
 from editspec import ir
 from editspec.errors import Diagnostic, Location
+from editspec.literals import quote
 from editspec.syntax import ParsedFile
 
 
@@ -208,13 +209,18 @@ class _Lowerer:
             paraphrases=tuple(kinds["paraphrase"]), questions=tuple(kinds["question"])))
 
     def edit_decl(self, tree: Tree) -> None:
-        relation, subject, answer, *body = tree.children
+        relation, subject, answer, *rest = tree.children
         target, aliases = self.answer(answer)
-        old, scope, keep, implies = None, [], [], []
-        for clause in body[0].children if body else []:
+        header_was = [c for c in rest if c.data == "was_clause"]
+        body = [c for c in rest if c.data == "edit_body"]
+        clauses = body[0].children if body else []
+        old = self._edit_was(str(relation), self.string(subject),
+                             header_was + [c for c in clauses if c.data == "was_clause"], in_header=bool(header_was))
+        scope, keep, implies = [], [], []
+        for clause in clauses:
             if clause.data == "was_clause":
-                old = self.string(clause.children[0])
-            elif clause.data == "scope_clause":
+                continue
+            if clause.data == "scope_clause":
                 scope.extend(self.string(t) for t in clause.children)
             elif clause.data == "keep_clause":
                 keep.extend(self.fact(f) for f in clause.children)
@@ -225,6 +231,23 @@ class _Lowerer:
             subject=self.string(subject), subject_span=self.span(subject), target=target,
             target_span=self.span(answer), aliases=aliases, old=old, scope=tuple(scope),
             keep=tuple(keep), implies=tuple(implies)))
+
+    def _edit_was(self, relation: str, subject: str, clauses: list[Tree], in_header: bool) -> str | None:
+        """The edit's old object: one `was`, in the header or the block; a second one is an error."""
+        if not clauses:
+            return None
+        first, values = clauses[0], [self.string(c.children[0]) for c in clauses]
+        for clause, value in zip(clauses[1:], values[1:]):
+            where = "in the header" if in_header else f"at line {first.meta.line}"
+            edit = f"{relation}({quote(subject)})"
+            if value == values[0]:
+                self.error(f"`was` is given twice for {edit} (also {where})", self.span(clause),
+                           "remove this one; `editspec fmt` writes `was` in the edit header")
+            else:
+                self.error(f"conflicting `was` for {edit}: {quote(value)} here, but {quote(values[0])} {where}",
+                           self.span(clause), "an edit has one old object: keep one of the two "
+                           "(`editspec fmt` writes it in the header)")
+        return values[0]
 
     def edits_decl(self, tree: Tree) -> None:
         relation, *entries = tree.children

@@ -150,7 +150,7 @@ def _syntax_diagnostic(error: UnexpectedInput, text: str, path: str) -> Diagnost
         lines = text.splitlines() or [""]
         line, column = len(lines), len(lines[-1]) + 1
     message, hint = "syntax error", None
-    matched = _character_mistake(error, text)
+    matched = _character_mistake(error, text) or _misplaced_clause(error)
     try:
         matched = matched or error.match_examples(_parser().parse, _KNOWN_MISTAKES, use_accepts=True)
     except Exception:  # matching is best-effort; the generic message below still applies
@@ -182,6 +182,83 @@ def _character_mistake(error: UnexpectedInput, text: str) -> tuple[str, str] | N
     if char in closing:
         return "strings are written in straight double quotes", f'use "...", not {char}...{closing[char]}'
     return None
+
+
+_EDIT_CLAUSES = ("was", "scope", "keep", "implies")
+_BLOCK_WORDS = {"edit", "edits", "relation", "canonical", "forget", "preserve", "expect", "backend",
+                "keep", "implies", "scope", "check"}
+_WAS = 'edit REL("subject") -> "new" was "old"'
+
+
+def _misplaced_clause(error: UnexpectedInput) -> tuple[str, str] | None:
+    """An edit clause (`was`, `scope`, `keep`, `implies`) where it cannot stand: say where it goes.
+
+    Where the parser stands is read off its value stack: the innermost block keyword still
+    open, and whether its `->` or `{` has been read.
+    """
+    if not isinstance(error, UnexpectedToken) or str(error.token) not in _EDIT_CLAUSES:
+        return None
+    try:
+        stack = list(error.interactive_parser.parser_state.value_stack)
+    except AttributeError:  # no parser state to read: the generic message applies
+        return None
+    word = str(error.token)
+    block = f"{word} {{ ... }}"
+    in_block = f'`edit REL("subject") -> "new" {{ {block} }}`'
+    opener, rest, closed = _innermost_open(stack)
+    if opener is None:  # at the top level
+        after_edit = closed == "edit" or bool(stack) and isinstance(stack[-1], Tree) and stack[-1].data == "edit_decl"
+        where = "after the edit's block" if after_edit else "outside an edit"
+        if word == "was":
+            before = " { ... }" if after_edit else ""
+            return f"`was` {where}", f"`was` belongs in the edit header, after the new object: `{_WAS}{before}`"
+        return f"`{word}` {where}", f"`{word}` is a clause of an edit: write it inside the block, {in_block}"
+    if opener == "edit" and "{" not in rest:
+        if "->" not in rest:
+            if word == "was":
+                return "`was` before the new object", f"`was` follows the new object: `{_WAS}`"
+            return f"`{word}` before the new object", f"clauses follow the new object, in a block: {in_block}"
+        if rest[-1] == "|":
+            return None  # an alias is missing: the generic "expected a string" says so
+        if word == "was":
+            return "an edit has one `was`", "remove the second one"
+        return f"`{word}` in the edit header", f"`{word}` goes inside the edit's block: {in_block}"
+    if opener == "edit":
+        return None  # inside the edit's block every clause is welcome: the mistake is elsewhere
+    if opener == "edits":
+        if word == "was":
+            return "a batch line has one `was`", 'write `"subject" -> "new" was "old"`'
+        return (f"a batch line takes no `{word}`",
+                f'an `edits` line is `"subject" -> "new" was "old"`; for `{word}` write the fact as its own `edit` with a block')
+    if opener in ("keep", "implies", "scope", "check"):
+        if word == "was":
+            return (f"`was` inside a `{opener}` block",
+                    f"`was` is the edited fact's old object: write it in the edit header, `{_WAS}`")
+        return f"`{word}` inside a `{opener}` block", f"blocks do not nest: close the `{opener}` block with `}}` first"
+    if opener == "canonical" and word == "was":
+        return ("`was` is not a clause of a `canonical` block",
+                'a canonical example names the answer it should beat with `over`: `example "prompt" -> "answer" over "other"`')
+    return (f"`{word}` is not a clause of a `{opener}` block",
+            f"`{word}` belongs to an edit: " + (f"`{_WAS}`" if word == "was" else in_block))
+
+
+def _innermost_open(stack: list) -> tuple[str | None, list[str], str | None]:
+    """(the innermost block keyword still open, the tokens read after it, the construct closed last).
+
+    At an error the parser has not reduced what precedes the unexpected token, so a block
+    whose `}` was just read still shows its keyword: its braces balance.
+    """
+    tokens = [str(item) for item in stack if isinstance(item, Token)]
+    closed = None
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i] not in _BLOCK_WORDS:
+            continue
+        rest = tokens[i + 1:]
+        if "{" in rest and rest.count("{") == rest.count("}"):
+            closed = closed or tokens[i]
+            continue
+        return tokens[i], rest, closed
+    return None, [], closed
 
 
 _TERMINAL_NAMES = {

@@ -62,7 +62,10 @@ def edit(draw, name: str, subject: str, relations: list[str]) -> str:
     g = lambda: draw(gap())  # noqa: E731
     head = f"edit {name}({quote(subject)}){g()}->{g()}{draw(answer())}"
     clauses = []
-    if draw(st.booleans()):
+    was = draw(st.sampled_from(["none", "header", "block"]))  # either place, never both
+    if was == "header":
+        head += f"{g()}was{g()}{quote(draw(TEXT))}"
+    elif was == "block":
         clauses.append(f"was {quote(draw(TEXT))}")
     if draw(st.booleans()):
         clauses.append("scope {" + g().join(quote(draw(TEXT)) for _ in range(draw(st.integers(0, 2)))) + "}")

@@ -17,9 +17,7 @@ Example:
       prompt "The capital of {subject} is"
     }
     <BLANKLINE>
-    edit p36_the_capital_of_is("France") -> "Lyon" {
-      was "Paris"
-    }
+    edit p36_the_capital_of_is("France") -> "Lyon" was "Paris"
 """
 from __future__ import annotations
 
@@ -173,7 +171,9 @@ class SpecBuilder:
 
     def _edit_lines(self, edit: EditRecord) -> list[str]:
         head = f"edit {edit.relation}({quote(edit.subject)}) -> {_answer(edit.target, edit.aliases)}"
-        body = [f"  was {quote(edit.old)}"] if edit.old is not None else []
+        if edit.old is not None:
+            head += f" was {quote(edit.old)}"
+        body = []
         if edit.scope:
             body += ["  scope {", *(f"    {quote(s)}" for s in edit.scope), "  }"]
         for clause, facts in (("keep", edit.keep), ("implies", edit.implies)):
