@@ -204,3 +204,14 @@ def test_reply_judging_blanks_answers_before_looking_for_the_old_object():
     assert judge_reply("New York, of course.", ["New York"], ["York"]).passed          # "York" is inside the answer
     assert not judge_reply("Rome, not Paris.", ["Rome"], ["Paris"]).passed
     assert judge_kept("Berlin.", "Rome and Berlin.", ["Berlin"], ["Rome"], "q").passed   # Rome was there before
+
+
+def test_chat_results_are_the_fact_checks_under_chat_only(monkeypatch, spec):
+    from editspec.verify import chat_results
+
+    edited = {"What is the capital of France?": "The capital of France is Rome."}
+    attachment = _scripted(monkeypatch, {False: UNEDITED, True: {**UNEDITED, **edited}})
+    results = chat_results(spec, tiny_model("llama", dtype=torch.float32), tiny_chat_tokenizer(), attach=attachment)
+    assert [(r.check.metric, r.check.protocol) for r in results] == [
+        ("efficacy", "chat"), ("locality", "chat"), ("locality", "chat"), ("portability", "chat")]
+    assert results[0].passed and results[0].scores["generated"] == edited["What is the capital of France?"]

@@ -6,8 +6,8 @@
 1
 """
 from editspec.verify.checks import Check, derive_checks
-from editspec.verify.engine import Report, verify
+from editspec.verify.engine import Report, chat_results, verify
 from editspec.verify.judge import CheckResult, Verdict
 from editspec.verify.protocols import PROTOCOLS
 
-__all__ = ["PROTOCOLS", "Check", "CheckResult", "Report", "Verdict", "derive_checks", "verify"]
+__all__ = ["PROTOCOLS", "Check", "CheckResult", "Report", "Verdict", "chat_results", "derive_checks", "verify"]

@@ -19,13 +19,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from editspec import __version__, ir
 from editspec.cache import atomic_write, cache_dir
 from editspec.ir import stable_hash
 from editspec.errors import EditspecError
-from editspec.verify.checks import CHAT_TOKENS, Check, checks_hash, derive_checks
+from editspec.verify.checks import CHAT_TOKENS, FACT_METRICS, Check, checks_hash, derive_checks
 from editspec.verify.judge import CheckResult, Verdict, expectation_verdicts, judge, metric_totals
 from editspec.verify.observe import kl_references, observe
 from editspec.verify.protocols import has_chat_template
@@ -114,13 +114,15 @@ def chat_enabled(tokenizer, chat: str = "auto") -> bool:
 
 def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, weights_hash: str | None = None,
            protocol: str | None = None, seed: int = 0, batch_size: int = 32, model_name: str = "",
-           edited_name: str = "", chat: str = "auto", max_new_tokens: int = CHAT_TOKENS) -> Report:
+           edited_name: str = "", chat: str = "auto", max_new_tokens: int = CHAT_TOKENS,
+           metrics: Sequence[str] | None = None) -> Report:
     """Run every check of `spec` on `model` with the edit from `attach` (None: the unedited model).
 
     `attach(model)` must return a context manager (an `Attachment`) whose `.model` is the
     edited model and whose exit restores the base weights; the baseline is taken before it.
     For a tokenizer with a chat template, `chat="auto"` adds the `chat` protocol's fact checks
     beside the default ones (replies of at most `max_new_tokens`); `chat="off"` leaves them out.
+    `metrics` keeps only the checks of those metrics (e.g. `FACT_METRICS`).
 
     >>> verify(spec, model, tokenizer).exit_code   # unedited: efficacy fails  # doctest: +SKIP
     1
@@ -128,6 +130,8 @@ def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, w
     timings: dict[str, float] = {}
     started = time.perf_counter()
     checks = derive_checks(spec, protocol=protocol, chat=chat_enabled(tokenizer, chat), max_new_tokens=max_new_tokens)
+    if metrics is not None:
+        checks = [c for c in checks if c.metric in metrics]
     base, cached = baseline(checks, model, tokenizer, weights_hash=weights_hash, seed=seed, batch_size=batch_size)
     timings["baseline"] = time.perf_counter() - started
     if attach is None:
@@ -146,3 +150,19 @@ def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, w
     return Report(spec=spec.source, model=model_name, edited=edited_name or ("unedited" if attach is None else "edited"),
                   results=results, verdicts=expectation_verdicts(spec, results), baseline_cached=cached,
                   seconds={k: round(v, 3) for k, v in timings.items()})
+
+
+def chat_results(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, weights_hash: str | None = None,
+                 max_new_tokens: int = CHAT_TOKENS, batch_size: int = 32) -> list[CheckResult]:
+    """The fact checks of `spec` under the `chat` protocol only: one `CheckResult` per question asked.
+
+    What a benchmark needs to score chat efficacy / generalization / locality / portability
+    (`result.check.metric`, `result.passed`, `result.scores["generated"]` and
+    `["unedited_generated"]`); `attach` as for `verify`.
+
+    >>> results = chat_results(spec, loaded.model, loaded.tokenizer, attach=lambda m: load_edited(loaded, art))  # doctest: +SKIP
+    >>> sum(r.passed for r in results if r.check.metric == "efficacy")                                      # doctest: +SKIP
+    19
+    """
+    return verify(spec, model, tokenizer, attach=attach, weights_hash=weights_hash, protocol="chat",
+                  max_new_tokens=max_new_tokens, batch_size=batch_size, metrics=FACT_METRICS).results
