@@ -163,3 +163,33 @@ def test_quote_round_trips_through_the_language(text):
     assert (edit.subject, edit.target, edit.scope, edit.implies[0].prompts) == (
         "S " + text, text + " T", (text + " scope",), (text,))
     assert quote(text).count("\n") == 0
+
+
+FLAT_RECORD = dict(case_id=8, prompt="What is the twin city of Wellington? It is", subject="Wellington",
+                   target_new="Sheffield", ground_truth="Sydney",
+                   rephrase_prompt="Wellington's twin city has famous tourist attractions including",
+                   locality_prompt="The twin city of Seoul is", locality_ground_truth="Sydney")
+
+
+def test_counterfact_flattened_layout_maps_every_field(tmp_path):
+    source = tmp_path / "counterfact-edit.json"
+    source.write_text(json.dumps([FLAT_RECORD]))
+    (edit,) = load_spec("x.edit", text=import_file("counterfact", source).text).edits
+    assert edit.prompts == (FLAT_RECORD["prompt"],)
+    assert (edit.subject, edit.target, edit.old) == ("Wellington", "Sheffield", "Sydney")
+    assert edit.scope == (FLAT_RECORD["rephrase_prompt"],)
+    assert [(f.prompts[0], f.answer) for f in edit.keep] == [("The twin city of Seoul is", "Sydney")]
+
+
+@pytest.mark.parametrize("record", [
+    {"prompt": "The twin city of Rome is", "target_new": "Kyoto"},                      # no subject
+    {"src": "What is the twin city of Rome?", "subject": "Rome", "alt": "Kyoto"},       # zsRE fields
+    {"prompt": "x", "subject": "Rome", "target_new": {"str": "Kyoto"}},                # ROME's target without the wrapper
+])
+def test_counterfact_in_neither_layout_is_refused_with_both_layouts_named(tmp_path, record):
+    source = tmp_path / "cf.json"
+    source.write_text(json.dumps([record]))
+    result = CliRunner().invoke(main, ["import", "counterfact", str(source), "-o", "-"])
+    assert result.exit_code == 2
+    assert "neither CounterFact layout" in result.stderr and ", ".join(sorted(record)) in result.stderr
+    assert "`requested_rewrite`" in result.stderr and "`locality_ground_truth`" in result.stderr

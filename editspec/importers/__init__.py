@@ -18,12 +18,14 @@ from typing import Callable
 from editspec.errors import EditspecError
 from editspec.importers.canonical import canonical
 from editspec.importers.factual import Imported, counterfact, mquake, zsre
+from editspec.importers.table import table
 
 IMPORTERS: dict[str, Callable[..., Imported]] = {
     "counterfact": counterfact,
     "zsre": zsre,
     "mquake": mquake,
     "canonical": canonical,
+    "table": table,
 }
 
 
@@ -49,7 +51,7 @@ def import_file(kind: str, path: str | os.PathLike, *, limit: int | None = None,
     """Read a benchmark file of `kind` (one of `IMPORTERS`) and write it as a spec that checks clean.
 
     `limit` keeps the first N records; `options` go to the importer (canonical: `eval_file`,
-    `hard_neg_file`, `threshold`).
+    `hard_neg_file`, `threshold`; table: the column names, see `editspec.importers.table`).
     """
     from editspec.resolve import analyse
 

@@ -74,14 +74,21 @@ def _optional_fact(record: dict, prompt_field: str, answer_field: str) -> list[F
 def counterfact(path: Path, limit: int | None) -> Imported:
     """CounterFact, in the ROME layout (`requested_rewrite`) or the flattened toolkit layout."""
     records = read_json_list(path, limit)
-    if records and "requested_rewrite" in records[0]:
-        return _counterfact_full(path, records)
-    if records and "target_new" in records[0] and "prompt" in records[0]:
-        return _counterfact_flat(path, records)
     if not records:
         return Imported(SpecBuilder(), 0, ["CounterFact (no records)"])
-    raise EditspecError(f"{path} is in neither CounterFact layout",
-                        hint="expected `requested_rewrite` (ROME) or `prompt`/`target_new`/`rephrase_prompt` (flattened)")
+    fields = set(records[0])
+    if "requested_rewrite" in fields:
+        return _counterfact_full(path, records)
+    if _FLAT_FIELDS <= fields and isinstance(records[0]["target_new"], str):
+        return _counterfact_flat(path, records)
+    raise EditspecError(f"{path} is in neither CounterFact layout (its first record has {', '.join(sorted(fields))})",
+                        hint="the ROME layout has `requested_rewrite`; the flattened one `prompt`, `subject`, `target_new` "
+                             "(and `ground_truth`, `rephrase_prompt`, `locality_prompt`, `locality_ground_truth`)")
+
+
+# The flattened layout editing toolkits use; `ground_truth`, `rephrase_prompt`, `locality_prompt`
+# and `locality_ground_truth` are read when present.
+_FLAT_FIELDS = {"prompt", "subject", "target_new"}
 
 
 def _counterfact_full(path: Path, records: list[dict]) -> Imported:

@@ -97,14 +97,15 @@ class SpecBuilder:
         self._canonical_names: set[str] = set()
 
     # -- relations ---------------------------------------------------------------------------
-    def relation(self, key: object, prompt: str, *, prefix: str, question: str | None = None) -> str:
-        """The relation name for `key` (declared on first use, named after its prompt template).
+    def relation(self, key: object, prompt: str, *, prefix: str, question: str | None = None,
+                 name: str | None = None) -> str:
+        """The relation name for `key` (declared on first use, named `name` or after its prompt template).
 
         Different keys never share a name: a repeat gets `_2`, `_3`, ...
         """
         found = self.relations.get(key)
         if found is None:
-            base = "_".join([prefix, *slug_words(prompt.replace("{subject}", " "))])
+            base = name or "_".join([prefix, *slug_words(prompt.replace("{subject}", " "))])
             name, n = base, 1
             while name in self._names:
                 n += 1
