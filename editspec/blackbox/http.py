@@ -15,9 +15,10 @@ class ApiError(Exception):
     """An error returned to an API caller as OpenAI's `{"error": {...}}` with an HTTP status."""
 
     def __init__(self, message: str, *, status: int = 400, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message, self.status, self.kind, self.param, self.code = message, status, kind, param, code
+        self.headers = dict(headers or {})
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -27,7 +28,12 @@ def error_response(error: ApiError):
     """A Starlette JSON response for `error`."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def handle_api_error(request, error: ApiError):
+    """Starlette exception handler: an `ApiError` raised anywhere in a route is its JSON answer."""
+    return error_response(error)
 
 
 async def read_json(request) -> dict:

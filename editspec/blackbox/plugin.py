@@ -169,16 +169,26 @@ def load_plugin(artifact: Any, *, embedder=None) -> Plugin:
     >>> load_plugin("build/leadership.ike").kind       # doctest: +SKIP
     'ike'
     """
-    from editspec.artifact import PLUGIN_DIR, read_artifact
+    from editspec.artifact import PLUGIN_DIR
 
     if isinstance(artifact, Plugin):
         return artifact
+    return open_plugin(plugin_artifact(artifact).file(PLUGIN_DIR), embedder=embedder)
+
+
+def plugin_artifact(artifact: Any):
+    """The `Artifact` at `artifact` (a path or an `Artifact`), refused unless it holds a plugin.
+
+    Cheap (reads the manifest only), so a server can refuse a wrong artifact before it loads.
+    """
+    from editspec.artifact import read_artifact
+
     artifact = read_artifact(artifact) if isinstance(artifact, (str, os.PathLike)) else artifact
     if artifact.backend not in KINDS:
         raise EditspecError(f"{artifact.path} was compiled with `{artifact.backend}`, a white-box backend",
                             hint="compile with `--backend ike` or `--backend retrieval` for API models, "
                             "or use `editspec apply` for a local model")
-    return open_plugin(artifact.file(PLUGIN_DIR), embedder=embedder)
+    return artifact
 
 
 def open_plugin(folder: Path, *, embedder=None) -> Plugin:

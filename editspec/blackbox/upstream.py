@@ -3,8 +3,9 @@
 A request is retried when the upstream refuses the connection, times out, drops it, or
 answers 500, 502, 503 or 504; waits double from `backoff` seconds (capped at 8 s).  After
 the last try the caller gets the upstream's own 5xx answer, or, when none came, an
-OpenAI-style error: 502 `upstream_unreachable` or 504 `upstream_timeout`.  Headers are
-forwarded as they came (Authorization included) and never logged or kept.
+OpenAI-style error: 502 `upstream_unreachable` or 504 `upstream_timeout`.  No try starts
+or waits past the request's deadline.  Headers are forwarded as they came (Authorization
+included) and never logged or kept.
 
 >>> upstream = Upstream("http://127.0.0.1:8000/v1", retries=3)          # doctest: +SKIP
 >>> response = await upstream.send("POST", "chat/completions", body, headers)  # doctest: +SKIP
@@ -12,6 +13,9 @@ forwarded as they came (Authorization included) and never logged or kept.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from typing import Callable
 
 from editspec.blackbox.http import ApiError
 
@@ -33,14 +37,18 @@ def returned(headers) -> dict[str, str]:
 
 
 class Upstream:
-    """An async HTTP client for one upstream base URL (e.g. `http://host:8000/v1`)."""
+    """An async HTTP client for one upstream base URL (e.g. `http://host:8000/v1`).
+
+    `on_event(kind)` hears each retry (`retry`) and each failed try (`timeout`, `unreachable`,
+    `status_5xx`), for the proxy's metrics.
+    """
 
     def __init__(self, base_url: str, *, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5,
-                 connections: int = 128):
+                 connections: int = 128, on_event: Callable[[str], None] = lambda kind: None):
         import httpx2
 
         self.base_url = base_url.rstrip("/")
-        self.retries, self.backoff = retries, backoff
+        self.timeout, self.retries, self.backoff, self.on_event = timeout, retries, backoff, on_event
         self.client = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)), trust_env=False,
             limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections))
@@ -48,33 +56,69 @@ class Upstream:
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
 
-    async def send(self, method: str, path: str, content: bytes, headers: dict[str, str], params=None):
-        """The upstream's response, opened for streaming (close it with `aclose()`)."""
+    def _wait(self, attempt: int) -> float:
+        return min(self.backoff * 2 ** (attempt - 1), _MAX_WAIT)
+
+    def _timeout_error(self, tries: int) -> ApiError:
+        return ApiError(f"the upstream API at {self.base_url} timed out ({tries} tries)", status=504,
+                        kind="upstream_error", code="upstream_timeout")
+
+    async def send(self, method: str, path: str, content: bytes, headers: dict[str, str], params=None,
+                   until: float = math.inf):
+        """The upstream's response, opened for streaming (close it with `aclose()`).
+
+        `until` is the request's deadline (`time.monotonic()`): tries and waits stay within it.
+        """
         import httpx2
 
         problem = None
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), _MAX_WAIT))
+                self.on_event("retry")
+                await asyncio.sleep(self._wait(attempt))
+            left = until - time.monotonic()
+            if left <= 0:
+                raise problem or self._timeout_error(attempt)
+            each = min(self.timeout, left)
             request = self.client.build_request(method, self.url(path), content=content, headers=headers,
-                                                params=params)
+                                                params=params, timeout=httpx2.Timeout(each, connect=min(each, 10.0)))
             try:
                 response = await self.client.send(request, stream=True)
             except httpx2.TimeoutException:
-                problem = ApiError(f"the upstream API at {self.base_url} timed out ({attempt + 1} tries)",
-                                   status=504, kind="upstream_error", code="upstream_timeout")
-                continue
+                self.on_event("timeout")
+                problem = self._timeout_error(attempt + 1)
             except httpx2.TransportError as error:
-                reason = type(error).__name__
-                problem = ApiError(f"the upstream API at {self.base_url} could not be reached ({reason}, "
-                                   f"{attempt + 1} tries)", status=502, kind="upstream_error",
-                                   code="upstream_unreachable")
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                self.on_event("unreachable")
+                problem = ApiError(f"the upstream API at {self.base_url} could not be reached "
+                                   f"({type(error).__name__}, {attempt + 1} tries)", status=502,
+                                   kind="upstream_error", code="upstream_unreachable")
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                self.on_event("status_5xx")
+                if not self._may_retry(attempt, until):
+                    return response
                 await response.aclose()
                 continue
-            return response
+            if not self._may_retry(attempt, until):
+                break
         raise problem
+
+    def _may_retry(self, attempt: int, until: float) -> bool:
+        return attempt < self.retries and time.monotonic() + self._wait(attempt + 1) < until
+
+    async def probe(self, seconds: float = 2.0) -> tuple[bool, dict]:
+        """Whether the upstream answers `GET /models` at all (any status under 500), for `/healthz`."""
+        import httpx2
+
+        started = time.monotonic()
+        try:
+            response = await self.client.get(self.url("models"), timeout=seconds)
+        except httpx2.HTTPError as error:
+            return False, {"upstream": {"url": self.base_url, "error": type(error).__name__}}
+        answer = {"url": self.base_url, "status": response.status_code,
+                  "seconds": round(time.monotonic() - started, 4)}
+        return response.status_code < 500, {"upstream": answer}
 
     async def aclose(self) -> None:
         await self.client.aclose()
