@@ -248,11 +248,13 @@ def table(path: Path, limit: int | None, *, subject: str | None = None, new: str
             conflicts.append(row.number)
     problems.raise_if_any()
     mapping = ", ".join(f"{option.replace('_', '-')} <- `{column}`" for option, column in columns.named().items())
-    description = [f"columns: {mapping}."] + ([f"every row's prompt: {quote(fixed[1])}."] if fixed else [])
+    description = [f"columns: {mapping}."]
+    description += [f"every row's {what}: {quote(text)}." for what, text in
+                    (("prompt", fixed[1] if fixed else None), ("question", fixed_question)) if text]
     if conflicts:
         shown = ", ".join(map(str, conflicts[:10])) + (" ..." if len(conflicts) > 10 else "")
-        rows = "rows" if len(conflicts) > 1 else "row"
-        description.append(f"left out: {rows} {shown} (another new object for a subject and prompt already edited).")
+        noun = "rows" if len(conflicts) > 1 else "row"
+        description.append(f"left out: {noun} {shown} (another new object for a subject and prompt already edited).")
     return Imported(builder, read, description)
 
 
