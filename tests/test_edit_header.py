@@ -4,11 +4,14 @@ clauses get diagnostics that say where they go."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from editspec.errors import EditspecError
 from editspec.fmt import format_text
 from editspec.resolve import analyse, load_spec
 from editspec.syntax import parse
+from spec_strategies import TEXT, quote
 
 RELATION = 'relation city {\n  prompt "The {subject} is in the city of"\n}\n\n'
 KEEP = 'keep { city("Brandenburg Gate") -> "Berlin" }'
@@ -122,3 +125,17 @@ def test_a_misplaced_clause_says_where_it_goes(text, message, hint, column):
     assert diagnostic.message == message
     assert hint in diagnostic.hint
     assert (diagnostic.location.line, diagnostic.location.column) == (text.count("\n") + 1, column)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subject=TEXT, target=TEXT, old=TEXT, scope=st.lists(TEXT, max_size=2), comment=st.sampled_from(["", "  # why"]))
+def test_random_edits_mean_and_format_the_same_in_both_forms(subject, target, old, scope, comment):
+    rest = [f"scope {{ {' '.join(quote(s) for s in scope)} }}"] if scope else []
+    head = f"edit city({quote('S' + subject)}) -> {quote(target)}"
+    in_header = RELATION + f"{head} was {quote(old)}" + (" {" + comment + "\n  " + "\n  ".join(rest) + "\n}" if rest else comment) + "\n"
+    in_block = RELATION + head + " {\n  " + "\n  ".join([f"was {quote(old)}{comment}", *rest]) + "\n}\n"
+    assert load_spec("h.edit", text=in_header).content() == load_spec("b.edit", text=in_block).content()
+    canonical = format_text(in_block, "b.edit")
+    assert format_text(canonical, "b.edit") == canonical
+    assert format_text(in_header, "h.edit") == format_text(canonical, "h.edit")
+    assert [str(c) for c in parse(canonical).comments] == [str(c) for c in parse(in_block).comments]
