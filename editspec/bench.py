@@ -287,7 +287,7 @@ def _run_one(spec: Spec, name: str, white_box: bool, loaded, out: Path, override
         return run
     run.totals = [{"metric": t.metric, "protocol": t.protocol, "value": t.value, "passed": t.passed,
                    "count": t.count} for t in report.totals.values()]
-    run.failed_expectations = [f"{v.location}: {v.metric} {v.comparator} {v.value:g}" for v in report.verdicts
+    run.failed_expectations = [f"{v.location}: {v.label} {v.comparator} {v.value:g}" for v in report.verdicts
                                if not v.holds]
     run.skipped_checks = int(report.seconds.get("skipped_checks", 0))
     run.status = "passed" if report.ok else "failed"

@@ -112,6 +112,12 @@ def _expectations(spec: ir.Spec, report) -> None:
         if metric is None:
             report(f"unknown metric `{expectation.metric}`", expectation.span, did_you_mean(expectation.metric, METRICS))
             continue
+        if expectation.protocol is not None and expectation.protocol not in metric.protocols:
+            report(f"`{metric.name}` is not measured under `{expectation.protocol}`", expectation.span,
+                   f"`{metric.name}` is measured under " + ", ".join(f"`{p}`" for p in metric.protocols)
+                   if metric.protocols else f"`{metric.name}` is measured one way only: write `{metric.name} "
+                   f"{expectation.comparator} {expectation.value:g}`")
+            continue
         if not metric.low <= expectation.value <= metric.high:
             upper = "" if metric.high == float("inf") else f" and {metric.high:g}"
             report(f"threshold {expectation.value:g} for `{metric.name}` is outside its range "

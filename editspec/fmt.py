@@ -190,7 +190,11 @@ class _Printer:
         self.block(0, "preserve", tree, lines, allow_inline=False)
 
     def expect_decl(self, tree: Tree) -> None:
-        pairs = [(str(e.children[0]), f"{e.children[1]} {self.number(e.children[2])}", e.meta.line) for e in tree.children]
+        pairs = []
+        for e in tree.children:
+            metric, *qualified, comparator, number = e.children
+            label = f"{metric}[{qualified[0].children[0]}]" if qualified else str(metric)
+            pairs.append((label, f"{comparator} {self.number(number)}", e.meta.line))
         self.block(0, "expect", tree, self.aligned(pairs), allow_inline=False)
 
     def backend_decl(self, tree: Tree) -> None:

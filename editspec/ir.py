@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 SCHEMA_VERSION = 1
 
@@ -132,11 +132,28 @@ class Preservation(Located):
 
 
 class Expectation(Located):
-    """A threshold the verifier enforces on one metric."""
+    """A threshold the verifier enforces on one metric (`efficacy >= 0.9`), or on its total under one
+    protocol (`efficacy[chat] >= 0.9`)."""
 
     metric: str
+    protocol: str | None = Field(
+        default=None, description="The protocol whose total must meet the threshold (e.g. `chat`); unset: "
+        "every total of the metric under its default protocols.")
     comparator: Literal[">=", "<="]
     value: float
+
+    @model_serializer(mode="wrap")
+    def _unset_protocol_left_out(self, handler):
+        # An unqualified expectation serialises (and hashes) exactly as before protocols existed.
+        data = handler(self)
+        if data.get("protocol") is None:
+            data.pop("protocol", None)
+        return data
+
+    @property
+    def label(self) -> str:
+        """How the spec names what is measured: `efficacy` or `efficacy[chat]`."""
+        return f"{self.metric}[{self.protocol}]" if self.protocol else self.metric
 
 
 class Range(Node):

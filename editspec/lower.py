@@ -13,6 +13,7 @@ from lark import Token, Tree
 from editspec import ir
 from editspec.errors import Diagnostic, Location
 from editspec.literals import quote
+from editspec.metrics import PROTOCOLS
 from editspec.syntax import ParsedFile
 
 
@@ -311,9 +312,18 @@ class _Lowerer:
 
     def expect_decl(self, tree: Tree) -> None:
         for item in tree.children:
-            metric, comparator, number = item.children
+            metric, *qualified, comparator, number = item.children
+            protocol = str(qualified[0].children[0]) if qualified else None
+            if protocol is not None and protocol not in PROTOCOLS:
+                from editspec.errors import suggest
+
+                close = suggest(protocol, PROTOCOLS)
+                self.error(f"unknown protocol `{protocol}`", self.span(qualified[0].children[0]),
+                           (f"did you mean `{close}`? " if close else "") + "the protocols are "
+                           + ", ".join(f"`{p}`" for p in PROTOCOLS))
+                continue
             self.out.expect.append(ir.Expectation(
-                span=self.span(item), metric=str(metric), comparator=str(comparator),
+                span=self.span(item), metric=str(metric), protocol=protocol, comparator=str(comparator),
                 value=self.number(number)[0]))
 
     def backend_decl(self, tree: Tree) -> None:

@@ -96,7 +96,7 @@ class _Loader:
         return ir.Spec(
             source=root, files=tuple(f.path for f in self.files), model=model,
             relations=tuple(relations.values()), edits=edits, canonical=canonical, forget=forget,
-            preserve=preserve, expect=self.root_wins(lambda f: f.expect, lambda e: e.metric, "expectation for"),
+            preserve=preserve, expect=self.root_wins(lambda f: f.expect, lambda e: e.label, "expectation for"),
             backends=self.root_wins(lambda f: f.backends, lambda b: b.name, "backend block"),
         )
 

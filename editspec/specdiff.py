@@ -2,7 +2,7 @@
 
 Edits are matched by identity, `relation(subject)`, not by their content-derived ids, so an
 edit whose new object changed shows up as *changed* (with what changed), not as one removed and
-one added.  Canonical and forget blocks are matched by name, expectations by metric, backend
+one added.  Canonical and forget blocks are matched by name, expectations by metric and protocol (`efficacy` and `efficacy[chat]` are two), backend
 blocks by backend, relations by name.  Positions, comments and formatting never show.
 
 Example:
@@ -155,7 +155,7 @@ def _preserve_items(p: ir.Preservation) -> list[str]:
 
 
 def _expect_text(e: ir.Expectation) -> str:
-    return f"{e.metric} {e.comparator} {e.value:g}"
+    return f"{e.label} {e.comparator} {e.value:g}"
 
 
 def _setting_text(value: Any) -> str:
@@ -193,7 +193,7 @@ def diff_specs(old: ir.Spec | None, new: ir.Spec | None) -> SpecDiff:
                            [i for p in new.preserve for i in _preserve_items(p)])
     if preserve:
         diff.preserve = Section(added=preserve["added"], removed=preserve["removed"])
-    diff.expect = _match(old.expect, new.expect, lambda e: e.metric, _expect_text, lambda a, b: _changes([
+    diff.expect = _match(old.expect, new.expect, lambda e: e.label, _expect_text, lambda a, b: _changes([
         ("threshold", _value_change(f"{a.comparator} {a.value:g}", f"{b.comparator} {b.value:g}"))]))
     diff.backends = _match(old.backends, new.backends, lambda b: b.name, _backend_text, _compare_backends)
     return diff

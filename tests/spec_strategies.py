@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from editspec.metrics import METRICS
 
+FACT = ("efficacy", "generalization", "locality", "portability")
+
 NAMES = st.sampled_from(["ceo", "capital", "founder", "language", "sport", "owner", "mayor_of", "r2"])
 # Text for string contents: letters, unicode, and the characters that need escaping.
 TEXT = st.text(alphabet=st.sampled_from(list("abcXYZ é漢ü-'.,:;!?0123") + ['"', "\\", "\n", "\t", "{", "}", "#", " "]),
@@ -115,7 +117,10 @@ def spec_text(draw) -> str:
         items.append(f"preserve {{ text {quote(draw(TEXT))}{g()}budget {metric} <= {draw(number())} }}")
     if draw(st.booleans()):
         metrics = draw(st.lists(st.sampled_from(sorted(m for m in METRICS if METRICS[m].high == 1.0)), unique=True, max_size=4))
-        items.append("expect {" + g() + g().join(f"{m} {draw(st.sampled_from(['>=', '<=']))} {draw(number())}" for m in metrics) + g() + "}")
+        # a metric once plain, and maybe once more under a named protocol (`efficacy[chat]`)
+        labels = metrics + [f"{m}[{draw(st.sampled_from(['chat', 'compare', 'generate']))}]"
+                            for m in metrics if m in FACT and draw(st.booleans())]
+        items.append("expect {" + g() + g().join(f"{m} {draw(st.sampled_from(['>=', '<=']))} {draw(number())}" for m in labels) + g() + "}")
     if draw(st.booleans()):
         items.append(f"backend {draw(st.sampled_from(['thirdparty', 'my_backend']))} {{ layers {draw(st.integers(0, 5))}..{draw(st.integers(6, 9))}"
                      f"{g()}lr {draw(st.sampled_from(['0.5', '1e-3', '-1']))}{g()}mode {quote('x')} flag true items [1, \"a\", 2.5] }}")

@@ -107,6 +107,7 @@ class _Plan:
     protocol: str | None = None
     alongside: bool = False
     max_new_tokens: int = CHAT_TOKENS
+    main: str | None = None      # the main pass's protocol, which an alongside pass does not repeat
 
     def suffix(self, metric: str) -> str:
         return f"{metric}/{self.protocol}" if self.alongside else metric
@@ -115,6 +116,8 @@ class _Plan:
 def _fact_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foils, *, agree=False,
                  plan: _Plan = _Plan()) -> list[Check]:
     protocol = _fact_protocol(plan.protocol, bool(foils))
+    if plan.alongside and (protocol == _fact_protocol(plan.main, bool(foils)) or (protocol == "compare" and not foils)):
+        return []  # already measured by the main pass, or nothing to compare against
     threshold = LOGPROB_DEFAULT_P if protocol == "logprob" else None
     keeps_foils = protocol == "compare" or protocol in GENERATIVE
     tokens = plan.max_new_tokens if protocol in GENERATIVE else None
@@ -227,7 +230,8 @@ def derive_checks(spec: ir.Spec, *, protocol: str | None = None, chat: bool = Fa
     """Every check the spec implies, in spec order; `protocol` overrides the fact checks' protocol.
 
     With `chat`, the fact checks also run under the `chat` protocol, alongside (unless
-    `protocol` is already `chat`); `max_new_tokens` bounds each chat reply.
+    `protocol` is already `chat`); so do they under any protocol an expectation names
+    (`efficacy[generate] >= 0.8`).  `max_new_tokens` bounds each chat reply.
 
     >>> [c.metric for c in derive_checks(load_spec("specs/examples/leadership.edit"))][:3]  # doctest: +SKIP
     ['efficacy', 'generalization', 'generalization']
@@ -236,9 +240,10 @@ def derive_checks(spec: ir.Spec, *, protocol: str | None = None, chat: bool = Fa
         raise EditspecError(f"unknown protocol `{protocol}`", hint="one of " + ", ".join(PROTOCOLS))
     if max_new_tokens < 1:
         raise EditspecError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    named = [e.protocol for e in spec.expect if e.protocol and e.metric in FACT_METRICS]
+    extra = dict.fromkeys([*(["chat"] if chat else []), *named])
     plans = [_Plan(protocol, max_new_tokens=max_new_tokens)]
-    if chat and protocol != "chat":
-        plans.append(_Plan("chat", alongside=True, max_new_tokens=max_new_tokens))
+    plans += [_Plan(p, alongside=True, max_new_tokens=max_new_tokens, main=protocol) for p in extra if p != protocol]
     relations = {r.name: r for r in spec.relations}
     checks: list[Check] = []
     for edit in spec.edits:

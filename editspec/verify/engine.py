@@ -132,6 +132,12 @@ def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, w
     checks = derive_checks(spec, protocol=protocol, chat=chat_enabled(tokenizer, chat), max_new_tokens=max_new_tokens)
     if metrics is not None:
         checks = [c for c in checks if c.metric in metrics]
+    if not has_chat_template(tokenizer):
+        asking = next((e for e in spec.expect if e.protocol == "chat"), None)
+        if asking is not None:
+            raise EditspecError(f"{asking.span.file}:{asking.span.line}: `{asking.label}` needs an instruct model, "
+                                f"and the tokenizer of {model_name or 'this model'} has no chat template",
+                                hint="verify a model with a chat template, or drop the `[chat]` expectation")
     base, cached = baseline(checks, model, tokenizer, weights_hash=weights_hash, seed=seed, batch_size=batch_size)
     timings["baseline"] = time.perf_counter() - started
     if attach is None:

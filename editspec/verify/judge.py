@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from editspec import ir
 from editspec.verify import answers, protocols
@@ -62,10 +62,22 @@ class Verdict:
     line: int
     holds: bool
     totals: tuple[Total, ...]
+    protocol: str | None = None
 
     @property
     def location(self) -> str:
         return f"{self.file}:{self.line}"
+
+    @property
+    def label(self) -> str:
+        """`efficacy`, or `efficacy[chat]` for an expectation that names its protocol."""
+        return f"{self.metric}[{self.protocol}]" if self.protocol else self.metric
+
+    def reads(self, check: Check) -> bool:
+        """Whether this expectation judges `check`: its metric, and its protocol or else a default one."""
+        if check.metric != self.metric:
+            return False
+        return check.protocol == self.protocol if self.protocol else not check.alongside
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -174,16 +186,18 @@ def expectation_verdicts(spec: ir.Spec, results: list[CheckResult]) -> list[Verd
     """One verdict per `expect` line and per preserve budget (a budget is an expectation too).
 
     An expectation on a metric no check measured does not hold: the spec promised something
-    the verifier cannot see.
+    the verifier cannot see.  `efficacy[chat] >= 0.9` reads the chat total only; an unqualified
+    one every total of the metric's default protocols (not the checks run alongside).
     """
     totals = metric_totals(results)
-    default = {(r.check.metric, r.check.protocol) for r in results if not r.check.alongside}
     verdicts = []
     for e in spec.expect:
+        unjudged = Verdict(e.metric, e.comparator, e.value, e.span.file, e.span.line, False, (), e.protocol)
         # Unqualified: the default protocols, as before the chat checks ran alongside them.
-        mine = tuple(t for key, t in totals.items() if key[0] == e.metric and key in default)
+        read = {(r.check.metric, r.check.protocol) for r in results if unjudged.reads(r.check)}
+        mine = tuple(t for key, t in totals.items() if key in read)
         holds = bool(mine) and all(_compares(t.value, e.comparator, e.value) for t in mine)
-        verdicts.append(Verdict(e.metric, e.comparator, e.value, e.span.file, e.span.line, holds, mine))
+        verdicts.append(replace(unjudged, holds=holds, totals=mine))
     for r in results:
         if r.check.metric == "preserve":
             total = Total("preserve", r.check.protocol, r.score, int(r.passed), 1)

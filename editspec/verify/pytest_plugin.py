@@ -32,6 +32,8 @@ def pytest_addoption(parser):
     group.addoption("--editspec-backend", metavar="B", help="Compile each spec with backend B, then verify.")
     group.addoption("--editspec-model", metavar="M", help="The model (default: the spec's, else smollm2-135m).")
     group.addoption("--editspec-protocol", metavar="P", help="Protocol of the fact checks (see `editspec verify`).")
+    group.addoption("--editspec-chat", choices=("auto", "off"), default="auto",
+                    help="Chat checks beside the default ones: auto when the model has a chat template (default), off.")
     parser.addini("editspec_exclude", "glob patterns (relative to rootdir) of .edit files never collected",
                   type="linelist", default=[])
 
@@ -93,30 +95,38 @@ class SpecFile(pytest.File):
         except EditspecError as error:
             raise SpecError(error.render()) from None
 
+    def _model_name(self):
+        from editspec.models import DEFAULT_MODEL
+
+        return self.config.getoption("editspec_model") or self.spec.model or DEFAULT_MODEL
+
     def collect(self):
         from editspec.verify.checks import derive_checks
+        from editspec.verify.engine import chat_enabled
 
         spec = self._spec()
         self.spec = spec
-        for check in derive_checks(spec, protocol=self.config.getoption("editspec_protocol")):
+        option = self.config.getoption
+        # The chat checks exist only for a model with a chat template: ask its tokenizer.
+        chat = option("editspec_chat") != "off" and chat_enabled(_loaded(self._model_name()).tokenizer)
+        for check in derive_checks(spec, protocol=option("editspec_protocol"), chat=chat):
             yield CheckItem.from_parent(self, name=check.id, check=check)
         for i, e in enumerate(spec.expect):
-            yield ExpectationItem.from_parent(self, name=f"expect {e.metric} {e.comparator} {e.value:g}", index=i)
+            yield ExpectationItem.from_parent(self, name=f"expect {e.label} {e.comparator} {e.value:g}", index=i)
 
     def report(self):
         """The verification of this spec, run once for all its items."""
         if self._report is None:
             from editspec.errors import EditspecError
-            from editspec.models import DEFAULT_MODEL
             from editspec.verify.session import verify_spec
 
             option = self.config.getoption
-            name = option("editspec_model") or self.spec.model or DEFAULT_MODEL
             try:
                 self._report = verify_spec(
                     self.spec, artifact=option("editspec_artifact"), backend=option("editspec_backend"),
                     no_edit=not (option("editspec_artifact") or option("editspec_backend")),
-                    model=_loaded(name), protocol=option("editspec_protocol"), progress=None)
+                    model=_loaded(self._model_name()), protocol=option("editspec_protocol"),
+                    chat=option("editspec_chat"), progress=None)
             except EditspecError as error:
                 raise SpecError(error.render()) from None
         return self._report
@@ -156,10 +166,13 @@ class CheckItem(_SpecItem):
 
         message = (f"{self.check.location}: {self.check.metric} ({self.check.protocol}): "
                    f"{self.check.prompt!r}: expected {expected_text(result)}, got {result.got!r}")
-        holding = [v for v in report.verdicts if v.metric == self.check.metric and v.holds]
+        holding = [v for v in report.verdicts if v.reads(self.check) and v.holds]
         if holding:
-            pytest.xfail(f"{message} (allowed: expect {holding[0].metric} {holding[0].comparator} "
+            pytest.xfail(f"{message} (allowed: expect {holding[0].label} {holding[0].comparator} "
                          f"{holding[0].value:g} holds at {holding[0].location})")
+        if self.check.alongside and not any(v.reads(self.check) for v in report.verdicts):
+            pytest.xfail(f"{message} (reported beside the default protocol; no expect line reads "
+                         f"{self.check.metric}[{self.check.protocol}])")
         raise CheckFailed(message + "\n  scores: " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.scores.items()))
 
     def reportinfo(self):
@@ -167,7 +180,7 @@ class CheckItem(_SpecItem):
 
 
 class ExpectationItem(_SpecItem):
-    """One `expect` line: it fails when the metric's total under any protocol misses it."""
+    """One `expect` line: it fails when the metric's total under any protocol it reads misses it."""
 
     def __init__(self, *, index, **kwargs):
         super().__init__(**kwargs)
@@ -178,7 +191,7 @@ class ExpectationItem(_SpecItem):
         verdict = [v for v in report.verdicts if not v.metric.startswith("preserve ")][self.index]
         if not verdict.holds:
             seen = ", ".join(f"{t.protocol} {t.value:.3f} ({t.passed}/{t.count})" for t in verdict.totals)
-            raise CheckFailed(f"{verdict.location}: expect {verdict.metric} {verdict.comparator} {verdict.value:g}: "
+            raise CheckFailed(f"{verdict.location}: expect {verdict.label} {verdict.comparator} {verdict.value:g}: "
                               f"got {seen or 'nothing measured it'}")
 
     def reportinfo(self):

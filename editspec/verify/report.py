@@ -87,7 +87,7 @@ def terminal(report: Report, *, show_passed: bool = True) -> str:
         lines += ["", "expectations:"]
         for v in report.verdicts:
             seen = ", ".join(f"{t.protocol} {t.value:.3f}" for t in v.totals) or "no checks measured it"
-            lines.append(f"  {'ok  ' if v.holds else 'FAIL'} {v.location}: {v.metric} {v.comparator} {v.value:g}"
+            lines.append(f"  {'ok  ' if v.holds else 'FAIL'} {v.location}: {v.label} {v.comparator} {v.value:g}"
                          f" ({seen})")
     else:
         lines += ["", "no expectations in the spec: nothing decides the exit code"]
@@ -119,10 +119,10 @@ def junit(report: Report) -> str:
             failure.text = json.dumps(r.scores, ensure_ascii=False, indent=1)
     for v in report.verdicts:
         case = ET.SubElement(suite, "testcase", classname=f"{report.spec}.expect",
-                             name=f"{v.metric} {v.comparator} {v.value:g}", file=v.file, line=str(v.line))
+                             name=f"{v.label} {v.comparator} {v.value:g}", file=v.file, line=str(v.line))
         if not v.holds:
             got = ", ".join(f"{t.protocol} {t.value:.3f}" for t in v.totals) or "not measured"
-            ET.SubElement(case, "failure", message=f"{v.location}: {v.metric} {v.comparator} {v.value:g}: got {got}")
+            ET.SubElement(case, "failure", message=f"{v.location}: {v.label} {v.comparator} {v.value:g}: got {got}")
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -137,7 +137,7 @@ def markdown(report: Report) -> str:
         lines += ["| expectation | measured | |", "|---|---|---|"]
         for v in report.verdicts:
             seen = ", ".join(f"{t.value:.3f} ({t.protocol})" for t in v.totals) or "not measured"
-            lines.append(f"| `{v.metric} {v.comparator} {v.value:g}` ({v.location}) | {seen} | "
+            lines.append(f"| `{v.label} {v.comparator} {v.value:g}` ({v.location}) | {seen} | "
                          f"{'✅' if v.holds else '❌'} |")
         lines.append("")
     lines += ["| metric | protocol | value | passed |", "|---|---|---|---|"]
