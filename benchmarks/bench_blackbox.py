@@ -26,7 +26,7 @@ DATA = ROOT.parent / "shared" / "data" / "counterfact"
 
 def counterfact_records(cases: list[dict]) -> list[dict]:
     """Plugin memory records for CounterFact cases (full format), as `edit_record` writes them."""
-    from editspec.blackbox.memory import one_line
+    from editspec.families.plugin.memory import one_line
 
     templates: dict[str, list[str]] = defaultdict(list)
     for case in cases:
@@ -50,7 +50,7 @@ def counterfact_records(cases: list[dict]) -> list[dict]:
 
 def train_records(limit: int) -> list[dict]:
     """Records from the flattened CounterFact training set (10,000 edits)."""
-    from editspec.blackbox.memory import one_line
+    from editspec.families.plugin.memory import one_line
 
     cases = json.loads((DATA / "counterfact-train.json").read_text())[:limit]
     return [{"id": f"cft-{c['case_id']}", "subject": c["subject"], "relation": "", "target": c["target_new"],
@@ -61,9 +61,9 @@ def train_records(limit: int) -> list[dict]:
 
 
 def build(records: list[dict], kind: str, folder: Path, **overrides):
-    from editspec.blackbox.plugin import open_plugin, write_plugin
-    from editspec.blackbox.prompts import IKE_TEMPLATE, LTE_TEMPLATE
-    from editspec.embed import load_embedder
+    from editspec.families.plugin.plugin import open_plugin, write_plugin
+    from editspec.families.plugin.prompts import IKE_TEMPLATE, LTE_TEMPLATE
+    from editspec.model.embed import load_embedder
 
     from editspec.backends.ike.config import IkeConfig
 
@@ -81,7 +81,7 @@ def build(records: list[dict], kind: str, folder: Path, **overrides):
 
 
 def scope(args) -> None:
-    from editspec.blackbox.router import query_vectors
+    from editspec.families.plugin.router import query_vectors
 
     cases = json.loads((DATA / "counterfact_500.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +121,7 @@ def scope(args) -> None:
 def overhead(args) -> None:
     import random
 
-    from editspec.blackbox.plugin import open_plugin
+    from editspec.families.plugin.plugin import open_plugin
 
     records = train_records(args.edits)
     if args.plugin_dir and (Path(args.plugin_dir) / "router.json").is_file():
@@ -155,9 +155,9 @@ def e2e(args) -> None:
     import openai
 
     from blackbox_helpers import serving
-    from editspec.blackbox.model_server import create_model_app
-    from editspec.blackbox.proxy import create_proxy_app
-    from editspec.models import load_model
+    from editspec.serve.model_server import create_model_app
+    from editspec.serve.proxy import create_proxy_app
+    from editspec.model.loading import load_model
     from editspec.verify.protocols import generate
 
     cases = json.loads((DATA / "counterfact_500.json").read_text())[:args.edits]

@@ -74,7 +74,7 @@ def val100_texts(which: str) -> list[str]:
 def build_spec(task: str, split: str, limit: int, folder: Path, guard: list[str]):
     """The importer's spec for the first `limit` rows of `task`, plus the preserve guard (if any)."""
     from editspec.importers import import_file
-    from editspec.resolve import load_spec
+    from editspec.lang.resolve import load_spec
 
     pattern, threshold = TASKS[task]
     text = import_file("canonical", DATA / pattern.format(split=split), limit=limit, threshold=threshold).text
@@ -136,8 +136,8 @@ def loss_rise(edited: float, unedited: float) -> float:
 
 def run_variant(variant: str, spec, cases, texts, base_loss: float, loaded, overrides: dict, out: Path, say) -> dict:
     """Compile `spec` with one variant; success and general-loss rise with the artifact attached."""
-    from editspec.compiler import compile_spec
-    from editspec.edited import load_edited
+    from editspec.build.compiler import compile_spec
+    from editspec.build.attach import load_edited
 
     backend, settings = VARIANTS[variant]
     started = time.perf_counter()
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from editspec.models import load_model
+    from editspec.model.loading import load_model
 
     torch.set_num_threads(args.threads)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from editspec.resolve import analyse
+from editspec.lang.resolve import analyse
 
 
 def generated_spec(edits: int) -> str:

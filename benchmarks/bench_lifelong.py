@@ -36,7 +36,7 @@ def import_spec(limit: int, folder: Path):
     from click.testing import CliRunner
 
     from editspec.cli import main
-    from editspec.resolve import load_spec
+    from editspec.lang.resolve import load_spec
 
     path = folder / "counterfact.edit"
     result = CliRunner().invoke(main, ["import", "counterfact", str(DATA), "-o", str(path), "--limit", str(limit)])
@@ -47,8 +47,8 @@ def import_spec(limit: int, folder: Path):
 
 def run_backend(backend: str, spec, loaded, overrides: dict, folder: Path, say) -> dict:
     """Compile the edits one by one on top of each other; score every edit after the last."""
-    from editspec.compiler import compile_spec
-    from editspec.edited import load_edited
+    from editspec.build.compiler import compile_spec
+    from editspec.build.attach import load_edited
 
     times, previous = [], None
     for k in range(1, len(spec.edits) + 1):
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="BACKEND:KEY=VALUE")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from editspec.models import load_model
+    from editspec.model.loading import load_model
 
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     sets = parse_sets(args.set)

@@ -27,11 +27,11 @@ import torch
 from editspec.backends.alphaedit import AlphaEditConfig, alphaedit_deltas
 from editspec.backends.memit import MemitConfig, memit_deltas
 from editspec.backends.rome import RomeConfig, rome_deltas
-from editspec.deltas import apply_deltas
-from editspec.locate import EditRequest
-from editspec.locate.backend import sampled_templates
-from editspec.models import load_model
-from editspec.stats import second_moments
+from editspec.model.deltas import apply_deltas
+from editspec.families.locate import EditRequest
+from editspec.families.locate.backend import sampled_templates
+from editspec.model.loading import load_model
+from editspec.model.stats import second_moments
 from editspec.verify.protocols import score_targets
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact_500.json"

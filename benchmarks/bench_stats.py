@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from editspec.corpus import load_corpus
-from editspec.models import DEFAULT_MODEL, load_model
-from editspec.stats import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH, collect_second_moments
+from editspec.model.corpus import load_corpus
+from editspec.model.loading import DEFAULT_MODEL, load_model
+from editspec.model.stats import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH, collect_second_moments
 
 
 def _layers(text: str) -> list[int]:

@@ -37,10 +37,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         from editspec.cache import cache_dir
-        from editspec.deltas import Delta, apply_deltas
+        from editspec.model.deltas import Delta, apply_deltas
         from editspec.importers import import_file
-        from editspec.models import load_model
-        from editspec.resolve import load_spec
+        from editspec.model.loading import load_model
+        from editspec.lang.resolve import load_spec
         from editspec.verify import derive_checks, verify
         from editspec.verify.engine import baseline_key
         from editspec.verify.report import terminal

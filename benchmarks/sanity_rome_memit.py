@@ -18,11 +18,11 @@ import torch
 
 from editspec.backends.memit import MemitConfig, memit_deltas
 from editspec.backends.rome import RomeConfig, rome_deltas
-from editspec.deltas import apply_deltas
-from editspec.locate import EditRequest
-from editspec.models import load_model
-from editspec.stats import second_moments
-from editspec.tokens import context_templates, target_token_ids
+from editspec.model.deltas import apply_deltas
+from editspec.families.locate import EditRequest
+from editspec.model.loading import load_model
+from editspec.model.stats import second_moments
+from editspec.model.tokens import context_templates, target_token_ids
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact_500.json"
 

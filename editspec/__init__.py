@@ -12,26 +12,21 @@ The few functions a user calls:
 __version__ = "0.1.0"
 
 from editspec.errors import Diagnostic, EditspecError  # noqa: E402
-from editspec.fmt import format_text  # noqa: E402
+from editspec.lang.fmt import format_text  # noqa: E402
 from editspec.ir import Spec  # noqa: E402
-from editspec.resolve import analyse, load_spec  # noqa: E402
+from editspec.lang.resolve import analyse, load_spec  # noqa: E402
 
 # These need torch; they are imported on first use so that the front end stays fast.
+from editspec.lazy import lazy_names  # noqa: E402
+
 _LAZY = {
-    "compile_spec": "editspec.compiler",
-    "load_edited": "editspec.edited",
-    "load_artifact_model": "editspec.edited",
-    "read_artifact": "editspec.artifact",
-    "load_model": "editspec.models",
+    "compile_spec": "editspec.build.compiler",
+    "load_edited": "editspec.build.attach",
+    "load_artifact_model": "editspec.build.attach",
+    "read_artifact": "editspec.build.artifact",
+    "load_model": "editspec.model.loading",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'editspec' has no attribute {name!r}")
-
+__getattr__ = lazy_names(__name__, _LAZY)
 
 __all__ = ["Diagnostic", "EditspecError", "Spec", "analyse", "format_text", "load_spec", "__version__", *_LAZY]

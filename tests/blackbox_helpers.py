@@ -9,10 +9,10 @@ import socket
 import numpy as np
 
 from editspec import load_spec
-from editspec.blackbox.http import serve_in_background
-from editspec.blackbox.memory import edit_record
-from editspec.blackbox.plugin import open_plugin, write_plugin
-from editspec.blackbox.prompts import IKE_TEMPLATE, LTE_TEMPLATE
+from editspec.serve.http import serve_in_background
+from editspec.families.plugin.memory import edit_record
+from editspec.families.plugin.plugin import open_plugin, write_plugin
+from editspec.families.plugin.prompts import IKE_TEMPLATE, LTE_TEMPLATE
 
 
 def serving(app):

@@ -12,8 +12,8 @@ import click
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from editspec.blackbox.guard import ProxyLimits  # noqa: E402
-from editspec.blackbox.proxy import create_proxy_app  # noqa: E402
+from editspec.serve.guard import ProxyLimits  # noqa: E402
+from editspec.serve.proxy import create_proxy_app  # noqa: E402
 from editspec.commands.serving import limit_options, make_limits, run_app  # noqa: E402
 
 from blackbox_helpers import make_plugin  # noqa: E402

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from editspec.metrics import METRICS
+from editspec.lang.metrics import METRICS
 
 FACT = ("efficacy", "generalization", "locality", "portability")
 

@@ -9,12 +9,12 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 import editspec
-from editspec.artifact import ADAPTER_DIR, MANIFEST, read_artifact
+from editspec.build.artifact import ADAPTER_DIR, MANIFEST, read_artifact
 from editspec.cli import main
-from editspec.compiler import compile_spec
+from editspec.build.compiler import compile_spec
 from editspec.errors import EditspecError
-from editspec.models import load_model
-from editspec.objectives import split_preserve
+from editspec.model.loading import load_model
+from editspec.families.training.objectives import split_preserve
 from editspec.verify.protocols import score_targets
 from tiny import SENTENCES, target_logprob as _logprob, tiny_tokenizer, tiny_workspace
 
@@ -143,7 +143,7 @@ def test_ft_on_previous_rehearses_earlier_edits_only_when_asked(setup):
 def test_rehearsal_draws_earlier_edits_by_seed():
     from types import SimpleNamespace
 
-    from editspec.objectives import rehearsal
+    from editspec.families.training.objectives import rehearsal
 
     edits = [SimpleNamespace(id=f"e{i}") for i in range(20)]
     spec = SimpleNamespace(edits=edits)
@@ -156,7 +156,7 @@ def test_rehearsal_draws_earlier_edits_by_seed():
 
 
 def test_anchor_windows_share_the_limit_between_groups():
-    from editspec.tuning import ANCHOR_TOKENS, anchor_windows
+    from editspec.families.training.tuning import ANCHOR_TOKENS, anchor_windows
 
     tok = tiny_tokenizer()
     long = [" ".join(SENTENCES)] * 20                      # far more windows than the limit
@@ -174,7 +174,7 @@ def test_anchor_windows_share_the_limit_between_groups():
 def test_sequential_objectives_anchor_the_trained_edits_keep_facts_first():
     from types import SimpleNamespace
 
-    from editspec.objectives import spec_objectives
+    from editspec.families.training.objectives import spec_objectives
 
     def edit(i):
         keep = SimpleNamespace(prompts=(f"Neighbour {i} lives in",), answer=f"Town{i}")
@@ -270,7 +270,7 @@ def test_ft_budget_is_watched_on_preserve_text_kept_out_of_the_anchors(setup):
 
 
 def test_radius_calibration_skips_reference_text_at_the_key_itself():
-    from editspec.codebook import nearest_distances
+    from editspec.families.memory.codebook import nearest_distances
 
     keys = torch.tensor([[3.0, 0.0]])
     references = torch.tensor([[3.0, 1e-5], [0.0, 4.0]])       # the key's own prefix, then a neighbour
@@ -278,8 +278,8 @@ def test_radius_calibration_skips_reference_text_at_the_key_itself():
 
 
 def test_reference_activations_are_remembered_only_while_the_model_is_unchanged(setup):
-    from editspec.codebook import activations
-    from editspec.memory_backend import reference_activations
+    from editspec.families.memory.codebook import activations
+    from editspec.families.memory.backend import reference_activations
 
     model, tok = setup["model"].model, setup["model"].tokenizer
     path = "model.layers.1.mlp.down_proj"
@@ -312,7 +312,7 @@ def test_memory_leaves_every_out_of_radius_input_bit_identical(setup, backend):
     outside = [t for t in SENTENCES if "Jordan plays" not in t and "France is" not in t]
     texts = outside + ["The capital of Spain is", "Michael Jordan played basketball", "The capital of France was"]
     batch = [tok(t)["input_ids"] for t in texts]
-    from editspec.tokens import right_pad
+    from editspec.model.tokens import right_pad
 
     ids, mask = right_pad(batch, 0)
     with torch.no_grad():
@@ -343,7 +343,7 @@ def test_memory_cannot_be_merged(setup, backend):
 
 
 def test_sense_on_a_tiny_backpack_trains_only_chosen_senses(tmp_path, tmp_cache):
-    from editspec.backpack import BackpackConfig, BackpackLM
+    from editspec.model.backpack import BackpackConfig, BackpackLM
 
     torch.manual_seed(0)
     config = BackpackConfig(vocab_size=320, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_senses=4,
@@ -387,7 +387,7 @@ def test_sense_on_a_tiny_backpack_trains_only_chosen_senses(tmp_path, tmp_cache)
 
 
 def _logits_unhooked(model, tok, text, state):
-    from editspec.backpack import BackpackLM
+    from editspec.model.backpack import BackpackLM
 
     fresh = BackpackLM(model.config).eval()
     fresh.load_state_dict(state)
@@ -395,7 +395,7 @@ def _logits_unhooked(model, tok, text, state):
 
 
 def test_backpack_parameters_carry_the_public_checkpoint_names():
-    from editspec.backpack import BackpackConfig, BackpackLM
+    from editspec.model.backpack import BackpackConfig, BackpackLM
 
     config = BackpackConfig(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16, num_senses=4)
     assert BackpackConfig().vocab_size == 50264 and BackpackConfig().scale_attn_by_inverse_layer_idx

@@ -6,7 +6,7 @@ hold; the model is reverted exactly afterwards.  Slow: minutes per backend on 2 
 import pytest
 import torch
 
-from editspec.models import load_model
+from editspec.model.loading import load_model
 from editspec.verify.session import verify_spec
 
 SPEC = '''

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from editspec.backends.alphaedit import AlphaEditConfig, alphaedit_deltas, alphaedit_update, nullspace_projector
-from editspec.deltas import apply_deltas
+from editspec.model.deltas import apply_deltas
 from editspec.errors import EditspecError
-from editspec.locate import EditRequest
-from editspec.tokens import context_templates
+from editspec.families.locate import EditRequest
+from editspec.model.tokens import context_templates
 from tiny import INTERMEDIATE, tiny_model, tiny_tokenizer
 
 D = INTERMEDIATE
@@ -90,7 +90,7 @@ def test_projector_is_remembered_by_the_content_of_c():
 
 
 def test_preserved_sum_is_a_factor_that_grows_with_the_edits_then_folds_at_the_key_width():
-    from editspec.locate import extend_factor, factor_of_gram
+    from editspec.families.locate import extend_factor, factor_of_gram
 
     g = torch.Generator().manual_seed(4)
     batches = [torch.randn(n, 8, generator=g, dtype=torch.float64) for n in (3, 2, 5, 4)]

@@ -12,10 +12,10 @@ import openai
 import pytest
 
 from editspec.blackbox import EditedClient
-from editspec.blackbox.model_server import create_model_app
-from editspec.blackbox.plugin import load_plugin
-from editspec.blackbox.proxy import EDITS_HEADER, create_proxy_app
-from editspec.compiler import compile_spec
+from editspec.serve.model_server import create_model_app
+from editspec.families.plugin.plugin import load_plugin
+from editspec.serve.proxy import EDITS_HEADER, create_proxy_app
+from editspec.build.compiler import compile_spec
 
 from blackbox_helpers import serving
 
@@ -24,7 +24,7 @@ SPEC = "specs/examples/leadership.edit"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from editspec.models import load_model
+    from editspec.model.loading import load_model
 
     loaded = load_model()
     build = tmp_path_factory.mktemp("artifacts")
@@ -130,7 +130,7 @@ def test_compile_is_deterministic_and_takes_a_template_beside_the_spec(tmp_path)
 
 
 def test_verify_through_the_api(stack, tmp_path):
-    from editspec.blackbox.verify_api import verify_api
+    from editspec.verify.api import verify_api
 
     spec = tmp_path / "twitter.edit"
     spec.write_text(
@@ -167,7 +167,7 @@ def test_requests_embed_like_the_keys_they_are_routed_to():
     """Live requests use the fast query encoder; its vectors must agree with the float32 keys."""
     import numpy as np
 
-    from editspec.embed import load_embedder
+    from editspec.model.embed import load_embedder
 
     embedder = load_embedder()
     texts = ["The CEO of Twitter is", "Who runs Twitter?", "The capital of France is",

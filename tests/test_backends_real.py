@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import editspec
-from editspec.models import load_model
-from editspec.tokens import target_token_ids
+from editspec.model.loading import load_model
+from editspec.model.tokens import target_token_ids
 
 SPEC = '''
 relation capital {

@@ -10,11 +10,11 @@ import torch
 from click.testing import CliRunner
 
 from blackbox_helpers import HashEmbedder
-from editspec.bench import BackendRun, BenchResult, run_bench, split_overrides, weights_fingerprint
-from editspec.bench_render import markdown, text, to_json
+from editspec.bench.runner import BackendRun, BenchResult, run_bench, split_overrides, weights_fingerprint
+from editspec.bench.render import markdown, text, to_json
 from editspec.cli import main
 from editspec.errors import EditspecError
-from editspec.models import load_model
+from editspec.model.loading import load_model
 from tiny import tiny_workspace
 
 SPEC = '''
@@ -38,7 +38,7 @@ def workspace(tmp_path_factory):
     torch.set_num_threads(1)  # two threads on a busy 2-core machine made these compiles 100x slower
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDITSPEC_CACHE", str(tmp / "cache"))
-        patch.setattr("editspec.embed.load_embedder", HashEmbedder)  # no MiniLM fetch in unit tests
+        patch.setattr("editspec.model.embed.load_embedder", HashEmbedder)  # no MiniLM fetch in unit tests
         folder, corpus, spec = tiny_workspace(tmp, SPEC)
         settings = ["rome.layer=1", "rome.v_num_grad_steps=8", "rome.context_template_counts=[[2, 4]]",
                     "rome.mom2_samples=20", f"rome.mom2_corpus={corpus}", f"reference_corpus={corpus}"]
@@ -121,7 +121,7 @@ def test_exit_codes(workspace):
 
 
 def test_python_api_shares_one_model_without_leaking_edits(workspace, monkeypatch):
-    monkeypatch.setattr("editspec.embed.load_embedder", HashEmbedder)
+    monkeypatch.setattr("editspec.model.embed.load_embedder", HashEmbedder)
     monkeypatch.setenv("EDITSPEC_CACHE", str(workspace["tmp"] / "cache"))
     loaded = load_model(workspace["folder"])
     before = weights_fingerprint(loaded.model)
@@ -152,7 +152,7 @@ def test_exit_code_precedence_and_peak_memory():
     assert result.exit_code == 2
     # In a fresh process: inside the suite, memory other tests free while the block is held can
     # hide its growth (RSS is the whole process's).
-    probe = ("from editspec.bench import PeakMemory\n"
+    probe = ("from editspec.bench.runner import PeakMemory\n"
              "with PeakMemory() as memory:\n"
              "    block = bytearray(64 * 2**20)\n"
              "    block[::4096] = b'x' * len(block[::4096])\n"   # touch every page so it is resident

@@ -36,7 +36,7 @@ def test_loss_rise_is_relative():
 
 
 def test_eval_cases_round_robin_over_examples():
-    from editspec.resolve import analyse
+    from editspec.lang.resolve import analyse
 
     text = '''
 canonical "a" {

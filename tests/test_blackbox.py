@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from editspec.blackbox import demos
-from editspec.blackbox.memory import EditMemory, one_line
-from editspec.blackbox.prompts import IKE_TEMPLATE, LTE_TEMPLATE, read_template, render
-from editspec.blackbox.router import SubjectIndex, normalise, youden_threshold
+from editspec.families.plugin import demos
+from editspec.families.plugin.memory import EditMemory, one_line
+from editspec.families.plugin.prompts import IKE_TEMPLATE, LTE_TEMPLATE, read_template, render
+from editspec.families.plugin.router import SubjectIndex, normalise, youden_threshold
 from editspec.errors import EditspecError
 
 from blackbox_helpers import INJECTION, HashEmbedder, make_plugin, records_of

@@ -2,7 +2,7 @@
 import torch
 
 from editspec.backends.melo.router import Router
-from editspec.codebook import Codebook
+from editspec.families.memory.codebook import Codebook
 
 
 def test_a_radius_grown_to_a_key_routes_that_key():

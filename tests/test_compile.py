@@ -8,13 +8,13 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 import editspec
-from editspec.artifact import DELTAS, IR_FILE, MANIFEST, read_artifact
+from editspec.build.artifact import DELTAS, IR_FILE, MANIFEST, read_artifact
 from editspec.cli import main
-from editspec.compiler import compile_spec, parse_setting_value
+from editspec.build.compiler import compile_spec, parse_setting_value
 from editspec.errors import EditspecError
-from editspec.locate.backend import edit_requests
-from editspec.models import load_model
-from editspec.resolve import load_spec
+from editspec.families.locate.backend import edit_requests
+from editspec.model.loading import load_model
+from editspec.lang.resolve import load_spec
 from tiny import target_logprob as _logprob, tiny_tokenizer, tiny_workspace
 
 SPEC = '''
@@ -248,7 +248,7 @@ def test_cli_compile_builds_on_the_locked_artifact_when_edits_were_only_added(se
 
 
 def test_compile_messages_count_what_the_backend_trained():
-    from editspec.compiler import contents
+    from editspec.build.compiler import contents
 
     trained = {"c1": "canonical", "f1": "forget", "f2": "forget", "e1": "edit"}
     manifest = {"edits": [{"id": "e1"}], "details": {"trained": trained}}

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 from editspec import cache
-from editspec.corpus import DEFAULT_CORPUS, Corpus, default_corpus, load_corpus, split_documents
+from editspec.model.corpus import DEFAULT_CORPUS, Corpus, default_corpus, load_corpus, split_documents
 from editspec.errors import EditspecError
 
 LONG = "x" * 130

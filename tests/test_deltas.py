@@ -4,10 +4,10 @@ import hashlib
 import pytest
 import torch
 
-from editspec.deltas import Delta, apply_deltas, load_deltas, save_deltas
+from editspec.model.deltas import Delta, apply_deltas, load_deltas, save_deltas
 from editspec.errors import EditspecError
-from editspec.hooks import record_inputs, record_outputs
-from editspec.layout import layout_for
+from editspec.model.hooks import record_inputs, record_outputs
+from editspec.model.layout import layout_for
 from tiny import TYPES, tiny_model
 
 

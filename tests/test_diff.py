@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from editspec.cli import main
-from editspec.resolve import load_spec
-from editspec.specdiff import diff_specs
+from editspec.lang.resolve import load_spec
+from editspec.gitflow.diff import diff_specs
 
 RELATIONS = """relation capital {
   prompt     "The capital of {subject} is"

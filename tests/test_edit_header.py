@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from editspec.errors import EditspecError
-from editspec.fmt import format_text
-from editspec.resolve import analyse, load_spec
-from editspec.syntax import parse
+from editspec.lang.fmt import format_text
+from editspec.lang.resolve import analyse, load_spec
+from editspec.lang.syntax import parse
 from spec_strategies import TEXT, quote
 
 RELATION = 'relation city {\n  prompt "The {subject} is in the city of"\n}\n\n'

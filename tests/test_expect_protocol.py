@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from editspec.errors import EditspecError
-from editspec.fmt import format_text
-from editspec.resolve import load_spec
-from editspec.specdiff import diff_specs, render_text
+from editspec.lang.fmt import format_text
+from editspec.lang.resolve import load_spec
+from editspec.gitflow.diff import diff_specs, render_text
 from editspec.verify import derive_checks, verify
 from editspec.verify.report import terminal
 from test_verify_chat import SPEC as CHAT_SPEC, UNEDITED, _scripted

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from editspec.hooks import add_to_output, gather_positions, record_inputs, record_outputs, run_until
-from editspec.layout import layout_for, module_at
+from editspec.model.hooks import add_to_output, gather_positions, record_inputs, record_outputs, run_until
+from editspec.model.layout import layout_for, module_at
 from tiny import TYPES, tiny_model
 
 

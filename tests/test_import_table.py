@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from editspec.cli import main
 from editspec.errors import EditspecError
-from editspec.fmt import format_text
+from editspec.lang.fmt import format_text
 from editspec.importers import import_file
-from editspec.resolve import load_spec
+from editspec.lang.resolve import load_spec
 
 HEADER = ["landmark", "city", "was", "also", "paraphrase", "neighbour", "its_city"]
 ROWS = [

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from editspec.cli import main
-from editspec.fmt import format_text
+from editspec.lang.fmt import format_text
 from editspec.importers import import_file
 from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder
-from editspec.literals import quote
-from editspec.resolve import load_spec
+from editspec.lang.literals import quote
+from editspec.lang.resolve import load_spec
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")

@@ -8,7 +8,7 @@ import pytest
 
 from editspec import ir
 from editspec.errors import EditspecError
-from editspec.resolve import analyse, load_spec
+from editspec.lang.resolve import analyse, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "specs" / "examples").rglob("*.edit"))

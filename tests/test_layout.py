@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from editspec.errors import EditspecError
-from editspec.layout import (
+from editspec.model.layout import (
     Conv1D, SUPPORTED_MODEL_TYPES, UnsupportedModelError, add_to_value_weight, layout_for,
     module_at, output_head, projection_dims, value_weight,
 )

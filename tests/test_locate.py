@@ -4,11 +4,11 @@ import dataclasses
 import pytest
 import torch
 
-from editspec.layout import layout_for
-from editspec.locate import (
+from editspec.model.layout import layout_for
+from editspec.families.locate import (
     EditRequest, OptimSettings, layer_scores, optimise_targets, prepare_requests, select_layers,
 )
-from editspec.tokens import context_templates
+from editspec.model.tokens import context_templates
 from tiny import TYPES, tiny_model, tiny_tokenizer
 
 FACTS = [
@@ -38,7 +38,7 @@ def test_prefix_cache_and_batching_do_not_change_targets(model_type, site):
 
 
 def test_chunks_follow_suffix_width_and_results_keep_request_order(monkeypatch):
-    import editspec.locate.targets as targets
+    import editspec.families.locate.targets as targets
 
     model, tok = tiny_model("llama"), tiny_tokenizer()
     prep = prepare_requests(tok, FACTS, context_templates(model, tok, ((2, 4),), seed=0))
@@ -85,7 +85,7 @@ def test_stragglers_go_on_from_where_they_stopped_with_the_wider_clamp():
 def test_a_straggler_pass_resumes_the_loss_with_the_unedited_kl_anchor():
     # Re-evaluating the first pass's δ must give its last loss: the KL term still compares
     # with the unedited distribution, not with the one δ produced.
-    from editspec.locate.targets import _optimise_chunk
+    from editspec.families.locate.targets import _optimise_chunk
 
     model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
     path = layout_for(model).block_at(0)
@@ -99,7 +99,7 @@ def test_a_straggler_pass_resumes_the_loss_with_the_unedited_kl_anchor():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_steps_keep_the_first_step_exact_and_follow_the_float32_path(native, monkeypatch):
-    import editspec.locate.targets as targets
+    import editspec.families.locate.targets as targets
 
     monkeypatch.setattr(targets, "native_bfloat16", lambda device: native)
     model, tok = tiny_model("llama", layers=2, dtype=torch.float32), tiny_tokenizer()

@@ -2,9 +2,9 @@
 locked artifact in place, lock again; status follows each step."""
 import torch
 
-from editspec.compiler import compile_spec
-from editspec.lock import incremental_base, lock_status, record_artifact
-from editspec.models import load_model
+from editspec.build.compiler import compile_spec
+from editspec.gitflow.lock import incremental_base, lock_status, record_artifact
+from editspec.model.loading import load_model
 from test_compile import TINY
 from tiny import SENTENCES, tiny_model, tiny_tokenizer
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from editspec.artifact import ARTIFACT_SCHEMA_VERSION, canonical_json, payload_hash
+from editspec.build.artifact import ARTIFACT_SCHEMA_VERSION, canonical_json, payload_hash
 from editspec.cli import main
-from editspec.lock import LOCK_FILE, incremental_base, read_lock
-from editspec.registry import backends
-from editspec.resolve import load_spec
+from editspec.gitflow.lock import LOCK_FILE, incremental_base, read_lock
+from editspec.build.registry import backends
+from editspec.lang.resolve import load_spec
 
 SPEC = """relation capital { prompt "The capital of {subject} is" }
 

@@ -4,10 +4,10 @@ import torch
 
 from editspec.backends.memit import MemitConfig, default_layers, memit_deltas, memit_update
 from editspec.backends.rome import rank_one_update
-from editspec.deltas import apply_deltas
-from editspec.layout import layout_for
-from editspec.locate import EditRequest, prepare_requests, template_keys
-from editspec.tokens import context_templates
+from editspec.model.deltas import apply_deltas
+from editspec.model.layout import layout_for
+from editspec.families.locate import EditRequest, prepare_requests, template_keys
+from editspec.model.tokens import context_templates
 from tiny import INTERMEDIATE, tiny_model, tiny_tokenizer
 
 FACTS = [
@@ -40,7 +40,7 @@ def test_one_fact_one_layer_matches_rome_as_lambda_vanishes():
 
 def _model_cov(model, layers):
     """C = E[kkᵀ] of the tiny model's own keys over random token sequences."""
-    from editspec.hooks import record_inputs
+    from editspec.model.hooks import record_inputs
     layout = layout_for(model)
     ids = torch.randint(1, 300, (64, 16), generator=torch.Generator().manual_seed(0))
     paths = [layout.mlp_out_at(l) for l in layers]

@@ -8,10 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from editspec import cache, models
+from editspec import cache
+
+from editspec.model import loading as models
 from editspec.cli import main
 from editspec.errors import EditspecError
-from editspec.models import DEFAULT_MODEL, KNOWN_MODELS, KnownModel, PackagedFile, load_model, resolve_model
+from editspec.model.loading import DEFAULT_MODEL, KNOWN_MODELS, KnownModel, PackagedFile, load_model, resolve_model
 from tiny import tiny_model, tiny_tokenizer
 
 

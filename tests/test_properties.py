@@ -6,9 +6,9 @@ from hypothesis import strategies as st
 
 from editspec import ir
 from editspec.errors import EditspecError
-from editspec.fmt import format_text
-from editspec.resolve import analyse, load_spec
-from editspec.syntax import decode
+from editspec.lang.fmt import format_text
+from editspec.lang.resolve import analyse, load_spec
+from editspec.lang.syntax import decode
 from spec_strategies import spec_text
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -44,7 +44,7 @@ def test_fmt_preserves_meaning(text):
 @SETTINGS
 @given(spec_text())
 def test_fmt_keeps_every_comment(text):
-    from editspec.syntax import parse
+    from editspec.lang.syntax import parse
 
     before = [str(c) for c in parse(text, "random.edit").comments]
     after = [str(c) for c in parse(format_text(text, "random.edit"), "random.edit").comments]

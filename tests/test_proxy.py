@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from editspec.blackbox import EditedClient
-from editspec.blackbox.proxy import EDITS_HEADER, create_proxy_app
+from editspec.serve.proxy import EDITS_HEADER, create_proxy_app
 
 from blackbox_helpers import free_port, make_plugin, serving
 

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from editspec.backends.rome import RomeConfig, rank_one_update, rome_deltas
-from editspec.deltas import apply_deltas
-from editspec.hooks import gather_positions, record_outputs
-from editspec.layout import layout_for, module_at, value_bias, value_weight
-from editspec.locate import EditRequest, average_keys, flatten_groups, prepare_requests, request_keys, template_keys
-from editspec.tokens import context_templates
+from editspec.model.deltas import apply_deltas
+from editspec.model.hooks import gather_positions, record_outputs
+from editspec.model.layout import layout_for, module_at, value_bias, value_weight
+from editspec.families.locate import EditRequest, average_keys, flatten_groups, prepare_requests, request_keys, template_keys
+from editspec.model.tokens import context_templates
 from tiny import INTERMEDIATE, tiny_model, tiny_tokenizer
 
 LAYER = 1
@@ -102,7 +102,7 @@ def test_conv1d_and_linear_get_the_same_functional_change():
 
 
 def test_clamp_bounds_delta():
-    from editspec.locate import OptimSettings, optimise_targets
+    from editspec.families.locate import OptimSettings, optimise_targets
     model, tok, groups = _setup()
     prep = prepare_requests(tok, FACTS, flatten_groups(groups))
     path = layout_for(model).mlp_out_at(LAYER)
@@ -131,7 +131,7 @@ def test_several_facts_and_auto_layer():
 def test_delta_is_optimised_as_the_update_delivers_it(variant):
     """At each template's key the update adds exactly scale_t·δ, the multiple δ was optimised with."""
     from editspec.backends.rome.rome import delivered_scales
-    from editspec.tokens import pad_id
+    from editspec.model.tokens import pad_id
 
     model, tok, groups = _setup()
     pad = pad_id(tok)

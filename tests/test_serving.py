@@ -15,12 +15,12 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from editspec.blackbox.guard import Guard, ModelLimits, ServeLimits
-from editspec.blackbox.http import ApiError
-from editspec.blackbox.model_server import ModelService, create_model_app
-from editspec.blackbox.proxy import EDITS_HEADER, create_proxy_app
-from editspec.blackbox.runtime import ServerState
-from editspec.blackbox.telemetry import Registry, ServerMetrics
+from editspec.serve.guard import Guard, ModelLimits, ServeLimits
+from editspec.serve.http import ApiError
+from editspec.serve.model_server import ModelService, create_model_app
+from editspec.serve.proxy import EDITS_HEADER, create_proxy_app
+from editspec.serve.runtime import ServerState
+from editspec.serve.telemetry import Registry, ServerMetrics
 
 from blackbox_helpers import free_port, make_plugin, serving
 from serving_helpers import tiny_checkpoint
@@ -31,7 +31,7 @@ OUT_OF_SCOPE = "Bananas are"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from editspec.models import load_model
+    from editspec.model.loading import load_model
 
     return load_model(str(tiny_checkpoint(tmp_path_factory.mktemp("tiny"), positions=512)))
 

@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from editspec import cache, stats
-from editspec.corpus import Corpus
+from editspec import cache
+
+from editspec.model import stats
+from editspec.model.corpus import Corpus
 from editspec.errors import EditspecError
-from editspec.layout import layout_for, module_at
-from editspec.stats import SecondMoment, collect_second_moments, second_moment, second_moments
+from editspec.model.layout import layout_for, module_at
+from editspec.model.stats import SecondMoment, collect_second_moments, second_moment, second_moments
 from tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 CORPUS = Corpus.from_documents(SENTENCES + [s.upper() for s in SENTENCES], name="toy")

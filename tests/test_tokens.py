@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from editspec.errors import EditspecError
-from editspec.tokens import (
+from editspec.model.tokens import (
     context_templates, encode_with_subject, fill_prompt, place_in_template, right_pad,
     target_token_ids,
 )

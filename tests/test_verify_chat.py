@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from editspec.resolve import load_spec
+from editspec.lang.resolve import load_spec
 from editspec.verify import derive_checks, verify
 from editspec.verify import observe as observe_module
 from editspec.verify.answers import first_sentence, judge_kept, judge_reply, key_entity

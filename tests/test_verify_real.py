@@ -1,7 +1,7 @@
 """verify on the real default model: the unedited model does not pass an edit spec."""
 import pytest
 
-from editspec.models import load_model
+from editspec.model.loading import load_model
 from editspec.verify.report import terminal
 from editspec.verify.session import verify_spec
 

@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 from editspec.cli import main
-from editspec.compiler import compile_spec
-from editspec.deltas import Delta, load_deltas, save_deltas
-from editspec.models import load_model
-from editspec.resolve import load_spec
+from editspec.build.compiler import compile_spec
+from editspec.model.deltas import Delta, load_deltas, save_deltas
+from editspec.model.loading import load_model
+from editspec.lang.resolve import load_spec
 from editspec.verify import derive_checks, verify
 from editspec.verify.engine import baseline
 from tiny import SENTENCES, tiny_model, tiny_tokenizer

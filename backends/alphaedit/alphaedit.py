@@ -20,12 +20,12 @@ from typing import Sequence
 
 import torch
 
-from editspec.layout import layout_for
-from editspec.locate import (
+from editspec.model.layout import layout_for
+from editspec.families.locate import (
     EditRequest, EditResult, StatsSource, extend_factor, optimise_targets, prepare_requests,
     request_key_matrix, revert_all, second_moment_for, spread_over_layers, template_keys, templates_for,
 )
-from editspec.tokens import pad_id
+from editspec.model.tokens import pad_id
 
 from .config import AlphaEditConfig
 

@@ -12,8 +12,8 @@ import json
 
 from safetensors.torch import load_file, save_file
 
-from editspec.locate import factor_of_gram
-from editspec.locate.backend import LocateBackend
+from editspec.families.locate import factor_of_gram
+from editspec.families.locate.backend import LocateBackend
 
 from .alphaedit import AlphaEditState, alphaedit_deltas
 from .config import AlphaEditConfig

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from editspec.target_settings import ResidualTargetSettings
+from editspec.families.locate.target_settings import ResidualTargetSettings
 
 
 class AlphaEditConfig(ResidualTargetSettings):

@@ -15,11 +15,11 @@ import weakref
 import torch
 from torch import nn
 
-from editspec.artifact import ADAPTER_DIR, DELTAS, Artifact
-from editspec.backend import Attachment, Capabilities, CompileJob, CompileResult
+from editspec.build.artifact import ADAPTER_DIR, DELTAS, Artifact
+from editspec.build.backend import Attachment, Capabilities, CompileJob, CompileResult
 from editspec.errors import EditspecError
-from editspec.layout import layout_for, module_at
-from editspec.train_backend import TrainingBackend
+from editspec.model.layout import layout_for, module_at
+from editspec.families.training.backend import TrainingBackend
 
 from .config import FtConfig
 
@@ -127,7 +127,7 @@ class FtBackend(TrainingBackend):
 
     # -- full fine-tuning ------------------------------------------------------------------
     def _full(self, job: CompileJob) -> tuple[dict, list[str]]:
-        from editspec.deltas import load_deltas, save_deltas
+        from editspec.model.deltas import load_deltas, save_deltas
 
         config: FtConfig = job.config
         base = job.model.model
@@ -149,7 +149,7 @@ class FtBackend(TrainingBackend):
     # -- using artifacts -------------------------------------------------------------------
     def attach(self, model: nn.Module, artifact: Artifact) -> Attachment:
         if artifact.config.get("method") == "full":
-            from editspec.deltas import apply_deltas, load_deltas
+            from editspec.model.deltas import apply_deltas, load_deltas
 
             return apply_deltas(model, load_deltas(artifact.file(DELTAS))[0])
         return attach_adapter(model, artifact.file(ADAPTER_DIR))
@@ -197,7 +197,7 @@ def _exact_delta(path: str, before: torch.Tensor, after: torch.Tensor, module: n
     None when the weight did not change.  Float32/bf16 values are exact in float64, so applying
     the delta (added in float64, rounded once) gives back `after` bit for bit.
     """
-    from editspec.deltas import Delta
+    from editspec.model.deltas import Delta
 
     diff = after.to(torch.float64) - before.to(torch.float64)
     if type(module).__name__ == "Conv1D":  # stored [d_k, d_v]

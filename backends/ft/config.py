@@ -33,8 +33,8 @@ class TrainingSettings(BaseModel):
     forget_p: float = Field(0.01, gt=0, lt=1, description="A `forget` string is trained until its probability after each prompt is below this (verify's limit is 0.05).")
 
     def training(self, seed: int, default_lr: float):
-        """The loop settings (an `editspec.tuning.TrainSettings`)."""
-        from editspec.tuning import TrainSettings
+        """The loop settings (an `editspec.families.training.tuning.TrainSettings`)."""
+        from editspec.families.training.tuning import TrainSettings
 
         return TrainSettings(lr=self.lr or default_lr, steps=self.steps, kl_weight=self.kl_weight,
                              kl_batch=self.kl_batch, stop_loss=self.stop_loss, grad_clip=self.grad_clip,

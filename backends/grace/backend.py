@@ -12,13 +12,13 @@ import json
 
 import torch
 
-from editspec.artifact import Artifact
-from editspec.backend import Backend, Capabilities, CompileJob, CompileResult
-from editspec.codebook import Codebook
+from editspec.build.artifact import Artifact
+from editspec.build.backend import Backend, Capabilities, CompileJob, CompileResult
+from editspec.families.memory.codebook import Codebook
 from editspec.errors import EditspecError
-from editspec.hooks import _hidden, _with_hidden, record_outputs
-from editspec.layout import layout_for, module_at
-from editspec.memory_backend import (
+from editspec.model.hooks import _hidden, _with_hidden, record_outputs
+from editspec.model.layout import layout_for, module_at
+from editspec.families.memory.backend import (
     HookAttachment, detach_live, edit_keys, fit, key_queries, per_edit_losses, radii, refuse_non_edits,
 )
 
@@ -105,7 +105,7 @@ class GraceBackend(Backend):
 
 @torch.no_grad()
 def _outputs_at(model, tokenizer, path, keyed) -> list[torch.Tensor]:
-    from editspec.tokens import pad_id, right_pad
+    from editspec.model.tokens import pad_id, right_pad
 
     ids, mask = right_pad([k.ids for k in keyed], pad_id(tokenizer))
     device = model.get_input_embeddings().weight.device

@@ -3,8 +3,8 @@
     editspec compile specs/examples/leadership.edit --backend ike -o build/leadership.ike
     editspec serve build/leadership.ike --upstream http://127.0.0.1:8000/v1
 """
-from editspec.blackbox.backend import PluginBackend
-from editspec.blackbox.prompts import IKE_TEMPLATE
+from editspec.families.plugin.backend import PluginBackend
+from editspec.families.plugin.prompts import IKE_TEMPLATE
 
 from .config import IkeConfig
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from editspec.blackbox.settings import PluginConfig
+from editspec.families.plugin.settings import PluginConfig
 
 
 class IkeConfig(PluginConfig):

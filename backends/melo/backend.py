@@ -17,12 +17,12 @@ import math
 
 import torch
 
-from editspec.artifact import Artifact
-from editspec.backend import Backend, Capabilities, CompileJob, CompileResult
+from editspec.build.artifact import Artifact
+from editspec.build.backend import Backend, Capabilities, CompileJob, CompileResult
 from editspec.errors import EditspecError
-from editspec.hooks import _hidden, _with_hidden
-from editspec.layout import layout_for, module_at
-from editspec.memory_backend import (
+from editspec.model.hooks import _hidden, _with_hidden
+from editspec.model.layout import layout_for, module_at
+from editspec.families.memory.backend import (
     HookAttachment, detach_live, edit_keys, fit, key_queries, per_edit_losses, radii, refuse_non_edits,
 )
 

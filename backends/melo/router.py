@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editspec.codebook import SLACK, nearest
+from editspec.families.memory.codebook import SLACK, nearest
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The `memit` backend: every edit in one batch, spread over several layers."""
 from __future__ import annotations
 
-from editspec.layout import layout_for
-from editspec.locate.backend import LocateBackend
+from editspec.model.layout import layout_for
+from editspec.families.locate.backend import LocateBackend
 
 from .config import MemitConfig, default_layers
 from .memit import memit_deltas

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from editspec.target_settings import ResidualTargetSettings
+from editspec.families.locate.target_settings import ResidualTargetSettings
 
 
 def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:

@@ -11,12 +11,12 @@ from typing import Sequence
 
 import torch
 
-from editspec.layout import layout_for
-from editspec.locate import (
+from editspec.model.layout import layout_for
+from editspec.families.locate import (
     EditRequest, EditResult, StatsSource, optimise_targets, prepare_requests,
     revert_all, second_moment_for, spread_over_layers, templates_for,
 )
-from editspec.tokens import pad_id
+from editspec.model.tokens import pad_id
 
 from .config import MemitConfig, default_layers
 

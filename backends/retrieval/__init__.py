@@ -3,8 +3,8 @@
     editspec compile specs/examples/leadership.edit --backend retrieval -o build/leadership.retrieval
     editspec serve build/leadership.retrieval --upstream http://127.0.0.1:8000/v1
 """
-from editspec.blackbox.backend import PluginBackend
-from editspec.blackbox.prompts import LTE_TEMPLATE
+from editspec.families.plugin.backend import PluginBackend
+from editspec.families.plugin.prompts import LTE_TEMPLATE
 
 from .config import RetrievalConfig
 

@@ -1,7 +1,7 @@
 """Retrieval's settings (torch-free, so `editspec check` validates them without loading torch)."""
 from __future__ import annotations
 
-from editspec.blackbox.settings import PluginConfig
+from editspec.families.plugin.settings import PluginConfig
 
 
 class RetrievalConfig(PluginConfig):

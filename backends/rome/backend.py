@@ -1,8 +1,8 @@
 """The `rome` backend: ROME (R-ROME form by default), one rank-one update per edit."""
 from __future__ import annotations
 
-from editspec.backend import Capabilities
-from editspec.locate.backend import LocateBackend
+from editspec.build.backend import Capabilities
+from editspec.families.locate.backend import LocateBackend
 
 from .config import RomeConfig
 from .rome import rome_deltas

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from editspec.target_settings import ResidualTargetSettings
+from editspec.families.locate.target_settings import ResidualTargetSettings
 
 
 class RomeConfig(ResidualTargetSettings):

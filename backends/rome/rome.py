@@ -12,13 +12,13 @@ from typing import Sequence
 
 import torch
 
-from editspec.deltas import Delta, apply_deltas
-from editspec.layout import layout_for, module_at, value_bias, value_weight
-from editspec.locate import (
+from editspec.model.deltas import Delta, apply_deltas
+from editspec.model.layout import layout_for, module_at, value_bias, value_weight
+from editspec.families.locate import (
     EditRequest, EditResult, PreparedRequest, StatsSource, average_keys, collect_at, flatten_groups,
     optimise_targets, prepare_requests, second_moment_for, select_layers, template_keys, templates_for,
 )
-from editspec.tokens import pad_id
+from editspec.model.tokens import pad_id
 
 from .config import RomeConfig
 

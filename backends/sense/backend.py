@@ -15,12 +15,12 @@ import json
 
 import torch
 
-from editspec.artifact import DELTAS, Artifact
-from editspec.backend import Capabilities, CompileJob, CompileResult
+from editspec.build.artifact import DELTAS, Artifact
+from editspec.build.backend import Capabilities, CompileJob, CompileResult
 from editspec.errors import EditspecError
-from editspec.layout import layout_for, module_at
-from editspec.memory_backend import HookAttachment
-from editspec.train_backend import TrainingBackend
+from editspec.model.layout import layout_for, module_at
+from editspec.families.memory.backend import HookAttachment
+from editspec.families.training.backend import TrainingBackend
 
 from .config import SenseConfig
 
@@ -29,7 +29,7 @@ SENSES = "senses.safetensors"
 
 def install_senses(model, words: torch.Tensor, senses: torch.Tensor, changes) -> list:
     """Hooks adding ``changes[i]`` to sense ``senses[i]`` of every occurrence of word ``words[i]``."""
-    from editspec.backpack import BackpackLM
+    from editspec.model.backpack import BackpackLM
 
     cell: dict = {}
 
@@ -80,7 +80,7 @@ class SenseBackend(TrainingBackend):
         return 1e-2
 
     def compile(self, job: CompileJob) -> CompileResult:
-        from editspec.backpack import is_backpack
+        from editspec.model.backpack import is_backpack
 
         model = job.model.model
         if is_backpack(model):
@@ -90,7 +90,7 @@ class SenseBackend(TrainingBackend):
         return CompileResult(files=files, edits=self.edit_logs(job, log), details={**self.details(job, log), **details})
 
     def _encoded(self, job: CompileJob):
-        from editspec.tuning import encode_targets
+        from editspec.families.training.tuning import encode_targets
 
         return encode_targets(job.model.tokenizer, job.prepared["objectives"].targets)
 
@@ -118,7 +118,7 @@ class SenseBackend(TrainingBackend):
         return log, [SENSES], {"senses": [[int(w), int(s)] for w, s in chosen]}
 
     def _values(self, job: CompileJob):
-        from editspec.deltas import load_deltas, save_deltas
+        from editspec.model.deltas import load_deltas, save_deltas
 
         from .select import value_vectors
 
@@ -149,7 +149,7 @@ class SenseBackend(TrainingBackend):
         if (artifact.path / SENSES).is_file():
             words, senses, changes = _load_senses(artifact.file(SENSES))
             return HookAttachment(model, install_senses(model, words, senses, changes))
-        from editspec.deltas import apply_deltas, load_deltas
+        from editspec.model.deltas import apply_deltas, load_deltas
 
         return apply_deltas(model, load_deltas(artifact.file(DELTAS))[0])
 
@@ -166,7 +166,7 @@ def _out_features(module) -> int:
 
 def _value_delta(path: str, neurons: list[int], change: torch.Tensor, module):
     """``change`` [k, d_out] on columns `neurons` as a `Delta`: left ``changeᵀ``, right one-hot rows."""
-    from editspec.deltas import Delta
+    from editspec.model.deltas import Delta
 
     d_in = module.weight.shape[0] if type(module).__name__ == "Conv1D" else module.weight.shape[1]
     right = torch.zeros(len(neurons), d_in, dtype=torch.float64)

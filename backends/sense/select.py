@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from editspec.layout import module_at
-from editspec.train_backend import only_trainable
+from editspec.model.layout import module_at
+from editspec.families.training.backend import only_trainable
 
 
 def _answer_positions(e) -> list[int]:

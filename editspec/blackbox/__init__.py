@@ -6,18 +6,15 @@
     ...                       "build/leadership.retrieval")                      # doctest: +SKIP
     >>> client.chat.completions.create(model="m", messages=[...])                # doctest: +SKIP
 
+This package is the public face of black-box editing; the machinery lives in
+`editspec.families.plugin` (memory, router, templates) and `editspec.serve` (client, proxy).
 Names import lazily, so importing the settings (for `editspec check`) needs neither torch nor openai.
 """
-_LAZY = {"EditedClient": "editspec.blackbox.client", "Plugin": "editspec.blackbox.plugin",
-         "load_plugin": "editspec.blackbox.plugin"}
+from editspec.lazy import lazy_names  # noqa: E402
 
+_LAZY = {"EditedClient": "editspec.serve.client", "Plugin": "editspec.families.plugin.plugin",
+         "load_plugin": "editspec.families.plugin.plugin", "verify_api": "editspec.verify.api"}
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_names(__name__, _LAZY)
 
 __all__ = sorted(_LAZY)

@@ -54,8 +54,8 @@ def bench_command(spec, backend_list, out, protocol, upstream, api_model, as_mar
       editspec bench facts.edit --backends rome,memit,ft --set memit.layers=4..8 --markdown
       editspec bench facts.edit -b rome,retrieval --plot bench.png --json > bench.json
     """
-    from editspec.bench import run_bench
-    from editspec.bench_render import markdown, plot as draw, pyplot, text, to_json
+    from editspec.bench.runner import run_bench
+    from editspec.bench.render import markdown, plot as draw, pyplot, text, to_json
     from editspec.errors import EditspecError
 
     if as_markdown and as_json:

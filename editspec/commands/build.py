@@ -38,9 +38,9 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
       editspec compile facts.edit --backend memit --set layers=4..8 -o build/facts.memit
       editspec compile facts.edit --backend alphaedit --on build/facts.alphaedit -o build/facts.v2
     """
-    from editspec.compiler import compile_spec, contents, default_output
-    from editspec.lock import incremental_base, record_artifact
-    from editspec.resolve import load_spec
+    from editspec.build.compiler import compile_spec, contents, default_output
+    from editspec.gitflow.lock import incremental_base, record_artifact
+    from editspec.lang.resolve import load_spec
 
     loaded_spec = load_spec(spec)
     backend = backend or _only_backend(loaded_spec)
@@ -87,7 +87,7 @@ def apply_command(artifact, output, model, device, device_map, dtype):
     Example:
       editspec apply build/capitals.rome -o build/smollm2-capitals
     """
-    from editspec.checkpoint import write_edited_checkpoint
+    from editspec.build.apply import write_edited_checkpoint
 
     path = write_edited_checkpoint(artifact, output, model=model, device=device, device_map=device_map,
                                    dtype=dtype, progress=progress)
@@ -100,7 +100,7 @@ def backends_command(as_json):
     """List the installed backends and their settings, with defaults and descriptions."""
     import json
 
-    from editspec.registry import backends
+    from editspec.build.registry import backends
 
     table = backends()
     if as_json:

@@ -47,7 +47,7 @@ def check(specs: tuple[str, ...], quiet: bool) -> None:
       editspec check specs/examples/leadership.edit
       editspec check specs/            # every spec in the tree
     """
-    from editspec.resolve import analyse
+    from editspec.lang.resolve import analyse
 
     failed = 0
     files = _spec_files(specs)
@@ -78,8 +78,8 @@ def fmt(specs: tuple[str, ...], check_only: bool) -> None:
       editspec fmt specs/                  # format every spec in place
       editspec fmt --check specs/          # in CI: fail if any file needs formatting
     """
-    from editspec.fmt import format_text
-    from editspec.syntax import decode
+    from editspec.lang.fmt import format_text
+    from editspec.lang.syntax import decode
 
     unformatted = []
     for path in _spec_files(specs):
@@ -123,7 +123,7 @@ def ir(spec: str | None, schema: bool, show_hash: bool) -> None:
       editspec ir --schema > editspec-ir.schema.json
     """
     from editspec import ir as ir_module
-    from editspec.resolve import load_spec
+    from editspec.lang.resolve import load_spec
 
     if schema:
         click.echo(json.dumps(ir_module.json_schema(), indent=2, sort_keys=True))

@@ -20,7 +20,7 @@ def _split_arguments(arguments: tuple[str, ...]) -> tuple[str, list[str]]:
 
 def _specs_to_diff(root: Path, rev: str, paths: list[str]) -> list[str]:
     """Repository paths of the specs to compare: those named (folders expanded) or every changed one."""
-    from editspec.gitrev import changed_specs, relative_to_root
+    from editspec.gitflow.revisions import changed_specs, relative_to_root
 
     changed = changed_specs(root, rev)
     if not paths:
@@ -39,8 +39,8 @@ def _specs_to_diff(root: Path, rev: str, paths: list[str]) -> list[str]:
 
 def _importers_of(root: Path, changed: list[str]) -> list[str]:
     """Working-tree specs that import a changed file (directly or not): their meaning changed too."""
-    from editspec.gitrev import git
-    from editspec.resolve import analyse
+    from editspec.gitflow.revisions import git
+    from editspec.lang.resolve import analyse
 
     if not changed:
         return []
@@ -89,9 +89,9 @@ def diff(arguments: tuple[str, ...], output_format: str, exit_code: bool) -> Non
       editspec diff HEAD~3 specs/examples/capitals.edit
       editspec diff main --format json > spec-changes.json
     """
-    from editspec.gitrev import RevisionTree, repo_root, resolve_revision
-    from editspec.resolve import analyse
-    from editspec.specdiff import diff_specs, render_text
+    from editspec.gitflow.revisions import RevisionTree, repo_root, resolve_revision
+    from editspec.lang.resolve import analyse
+    from editspec.gitflow.diff import diff_specs, render_text
 
     rev, paths = _split_arguments(arguments)
     root = repo_root(paths[0] if paths else ".")
@@ -157,7 +157,7 @@ def lock_command(artifacts: tuple[str, ...], spec: str | None, settings: tuple[s
       editspec compile specs/capitals.edit --backend rome -o build/capitals.rome
       editspec lock build/capitals.rome          # writes specs/editspec.lock
     """
-    from editspec.lock import record_artifact
+    from editspec.gitflow.lock import record_artifact
 
     overrides = {}
     for item in settings:
@@ -187,7 +187,7 @@ def status_command(paths: tuple[str, ...], output_format: str) -> None:
       editspec status
       editspec status specs/capitals.edit --format json
     """
-    from editspec.lock import LOCK_FILE, find_locks, lock_status
+    from editspec.gitflow.lock import LOCK_FILE, find_locks, lock_status
 
     results = []
     for path in paths or (".",):

@@ -39,7 +39,7 @@ def models_command(path_of: str | None, as_json: bool) -> None:
       editspec models
       editspec models --path smollm2-135m
     """
-    from editspec.models import DEFAULT_MODEL, KNOWN_MODELS, is_cached, known_model_dir, resolve_model
+    from editspec.model.loading import DEFAULT_MODEL, KNOWN_MODELS, is_cached, known_model_dir, resolve_model
 
     if path_of is not None:
         click.echo(str(resolve_model(path_of)))
@@ -95,9 +95,9 @@ def stats_compute(model_name, layers_text, samples, corpus, max_length, dtype, d
     """
     import time
 
-    from editspec import stats
-    from editspec.corpus import load_corpus
-    from editspec.models import load_model
+    from editspec.model import stats
+    from editspec.model.corpus import load_corpus
+    from editspec.model.loading import load_model
 
     layers = parse_layers(layers_text)
     loaded = load_model(model_name, device=device, device_map=device_map)
@@ -128,7 +128,7 @@ def stats_compute(model_name, layers_text, samples, corpus, max_length, dtype, d
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def stats_list(as_json: bool) -> None:
     """List the cached statistics entries."""
-    from editspec.stats import cached_entries, stats_dir
+    from editspec.model.stats import cached_entries, stats_dir
 
     entries = cached_entries()
     if as_json:
@@ -153,11 +153,11 @@ def stats_list(as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def stats_clear(model_name: str | None, yes: bool) -> None:
     """Delete cached statistics (they take minutes to recompute)."""
-    from editspec.stats import clear_entries, stats_dir
+    from editspec.model.stats import clear_entries, stats_dir
 
     weights = None
     if model_name is not None:
-        from editspec.models import resolve_model, weights_hash
+        from editspec.model.loading import resolve_model, weights_hash
 
         weights = weights_hash(resolve_model(model_name))
     which = f"the statistics of {model_name}" if model_name else "all cached statistics"

@@ -11,7 +11,7 @@ import re
 
 import click
 
-from editspec.blackbox.guard import ModelLimits, ProxyLimits, format_bytes
+from editspec.serve.guard import ModelLimits, ProxyLimits, format_bytes
 from editspec.commands.options import model_options, require_http_url
 from editspec.errors import EditspecError
 
@@ -71,7 +71,7 @@ def run_app(app, host: str, port: int, what: str) -> None:
     """Serve the guarded `app` until SIGTERM or Ctrl-C, printing where, its limits, and when it stops."""
     import socket
 
-    from editspec.blackbox.runtime import serve
+    from editspec.serve.runtime import serve
 
     try:
         listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -120,8 +120,8 @@ def serve_command(artifact: str, upstream: str, host: str, port: int, timeout: f
       editspec serve build/lead.retrieval --upstream https://api.example.com/v1 --max-body-bytes 2MiB
       curl -s http://127.0.0.1:8001/healthz      # 200 once the plugin is loaded and the upstream answers
     """
-    from editspec.blackbox.plugin import load_plugin, plugin_artifact
-    from editspec.blackbox.proxy import create_proxy_app
+    from editspec.families.plugin.plugin import load_plugin, plugin_artifact
+    from editspec.serve.proxy import create_proxy_app
 
     require_http_url(upstream)
     settings = make_limits(ProxyLimits, limits)
@@ -148,8 +148,8 @@ def serve_model_command(model: str | None, device: str | None, device_map: str |
       editspec serve-model --model smollm2-135m --port 8000
       editspec serve-model --port 8000 --max-prompt-tokens 2048 --max-completion-tokens 256
     """
-    from editspec.blackbox.model_server import create_model_app
-    from editspec.models import DEFAULT_MODEL, load_model, resolve_model
+    from editspec.serve.model_server import create_model_app
+    from editspec.model.loading import DEFAULT_MODEL, load_model, resolve_model
 
     settings = make_limits(ModelLimits, limits)
     resolve_model(model)                     # an unknown name is refused before listening

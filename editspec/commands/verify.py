@@ -74,7 +74,7 @@ def verify_command(spec, artifact, backend, no_edit, protocol, chat, max_new_tok
 
 
 def _verify_through_api(spec, upstream, artifact, backend, no_edit, api_model):
-    from editspec.blackbox.verify_api import verify_api
+    from editspec.verify.api import verify_api
     from editspec.errors import EditspecError
 
     if backend:

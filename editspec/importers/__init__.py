@@ -53,7 +53,7 @@ def import_file(kind: str, path: str | os.PathLike, *, limit: int | None = None,
     `limit` keeps the first N records; `options` go to the importer (canonical: `eval_file`,
     `hard_neg_file`, `threshold`; table: the column names, see `editspec.importers.table`).
     """
-    from editspec.resolve import analyse
+    from editspec.lang.resolve import analyse
 
     if kind not in IMPORTERS:
         from editspec.errors import did_you_mean

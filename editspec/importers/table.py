@@ -34,7 +34,7 @@ from typing import Iterator
 from editspec.errors import Diagnostic, EditspecError, Location, did_you_mean
 from editspec.importers.factual import Imported, _template
 from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder
-from editspec.literals import quote
+from editspec.lang.literals import quote
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 # Flag of each column option, for messages: the user names columns with these.

@@ -3,7 +3,7 @@
 Importers turn records into `EditRecord`s and `CanonicalRecord`s and hand them to a
 `SpecBuilder`; the builder names relations, merges repeated edits, leaves out what the language
 would reject (conflicting edits, keep facts that contradict an edit) and counts what it left
-out, so the importer can say so.  The text it renders is formatted with `editspec.fmt`.
+out, so the importer can say so.  The text it renders is formatted with `editspec.lang.fmt`.
 
 Example:
     >>> builder = SpecBuilder()
@@ -26,7 +26,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from editspec.literals import quote
+from editspec.lang.literals import quote
 
 def slug_words(text: str, limit: int = 6) -> list[str]:
     """Lower-case ASCII words of `text` (accents folded), at most `limit` of them."""
@@ -154,7 +154,7 @@ class SpecBuilder:
     # -- rendering ---------------------------------------------------------------------------
     def render(self, header: list[str], model: str | None = None) -> str:
         """The spec text, formatted; `header` lines become the opening comment."""
-        from editspec.fmt import format_text
+        from editspec.lang.fmt import format_text
 
         self._drop_contradicting_keeps()
         lines = [f"# {h}".rstrip() for h in header]

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from editspec import ir
-from editspec.checks import fold_text
+from editspec.lang.checks import fold_text
 from editspec.errors import EditspecError
 from editspec.ir import stable_hash
 from editspec.verify.protocols import PROTOCOLS

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from editspec.errors import EditspecError
-from editspec.tokens import pad_id, right_pad
+from editspec.model.tokens import pad_id, right_pad
 from editspec.verify.checks import FLUENCY_TOKENS, Check
 from editspec.verify.protocols import Scored, _device, generate_texts, has_chat_template, score_targets
 

@@ -34,9 +34,9 @@ from typing import Sequence
 
 import torch
 
-from editspec.kvcache import cache_kwarg, output_cache
-from editspec.metrics import PROTOCOLS  # noqa: F401  (re-exported; the names live with the spec language)
-from editspec.tokens import pad_id, right_pad, target_token_ids
+from editspec.model.kvcache import cache_kwarg, output_cache
+from editspec.lang.metrics import PROTOCOLS  # noqa: F401  (re-exported; the names live with the spec language)
+from editspec.model.tokens import pad_id, right_pad, target_token_ids
 
 
 @dataclass(frozen=True)

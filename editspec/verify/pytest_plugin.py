@@ -70,7 +70,7 @@ _MODELS: dict = {}
 
 
 def _loaded(name):
-    from editspec.models import load_model
+    from editspec.model.loading import load_model
 
     if name not in _MODELS:
         _MODELS[name] = load_model(name)
@@ -88,7 +88,7 @@ class SpecFile(pytest.File):
 
     def _spec(self):
         from editspec.errors import EditspecError
-        from editspec.resolve import load_spec
+        from editspec.lang.resolve import load_spec
 
         try:
             return load_spec(str(self.path))
@@ -96,7 +96,7 @@ class SpecFile(pytest.File):
             raise SpecError(error.render()) from None
 
     def _model_name(self):
-        from editspec.models import DEFAULT_MODEL
+        from editspec.model.loading import DEFAULT_MODEL
 
         return self.config.getoption("editspec_model") or self.spec.model or DEFAULT_MODEL
 

@@ -34,12 +34,12 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
                 max_new_tokens: int = CHAT_TOKENS) -> Report:
     """Verify `spec` with exactly one of `artifact`, `backend` (compile first) or `no_edit`.
 
-    `model` is a name, a path or an already loaded `editspec.models.LoadedModel` (reused, so
+    `model` is a name, a path or an already loaded `editspec.model.loading.LoadedModel` (reused, so
     the pytest plugin loads each model once).  Default: the artifact's model, else the spec's
     `model`, else smollm2-135m.  `chat` and `max_new_tokens` are `editspec.verify.verify`'s.
     """
-    from editspec.models import DEFAULT_MODEL, LoadedModel, load_model
-    from editspec.resolve import load_spec
+    from editspec.model.loading import DEFAULT_MODEL, LoadedModel, load_model
+    from editspec.lang.resolve import load_spec
 
     say = progress or (lambda message: None)
     chosen = [name for name, on in (("--artifact", artifact is not None), ("--backend", backend is not None),
@@ -65,8 +65,8 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
     if no_edit:
         return verify(spec, loaded.model, loaded.tokenizer, weights_hash=loaded.weights_hash, model_name=loaded.name,
                       edited_name="unedited", **common)
-    from editspec.compiler import compile_spec
-    from editspec.edited import load_edited
+    from editspec.build.compiler import compile_spec
+    from editspec.build.attach import load_edited
 
     with tempfile.TemporaryDirectory(prefix="editspec-verify-") as tmp:
         compiled = compile_spec(spec, backend, model=loaded, out=Path(tmp) / "artifact", overrides=overrides or {},
@@ -77,9 +77,9 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
 
 
 def _verify_artifact(spec: Spec, artifact, model, *, say, options, common) -> Report:
-    from editspec.artifact import read_artifact
-    from editspec.edited import load_artifact_model, load_edited
-    from editspec.models import LoadedModel
+    from editspec.build.artifact import read_artifact
+    from editspec.build.attach import load_artifact_model, load_edited
+    from editspec.model.loading import LoadedModel
 
     art = read_artifact(artifact)
     if art.model is None:

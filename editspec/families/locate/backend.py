@@ -1,0 +1,133 @@
+"""The backend classes ROME, MEMIT, AlphaEdit (and UltraEdit) share: spec edits in, low-rank deltas out.
+
+Each method only says which layers need statistics and how to turn requests into deltas;
+everything else lives here once: edit → request (with diagnostics at the spec line),
+statistics and context templates from the unedited model, the `delta.safetensors` payload
+(earlier stages first, for `--on`), and attaching an artifact to a model reversibly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+from editspec.build.artifact import DELTAS, Artifact
+from editspec.build.backend import Backend, Capabilities, CompileJob, CompileResult
+from editspec.model.deltas import AppliedDeltas, apply_deltas, load_deltas, save_deltas
+from editspec.errors import EditspecError, error_at
+from editspec.ir import Edit
+
+from .common import EditResult
+from .requests import EditRequest
+
+# Per-fact numbers worth keeping in the manifest (tensors and subjects are left out).
+_LOGGED = ("layer", "denominator", "delta_norm", "loss", "nll", "steps")
+
+
+class DeltaBackend(Backend):
+    """Base of every backend whose payload is low-rank weight deltas (`delta.safetensors`).
+
+    Each compile appends its stage's deltas after the previous artifact's (for `--on`), and
+    attaching applies them all in order, reversibly and bit-exactly.
+    """
+
+    capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+
+    def save_stage(self, job: CompileJob, deltas: Sequence) -> None:
+        """Write the previous artifact's deltas (if any), then `deltas`, to the workdir's payload."""
+        earlier = load_deltas(job.previous.file(DELTAS))[0] if job.previous is not None else []
+        save_deltas([*earlier, *deltas], job.workdir / DELTAS, metadata={"backend": self.name})
+
+    def attach(self, model, artifact: Artifact) -> AppliedDeltas:
+        deltas, _ = load_deltas(artifact.file(DELTAS))
+        return apply_deltas(model, deltas)
+
+
+class LocateBackend(DeltaBackend):
+    """Base of the locate-then-edit backends; subclasses set `stats_layers` and `edit`."""
+
+    def stats_layers(self, config, model) -> list[int]:
+        """The layers whose second moments C the method reads."""
+        raise NotImplementedError
+
+    def edit(self, job: CompileJob, requests: Sequence[EditRequest]) -> EditResult:
+        """The deltas for `requests` on `job.model` (with any previous artifact attached)."""
+        raise NotImplementedError
+
+    # -- shared machinery --------------------------------------------------------------------
+    def prepare(self, job: CompileJob) -> dict[str, Any]:
+        from editspec.model.stats import second_moments
+
+        loaded, config = job.model, job.config
+        layers = self.stats_layers(config, loaded.model)
+        job.progress(f"second-moment statistics for layer(s) {', '.join(map(str, layers))}")
+        stats = second_moments(loaded, layers=layers, samples=config.mom2_samples, corpus=config.mom2_corpus)
+        templates = sampled_templates(loaded, config.context_template_counts, config.template_seed)
+        return {"stats": stats, "templates": templates}
+
+    def compile(self, job: CompileJob) -> CompileResult:
+        requests = edit_requests(job.edits, job.model.tokenizer)
+        job.progress(f"computing {self.name} updates for {len(requests)} edit(s)")
+        result = self.edit(job, requests)
+        self.save_stage(job, result.deltas)
+        return CompileResult(files=[DELTAS, *self.extra_files(job)], edits=_edit_logs(job.edits, result),
+                             details={"layers": [_plain(log) for log in result.layers]})
+
+    def extra_files(self, job: CompileJob) -> list[str]:
+        """Payload files besides the deltas that `edit` wrote into the workdir."""
+        return []
+
+
+def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:
+    """One request per edit (its relation's first prompt), or an error at the edit's line."""
+    from editspec.model.tokens import target_token_ids
+
+    requests = []
+    for edit in edits:
+        if not edit.prompts:
+            raise error_at(edit.span, f"edit `{edit.id}` has no prompt to edit at",
+                           hint=f"give relation `{edit.relation}` a `prompt \"... {{subject}} ...\"`: "
+                           "locate-then-edit backends edit the subject inside a prompt")
+        prompt = edit.prompts[0]
+        if edit.subject not in prompt:
+            raise error_at(edit.span, f"the subject {edit.subject!r} does not occur in the prompt {prompt!r}",
+                           hint=f"relation `{edit.relation}`'s prompt must contain `{{subject}}`")
+        try:
+            target_token_ids(tokenizer, prompt, edit.target)
+            if edit.old:
+                target_token_ids(tokenizer, prompt, edit.old)
+            requests.append(EditRequest(prompt.replace(edit.subject, "{}", 1), edit.subject, edit.target,
+                                        target_true=edit.old, paraphrases=edit.paraphrases))
+        except EditspecError as error:
+            raise error_at(edit.span, error.diagnostics[0].message, error.diagnostics[0].hint) from None
+    return requests
+
+
+def sampled_templates(loaded, counts, seed: int) -> list[list[str]]:
+    """Context templates sampled once from the unedited model, cached by its weights hash."""
+    from editspec.cache import cache_dir
+    from editspec.model.tokens import context_templates
+
+    key = hashlib.sha256(json.dumps([loaded.weights_hash, [list(c) for c in counts], seed]).encode()).hexdigest()
+    return context_templates(loaded.model, loaded.tokenizer, counts, seed=seed,
+                             cache_file=cache_dir("templates") / f"{key[:32]}.json")
+
+
+def _edit_logs(edits: Sequence[Edit], result: EditResult) -> list[dict]:
+    logs = []
+    for position, fact in enumerate(result.facts):
+        edit = edits[fact.get("index", position)]
+        logs.append({"id": edit.id, **{k: _plain(fact[k]) for k in _LOGGED if k in fact}})
+    return logs
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if _plain(v) is not None}
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, (int, str, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return None  # tensors and other objects stay out of the manifest

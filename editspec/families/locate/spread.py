@@ -1,0 +1,63 @@
+"""MEMIT-style spreading of a residual-stream target over several layers (ALGORITHMS.md §2.2).
+
+Layers are processed in increasing order and each update is applied at once, so the keys and
+the residual at the next layer are measured on the partially edited model.  The method-specific
+solve (MEMIT's λC ridge, AlphaEdit's null-space projection) is a function passed in.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from editspec.model.deltas import AppliedDeltas, Delta, apply_deltas
+from editspec.model.layout import ModelLayout, module_at, value_weight
+
+from .keys import average_keys, template_keys
+from .requests import PreparedRequest
+
+# solve(layer, K [n, d_k], Rsd [n, d_v]) -> (left [d_v, r], right [r, d_k]), float64
+Solver = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def request_key_matrix(keys_rows: Sequence[torch.Tensor], prepared: Sequence[PreparedRequest]) -> torch.Tensor:
+    """Template-averaged keys, one row per request: [n, d_k]."""
+    return torch.stack([average_keys(k, p.group) for k, p in zip(keys_rows, prepared)])
+
+
+def spread_over_layers(
+    model, layout: ModelLayout, prepared: Sequence[PreparedRequest], layers: Sequence[int],
+    targets: torch.Tensor, solve: Solver, *, pad: int,
+) -> tuple[list[Delta], list[AppliedDeltas], list[dict]]:
+    """Insert residual targets `targets` [n, d_model] (h^L + δ at L = last layer) over `layers`.
+
+    At step t the residual ``(Z − h^L)/(T − t)`` is what layer ``layers[t]`` must add.  Returns
+    the deltas, the handles of the applied updates (the caller reverts them) and per-layer logs.
+    """
+    layers = sorted(layers)
+    last = layers[-1]
+    deltas, handles, logs = [], [], []
+    try:
+        for t, layer in enumerate(layers):
+            keys, h = template_keys(model, layout, prepared, [layer], pad=pad, block_layer=last)
+            k = request_key_matrix(keys[layer], prepared)  # [n, d_k]
+            residual = (targets - h) / (len(layers) - t)  # [n, d_v]
+            left, right = solve(layer, k, residual)
+            dtype = value_weight(module_at(model, layout.mlp_out_at(layer))).dtype
+            dtype = torch.float64 if dtype == torch.float64 else torch.float32
+            delta = Delta(layout.mlp_out_at(layer), left.to(dtype), right.to(dtype))
+            handles.append(apply_deltas(model, [delta]))
+            deltas.append(delta)
+            logs.append({"layer": layer, "residual_norm": float((targets - h).norm(dim=1).mean()),
+                         "delta_norm": float(delta.dense().norm())})
+    except BaseException:
+        for handle in reversed(handles):
+            handle.revert()
+        raise
+    return deltas, handles, logs
+
+
+def revert_all(handles: Sequence[AppliedDeltas]) -> None:
+    """Undo applied updates, newest first."""
+    for handle in reversed(handles):
+        handle.revert()

@@ -1,0 +1,376 @@
+"""Target vectors for many facts at once: the δ added at one module's output (ROME/MEMIT §1.2, §2.1).
+
+All facts of a chunk run in one batch, each with its own δ, its rewriting rows (one per
+context template) and its KL row.  Two savings keep this fast on CPU:
+
+- δ enters at the subject's last token, so every token before it is unaffected: those
+  prefixes run once, without grad, and their attention keys/values are reused at every step;
+  only the few tokens from the subject's last token on are recomputed.
+- the blocks below the one that holds δ's site do not depend on δ either: they run once, and
+  at every later step stand-ins return their recorded output (`replay_below`).
+- logits are formed only where the loss reads them (target positions and the KL position).
+
+A fact stops (and leaves the batch) once its loss is below `stop_loss` or the (geometric mean)
+probability of its target tokens reaches `stop_prob`.  Facts that reach neither within `steps`
+(stragglers) can go on from where they stopped for `straggler_steps` more, with a wider clamp,
+so that a few hard facts get more room without slowing the typical one.
+
+`row_scales` optionally scale δ per row: a rank-one edit built on an averaged key k̄ adds
+``(uᵀk_t / uᵀk̄)·δ`` at a prompt whose key is k_t, not δ itself, so ROME optimises the δ that
+its update will actually deliver at each template.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from editspec.model.hooks import add_to_output, record_outputs
+from editspec.model.kvcache import cache_kwarg, output_cache
+from editspec.model.layout import layout_for, module_at, output_head
+from editspec.model.precision import bfloat16_autocast, native_bfloat16
+from editspec.model.tokens import right_pad
+
+from .requests import PreparedRequest
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """How δ is optimised; the backends' configs fill these in."""
+
+    lr: float = 0.5
+    steps: int = 25
+    kl_factor: float = 0.0625
+    weight_decay: float = 1e-3
+    clamp_factor: float = 4.0
+    stop_loss: float = 0.05
+    facts_per_batch: int = 16
+    stop_prob: float = 1.0  # also stop once exp(-mean target NLL) reaches this (1.0: never)
+    cache_prefix: bool = True  # reuse the tokens before the subject; False recomputes whole rows
+    replay_below: bool = True  # run the blocks below the site's block once; False: at every step
+    straggler_steps: int = 0  # more steps for facts that met neither stop criterion (0: none)
+    straggler_clamp_factor: float = 8.0  # δ's norm limit during those steps
+    bf16_steps: bool = False  # steps after the first in bfloat16 autocast, where the device computes it natively
+
+    def reached(self, loss: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+        """Which facts met a stop criterion: loss below `stop_loss`, or target probability `stop_prob`."""
+        return (loss < self.stop_loss) | (torch.exp(-nll) >= self.stop_prob)
+
+    def for_stragglers(self) -> "OptimSettings":
+        """The settings of the straggler pass: `straggler_steps` more steps, the wider clamp."""
+        return replace(self, steps=self.straggler_steps + 1, clamp_factor=self.straggler_clamp_factor)
+
+
+@dataclass
+class Targets:
+    """Per-fact results: δ [n, d], the site output before δ at the bare prompt [n, d], final losses."""
+
+    delta: torch.Tensor
+    init: torch.Tensor
+    loss: torch.Tensor
+    nll: torch.Tensor
+    steps: torch.Tensor
+
+    @property
+    def value(self) -> torch.Tensor:
+        """``init + delta``: v* (ROME, at the MLP output) or z (MEMIT, at the block output)."""
+        return self.init + self.delta
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """Eval mode and no parameter gradients inside the block; both restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    training = model.training
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _make_cache(kv, rows: torch.Tensor, config):
+    from transformers import DynamicCache
+
+    data = [(k[rows.to(k.device)], v[rows.to(v.device)]) for k, v in kv]  # layers may sit on several devices
+    try:
+        return DynamicCache(ddp_cache_data=data, config=config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache.from_legacy_cache(tuple(data))
+
+
+class _Chunk:
+    """The token layout of one chunk of facts: prefixes (left-padded, cached) and suffixes."""
+
+    def __init__(self, facts: Sequence[PreparedRequest], pad: int, cache_prefix: bool = True,
+                 scales: Sequence[Sequence[float]] | None = None):
+        self.rows, self.fact, self.subject, self.bare, scale = [], [], [], [], []
+        sup_row, sup_pos, sup_tgt, sup_w, self.kl_rows = [], [], [], [], []
+        for f, prep in enumerate(facts):
+            own = scales[f] if scales is not None else [1.0] * (prep.num_rows + 1)
+            if len(own) != prep.num_rows + 1:
+                raise ValueError(f"{len(own)} row scales for {prep.num_rows} rows and the KL row")
+            scale += list(own)
+            m = len(prep.target_ids)
+            for r in range(prep.num_rows):
+                row = len(self.rows)
+                s = prep.subject_index[r]
+                if r == 0:
+                    self.bare.append(row)
+                for j in range(m):  # logits at prompt_len-1+j predict target j
+                    sup_row.append(row)
+                    sup_pos.append(prep.prompt_len[r] - 1 + j - (s if cache_prefix else 0))
+                    sup_tgt.append(prep.target_ids[j])
+                    sup_w.append(1.0 / (m * prep.num_rows))
+                self._add(prep.rows[r], s, f)
+            self.kl_rows.append(len(self.rows))
+            self._add(prep.kl_row, prep.kl_index, f)
+        self.fact_t = torch.tensor(self.fact)
+        self.scale = torch.tensor(scale, dtype=torch.float64)  # δ's multiplier in each row
+        self.sup_row, self.sup_pos = torch.tensor(sup_row), torch.tensor(sup_pos)
+        self.sup_tgt, self.sup_w = torch.tensor(sup_tgt), torch.tensor(sup_w)
+        self.sup_fact = self.fact_t[self.sup_row]
+        self.pad = pad
+        # Rows split at the subject's last token; without a prefix cache the whole row is the suffix.
+        self.split = list(self.subject) if cache_prefix else [0] * len(self.rows)
+        self.at_subject = torch.tensor([s - p for s, p in zip(self.subject, self.split)])
+        prefixes = [r[:p] for r, p in zip(self.rows, self.split)]
+        self.width = max(len(p) for p in prefixes)
+        # Right-padded, so real prefix tokens never see a pad; the mask hides pads from the suffix.
+        self.prefix_ids, self.prefix_mask = right_pad(prefixes, pad) if self.width else (None, None)
+        self.prefix_len = torch.tensor([len(p) for p in prefixes])
+        self.suffix_ids, self.suffix_mask = right_pad([r[p:] for r, p in zip(self.rows, self.split)], pad)
+
+    def _add(self, row, s, f):
+        self.rows.append(list(row))
+        self.subject.append(s)
+        self.fact.append(f)
+
+
+class _Recorded(nn.Module):
+    """Stands in for a block below δ's site: returns the block's recorded output, computes nothing."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+def _blocks_below(model, site: str) -> list[str]:
+    """Paths of the blocks under the block that holds `site`, bottom first ([] if none or unknown)."""
+    layout = layout_for(model)
+    blocks = [layout.block_at(i) for i in range(layout.num_layers(model))]
+    holder = next((i for i, b in enumerate(blocks) if site == b or site.startswith(b + ".")), None)
+    return blocks[:holder] if holder else []
+
+
+@contextlib.contextmanager
+def _raw_outputs(model, blocks: Sequence[str]):
+    """Yields a list that gets each run block's output as it is returned (a tensor, or a tuple)."""
+    found: list = []
+    handles = [module_at(model, b).register_forward_hook(lambda module, args, output: found.append(output))
+               for b in blocks]
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _replaying(model, blocks: Sequence[str], hidden: torch.Tensor | None):
+    """With `hidden` (the top block's recorded output), `blocks` are swapped for `_Recorded` stand-ins."""
+    if hidden is None or not blocks:
+        yield
+        return
+    swapped = []
+    try:
+        for path in blocks:
+            parent, _, name = path.rpartition(".")
+            holder = module_at(model, parent)
+            swapped.append((holder, name, getattr(holder, name)))
+            setattr(holder, name, _Recorded(hidden))
+        yield
+    finally:
+        for holder, name, block in swapped:
+            setattr(holder, name, block)
+
+
+def _logits(hidden, head_w, head_b, softcap):
+    logits = hidden @ head_w.T  # [N, vocab]
+    if head_b is not None:
+        logits = logits + head_b
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.float()
+
+
+def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: OptimSettings, pad: int,
+                    scales: Sequence[Sequence[float]] | None = None,
+                    start: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """One chunk's δ; `start` (δ, unedited KL-row log-probabilities) goes on from an earlier pass."""
+    base = model.base_model
+    head_w, head_b = output_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    device, dtype = head_w.device, head_w.dtype
+    # A sliding window shorter than the rows would see the pad gap between prefix and suffix.
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    longest = max(len(r) for p in facts for r in (*p.rows, p.kl_row))
+    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window), scales=scales)
+    n = len(facts)
+    kwarg = cache_kwarg(base)
+    kv = None
+    if c.width:
+        # Every position attends (causally) in this pass: a row made only of pads would otherwise
+        # have no key to attend to and turn NaN in float64.  Pads sit after the real tokens, so
+        # the real tokens' keys and values are exact; the pads' are finite and masked out later.
+        pos = torch.arange(c.width).expand(len(c.rows), -1)
+        with torch.no_grad():
+            out = base(input_ids=c.prefix_ids.to(device), attention_mask=torch.ones_like(c.prefix_ids).to(device),
+                       position_ids=pos.to(device), use_cache=True)
+        kv = _kv_of(output_cache(out))
+    # Both sites (MLP output, block output) live in the residual width d_model.
+    delta = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device)
+    init = kl0 = replay = None
+    if start is not None:
+        delta += start[0].to(device, dtype)
+        kl0 = start[1].to(device)  # from the first pass, before any δ
+    delta.requires_grad_(True)
+    opt = torch.optim.Adam([delta], lr=s.lr)
+    active = torch.ones(n, dtype=torch.bool)
+    below = _blocks_below(model, site) if s.replay_below else []
+    # Step 0 stays in the model's dtype: it records init, the KL anchor and the replayed blocks.
+    fast = s.bf16_steps and dtype == torch.float32 and native_bfloat16(device)
+    loss_out, nll_out = torch.zeros(n), torch.zeros(n)
+    steps_out = torch.zeros(n, dtype=torch.long)
+    for it in range(s.steps):
+        rows = torch.nonzero(active[c.fact_t]).squeeze(1)  # rows of facts still optimising
+        suffix_len = c.suffix_mask[rows].sum(1).max()
+        ids = c.suffix_ids[rows, :suffix_len]
+        mask = c.suffix_mask[rows, :suffix_len]
+        if kv is not None:
+            mask = torch.cat([c.prefix_mask[rows], mask], 1)
+        positions = c.prefix_len[rows].unsqueeze(1) + torch.arange(int(suffix_len))
+        kwargs = {kwarg: _make_cache(kv, rows.to(device), model.config)} if kv is not None else {}
+        row_delta = delta[c.fact_t[rows].to(device)] * c.scale[rows].to(device, dtype).unsqueeze(1)  # [rows, d]
+        at_subject = c.at_subject[rows]  # the subject's last token, in suffix coordinates
+        # The recorder is registered first, so it sees the site output before δ is added.
+        recorded = replay[rows.to(replay.device), :suffix_len] if replay is not None else None
+        with record_outputs(model, [site] if init is None else []) as seen, \
+                _raw_outputs(model, below[-1:] if init is None else []) as top_below, \
+                _replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
+                bfloat16_autocast(device, fast and it > 0):
+            hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
+        # Under a device map the last block may sit on another device than the (tied) head: δ,
+        # the losses and the bookkeeping all live on the head's device.
+        hidden = hidden.to(device)
+        # Transformers 5 blocks return a bare tensor, which a stand-in can return in their place;
+        # older ones return tuples: then the blocks below run at every step.
+        if top_below and isinstance(top_below[0], torch.Tensor):
+            replay = top_below[0].detach()  # [all rows, suffix, d]: what the blocks below give, every step
+        if init is None:
+            bare = torch.tensor(c.bare)
+            at_site = seen[site]
+            init = at_site[bare.to(at_site.device), c.at_subject[bare].to(at_site.device)].detach().to(device)  # [n, d]
+        where = {int(r): i for i, r in enumerate(rows)}  # chunk row -> batch row
+        sup = torch.tensor([k for k, r in enumerate(c.sup_row.tolist()) if int(r) in where], dtype=torch.long)
+        sup_batch = torch.tensor([where[int(r)] for r in c.sup_row[sup]], dtype=torch.long)
+        logp = torch.log_softmax(_logits(hidden[sup_batch.to(device), c.sup_pos[sup].to(device)], head_w, head_b, softcap), -1)
+        token_nll = -logp.gather(1, c.sup_tgt[sup].to(device).unsqueeze(1)).squeeze(1)  # [N]
+        nll = torch.zeros(n, device=device).index_add(0, c.sup_fact[sup].to(device), token_nll * c.sup_w[sup].to(device))
+        kl_batch = torch.tensor([where[r] for r in c.kl_rows if r in where], dtype=torch.long)
+        kl_facts = c.fact_t[torch.tensor(c.kl_rows)][active]
+        kl_at = c.at_subject[torch.tensor(c.kl_rows)[active]].to(device)
+        kl_logp = torch.log_softmax(_logits(hidden[kl_batch.to(device), kl_at], head_w, head_b, softcap), -1)
+        if kl0 is None:
+            kl0 = kl_logp.detach()  # p_0: the unedited next-token distribution at the subject
+        kl = torch.zeros(n, device=device)
+        kl[kl_facts.to(device)] = (kl_logp.exp() * (kl_logp - kl0[kl_facts.to(device)])).sum(-1)
+        init_norm = init.float().norm(dim=-1)
+        decay = delta.float().norm(dim=-1) / init_norm ** 2
+        loss = nll + s.kl_factor * kl + s.weight_decay * decay  # [n]
+        idx = active.nonzero().squeeze(1)
+        loss_out[idx] = loss.detach().cpu()[idx]
+        nll_out[idx] = nll.detach().cpu()[idx]
+        steps_out[idx] = it
+        active = active & ~s.reached(loss.detach().cpu(), nll.detach().cpu())
+        if it == s.steps - 1 or not bool(active.any()):
+            break  # the final iteration only evaluates
+        opt.zero_grad()
+        loss[active.to(device)].sum().backward()
+        keep = delta.detach().clone()
+        opt.step()
+        with torch.no_grad():
+            delta[~active.to(device)] = keep[~active.to(device)]  # finished facts stay put
+            limit = s.clamp_factor * init_norm
+            norm = delta.float().norm(dim=-1)
+            scale = torch.where(norm > limit, limit / norm.clamp(min=1e-30), torch.ones_like(norm))
+            delta.mul_(scale.to(delta.dtype).unsqueeze(1))
+    return (delta.detach().to("cpu", torch.float64), init.to("cpu", torch.float64), loss_out, nll_out, steps_out,
+            kl0.cpu())
+
+
+def optimise_targets(
+    model, sites: Sequence[str], prepared: Sequence[PreparedRequest], settings: OptimSettings, *, pad: int,
+    row_scales: Sequence[Sequence[float]] | None = None,
+) -> Targets:
+    """Optimise one δ per request, added at module ``sites[i]``'s output at its subject token.
+
+    Facts with the same site run together in chunks of `settings.facts_per_batch`; results come
+    back in request order, float64 on CPU.  The model's weights are never changed.
+    `row_scales[i]` (one number per rewriting row, then one for the KL row) multiplies δ in
+    each of request i's rows; None adds δ unscaled everywhere.
+    """
+    n = len(prepared)
+    parts: dict[int, tuple] = {}
+    with frozen(model):
+        _optimise_groups(model, sites, prepared, settings, pad, row_scales, range(n), parts)
+        stragglers = [i for i in range(n) if not settings.reached(parts[i][2], parts[i][3])]
+        if settings.straggler_steps and stragglers:
+            first = {i: parts[i] for i in stragglers}
+            _optimise_groups(model, sites, prepared, settings.for_stragglers(), pad, row_scales, stragglers, parts,
+                             start={i: (first[i][0], first[i][5]) for i in stragglers})
+            for i in stragglers:  # the second pass's step 0 re-evaluates the first pass's last step
+                delta, init, loss, nll, steps, kl0 = parts[i]
+                parts[i] = (delta, init, loss, nll, steps + first[i][4], kl0)
+    stacked = [torch.stack([parts[i][k] for i in range(n)]) for k in range(5)]
+    return Targets(*stacked)
+
+
+def suffix_width(prep: PreparedRequest) -> int:
+    """The tokens a fact's rows recompute at every step: from the subject's last token to the row's end."""
+    return max(len(row) - s for row, s in zip((*prep.rows, prep.kl_row), (*prep.subject_index, prep.kl_index)))
+
+
+def _optimise_groups(model, sites, prepared, settings, pad, row_scales, indices, parts, start=None):
+    """Runs `indices` in chunks of facts with the same site; writes each fact's results to `parts`.
+
+    Facts are chunked in order of `suffix_width`, so that a chunk's rows need little padding:
+    each fact's δ depends only on its own rows, and on CounterFact this pads 8% instead of 31%.
+    """
+    indices = list(indices)
+    for site in dict.fromkeys(sites[i] for i in indices):
+        members = sorted((i for i in indices if sites[i] == site), key=lambda i: suffix_width(prepared[i]))
+        for first in range(0, len(members), settings.facts_per_batch):
+            chunk = members[first:first + settings.facts_per_batch]
+            scales = [row_scales[i] for i in chunk] if row_scales is not None else None
+            begin = tuple(torch.stack([start[i][k] for i in chunk]) for k in range(2)) if start is not None else None
+            result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad, scales, begin)
+            for j, i in enumerate(chunk):
+                parts[i] = tuple(t[j] for t in result)

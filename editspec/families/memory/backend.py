@@ -1,0 +1,172 @@
+"""What the memory backends (grace, melo) share: keys from edits, radius calibration, hook attachments.
+
+    keyed = edit_keys(job)                                 # teacher-forced texts of the edits
+    queries = activations(model, tok, path, [k.ids for k in keyed])
+    eps = radii(job, path, keys)                           # per key, or the config's number
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from editspec.build.backend import Attachment, CompileJob
+from editspec.families.memory.codebook import KeyedText, activations, nearest_distances, teacher_forced
+from editspec.errors import EditspecError, error_at
+from editspec.families.training.objectives import edit_targets, fact_texts
+
+# Model -> its live memory attachment, so a sequential compile can take the old memory off.
+_LIVE: "weakref.WeakKeyDictionary[nn.Module, HookAttachment]" = weakref.WeakKeyDictionary()
+# Model -> (its state, {(path, where, token ids): activation}): reference text already run.
+_REFERENCE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+class HookAttachment(Attachment):
+    """Forward hooks on a model (a memory); `revert()` removes them, leaving no trace."""
+
+    def __init__(self, model: nn.Module, handles: Sequence):
+        self.model, self.handles, self.reverted = model, list(handles), False
+        _LIVE[model] = self
+
+    def revert(self) -> None:
+        if self.reverted:
+            return
+        for handle in self.handles:
+            handle.remove()
+        _LIVE.pop(self.model, None)
+        self.reverted = True
+
+
+def detach_live(model: nn.Module) -> None:
+    """Remove the memory attached to `model` (a sequential compile rebuilds it whole)."""
+    attachment = _LIVE.get(model)
+    if attachment is not None:
+        attachment.revert()
+
+
+def refuse_non_edits(job: CompileJob, backend: str) -> None:
+    """A memory backend stores facts; canonical examples and forget blocks get a diagnostic at their line."""
+    for node, what in [(c, "canonical examples") for c in job.spec.canonical] + [(f, "forget blocks") for f in job.spec.forget]:
+        raise error_at(node.span, f"`{backend}` keeps a memory of edited facts; it cannot compile {what}",
+                       hint="compile this spec with `ft` (or `sense` for canonical examples)")
+    if not job.edits:
+        raise EditspecError(f"{job.spec.source} has no edits for `{backend}` to store")
+
+
+def edit_keys(job: CompileJob) -> list[KeyedText]:
+    """Each edit prompt with its answer, teacher-forced: where the keys are taken."""
+    from editspec.families.training.tuning import encode_targets
+
+    targets = [t for edit in job.edits for t in edit_targets(edit)]
+    return teacher_forced(job.model.tokenizer, encode_targets(job.model.tokenizer, targets))
+
+
+def reference_texts(job: CompileJob) -> list[str]:
+    """Text whose activations must stay outside every radius: keep facts and general text."""
+    texts = [text for edit in job.spec.edits for text in fact_texts(edit.keep)]
+    config = job.config
+    if config.eps == "auto" and config.reference_samples:
+        from editspec.model.corpus import load_corpus
+
+        texts += load_corpus(config.reference_corpus).sample(config.reference_samples)
+    return texts
+
+
+def radii(job: CompileJob, path: str, keys: torch.Tensor, where: str = "input") -> torch.Tensor:
+    """The initial radius of each key [n]: the config's `eps`, or calibrated on reference text."""
+    config = job.config
+    if config.eps != "auto":
+        return torch.full((keys.shape[0],), float(config.eps))
+    tokenizer = job.model.tokenizer
+    texts = reference_texts(job)
+    ids = [list(tokenizer(t, add_special_tokens=True)["input_ids"])[:128] for t in texts]
+    states = reference_activations(job.model.model, tokenizer, path, [i for i in ids if i], where=where)
+    references = torch.cat(states) if states else torch.zeros(0, keys.shape[1])
+    distances = nearest_distances(keys, references)
+    if not bool(torch.isfinite(distances).all()):
+        raise EditspecError("`eps auto` needs reference text: none was given",
+                            hint="set `eps` to a number, or give `reference_corpus` / keep facts")
+    return config.eps_scale * distances
+
+
+def model_state(model: nn.Module) -> tuple:
+    """What a module's activations depend on besides the text: the weights (and their in-place
+    versions), the module tree and the hooks on it."""
+    weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    hooks = tuple(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return weights, hooks
+
+
+def reference_activations(model: nn.Module, tokenizer, path: str, sequences: Sequence[Sequence[int]],
+                          where: str = "input") -> list[torch.Tensor]:
+    """`activations` of reference text, remembered while `model`'s state is unchanged.
+
+    Sequential compiles in one process (a notebook, a benchmark) calibrate on the same general
+    text every time; it runs once.  Each text runs alone (no padding), so a remembered
+    activation is bit for bit the one a fresh process computes.
+    """
+    state = model_state(model)
+    known_state, known = _REFERENCE.get(model, (None, {}))
+    if known_state != state:
+        known = {}
+    missing = [s for s in dict.fromkeys(map(tuple, sequences)) if (path, where, s) not in known]
+    for sequence, state_at in zip(missing, activations(model, tokenizer, path, missing, where=where, batch_size=1)):
+        known[(path, where, sequence)] = state_at
+    _REFERENCE[model] = (state, known)
+    return [known[(path, where, tuple(s))] for s in sequences]
+
+
+def key_queries(job: CompileJob, path: str, keyed: Sequence[KeyedText], where: str = "input"
+                ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The activation at every key position [n, d], and (text index, position) for each row."""
+    states = activations(job.model.model, job.model.tokenizer, path, [k.ids for k in keyed], where=where)
+    rows, where_from = [], []
+    for t, (text, state) in enumerate(zip(keyed, states)):
+        for position in text.positions:
+            rows.append(state[position])
+            where_from.append((t, position))
+    return torch.stack(rows), where_from
+
+
+def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tensor], *, lr: float, n_iter: int,
+        stop_loss: float, lr_step: int | None = None) -> dict:
+    """Adam on `params` (with the memory's hooks installed) until every answer's mean NLL < `stop_loss`.
+
+    Returns ``{"steps", "loss" (the worst text's), "per_text"}``; `lr_step` halves the rate that often.
+    """
+    from editspec.model.tokens import pad_id, right_pad
+    from editspec.families.training.backend import only_trainable
+
+    model, tokenizer = job.model.model, job.model.tokenizer
+    optimizer = torch.optim.Adam(list(params), lr=lr)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=0.5) if lr_step else None
+    ids, mask = right_pad([k.ids for k in keyed], pad_id(tokenizer))
+    device = model.get_input_embeddings().weight.device
+    rows = [(list(k.positions), torch.tensor(k.labels, device=device)[:, None]) for k in keyed]
+    steps, per_text = 0, []
+    with only_trainable(model, params):  # no gradients for the model's own weights: only the memory's
+        for steps in range(n_iter + 1):
+            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+            losses = torch.stack([-logp[r, positions].gather(1, labels).mean() for r, (positions, labels) in enumerate(rows)])
+            per_text = [x.item() for x in losses]
+            if steps == n_iter or max(per_text) < stop_loss:
+                break
+            if not losses.requires_grad:   # no position of any text reached the memory being trained
+                raise EditspecError("no edit prompt reaches the memory's keys: nothing to train",
+                                    hint="report this with the spec: the keys were placed but do not route")
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+    return {"steps": steps, "loss": round(max(per_text), 6), "per_text": per_text}
+
+
+def per_edit_losses(job: CompileJob, keyed: Sequence[KeyedText], per_text: Sequence[float], **extra) -> list[dict]:
+    """The manifest's per-edit numbers: mean final loss over the edit's prompts (and `extra`)."""
+    losses: dict[str, list[float]] = {}
+    for text, loss in zip(keyed, per_text):
+        losses.setdefault(text.source, []).append(loss)
+    return [{"id": e.id, "loss": round(sum(losses[e.id]) / len(losses[e.id]), 6), **extra} for e in job.edits]

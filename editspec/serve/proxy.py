@@ -1,0 +1,158 @@
+"""`editspec serve`: an OpenAI-compatible proxy that applies a black-box plugin to each request.
+
+`POST /v1/chat/completions` and `/v1/completions` are routed through the plugin: when an edit
+applies, the request's last user message (or prompt) is rewritten and re-serialised;
+otherwise the request's bytes go upstream exactly as they came.  Every other `/v1/...`
+request (`GET /v1/models`, ...) is forwarded unchanged.  Responses, streamed ones included,
+come back as the upstream sent them, with `x-editspec-edits` naming the edits applied: a
+`stream: true` request an edit applies to is streamed by the upstream as it was asked
+(server-sent events, the usage chunk when `stream_options.include_usage` asks for it).
+The caller's Authorization header is forwarded and never logged or stored.
+
+The proxy's own guard (`ProxyLimits`) refuses before anything is embedded or forwarded: a
+body over the limit (413), a line of waiting requests too long (503 with Retry-After), a
+`max_tokens` over `max_completion_tokens` when one is set (400); each request has a
+deadline, retries included.  `GET /healthz` is 200 only when the plugin is loaded and the
+upstream answers; `GET /metrics` counts requests, edits applied and upstream trouble.
+
+>>> app = create_proxy_app(load_plugin("build/leadership.retrieval"), "http://127.0.0.1:8000/v1")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+
+from editspec.serve.guard import Guard, ProxyLimits, deadline, timed_out
+from editspec.serve.http import ApiError, handle_api_error, parse_json, sse
+from editspec.serve.runtime import ServerState, ops_routes
+from editspec.serve.telemetry import ServerMetrics
+from editspec.serve.upstream import Upstream, forwarded, returned
+
+EDITS_HEADER = "x-editspec-edits"
+_ROUTED = {"chat/completions": "rewrite_chat", "completions": "rewrite_completion"}
+_PROBE_SECONDS = 1.0      # /healthz asks the upstream at most once a second
+
+
+def check_budget(body: dict, cap: int | None) -> None:
+    """Refuse a request asking for more than `cap` completion tokens (none: no cap)."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        asked = body.get(key)
+        if cap is not None and isinstance(asked, int) and asked > cap:
+            raise ApiError(f"{key} is too large: {asked}; this proxy allows at most {cap}", param=key)
+
+
+def rewrite(plugin, path: str, raw: bytes, cap: int | None = None) -> tuple[bytes, list[str]]:
+    """The bytes to send upstream for a request body, and the edit ids applied (none: `raw`)."""
+    method = _ROUTED.get(path)
+    if method is None:
+        return raw, []
+    try:
+        body = parse_json(raw)
+    except ApiError:
+        return raw, []  # the upstream answers malformed requests itself
+    check_budget(body, cap)
+    changed = getattr(plugin, method)(body)
+    if changed is None:
+        return raw, []
+    new_body, applied = changed
+    return json.dumps(new_body, ensure_ascii=False).encode("utf-8"), applied
+
+
+def create_proxy_app(plugin, upstream_url: str, *, timeout: float = 120.0, retries: int = 3,
+                     backoff: float = 0.5, limits: ProxyLimits | None = None):
+    """The ASGI app that applies `plugin` in front of `upstream_url`, within `limits`.
+
+    `plugin` is an `editspec.blackbox.Plugin`, or a function returning one, called in the
+    background at start (`/healthz` says `loading` until then).  `timeout` bounds each try.
+    """
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    limits = limits or ProxyLimits()
+    state = ServerState()
+    metrics = ServerMetrics("editspec_proxy")
+    edited = metrics.registry.counter("editspec_proxy_edited_requests_total", "Requests an edit applied to.")
+    edits = metrics.registry.counter("editspec_proxy_edits_applied_total", "Edits applied, summed over requests.")
+    trouble = metrics.registry.counter(
+        "editspec_proxy_upstream_events_total", "Upstream trouble by kind: retry, timeout, unreachable, "
+        "status_5xx, stream_dropped.", ("kind",))
+    upstream = Upstream(upstream_url, timeout=timeout, retries=retries, backoff=backoff,
+                        connections=limits.max_concurrent, on_event=lambda kind: trouble.inc(kind=kind))
+    held = {"plugin": None if callable(plugin) else plugin}
+    if held["plugin"] is not None:
+        state.ready()
+    probed = {"at": -math.inf, "answer": (False, {})}
+
+    async def forward(request):
+        path = request.path_params["path"]
+        raw = await request.body()
+        applied: list[str] = []
+        if request.method == "POST":
+            # Embedding the query is CPU work: keep it off the event loop.
+            raw, applied = await run_in_threadpool(rewrite, held["plugin"], path, raw, limits.max_completion_tokens)
+        until = deadline(request)
+        response = await upstream.send(request.method, path, raw, forwarded(request.headers),
+                                       params=request.query_params, until=until)
+        headers = returned(response.headers)
+        if applied:
+            headers[EDITS_HEADER] = ",".join(applied)
+            edited.inc()
+            edits.inc(len(applied))
+        return StreamingResponse(_relay(response, until), status_code=response.status_code, headers=headers,
+                                 background=BackgroundTask(response.aclose))
+
+    async def _relay(response, until: float):
+        import httpx2
+
+        streamed = "text/event-stream" in response.headers.get("content-type", "")
+        chunks = response.aiter_raw()
+        while True:
+            try:
+                async with asyncio.timeout(None if until == math.inf else until - time.monotonic()):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                problem = timed_out(limits.request_timeout)
+            except httpx2.TransportError as error:
+                # Too late to retry: the caller already has part of the answer.
+                trouble.inc(kind="stream_dropped")
+                problem = ApiError(f"the upstream API dropped the stream ({type(error).__name__})",
+                                   status=502, kind="upstream_error", code="upstream_dropped")
+            else:
+                yield chunk
+                continue
+            # End the stream with an error event the caller can see, rather than a silent cut.
+            if streamed:
+                yield sse(problem.body())
+            return
+
+    async def probe():
+        if time.monotonic() - probed["at"] > _PROBE_SECONDS:
+            probed["answer"], probed["at"] = await upstream.probe(), time.monotonic()
+        return probed["answer"]
+
+    def describe() -> dict:
+        loaded = held["plugin"]
+        return {"plugin": loaded.kind if loaded else None, "edits": len(loaded.memory) if loaded else None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if held["plugin"] is None and state.status == "loading":
+            state.run_loader(plugin, lambda found: held.update(plugin=found),
+                             describe=lambda error: f"{type(error).__name__}: {error}")
+        try:
+            yield
+        finally:
+            await upstream.aclose()
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    routes = [*ops_routes(state, metrics, describe, probe), Route("/v1/{path:path}", forward, methods=methods)]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: handle_api_error})
+    return Guard(app, limits, metrics, state)
