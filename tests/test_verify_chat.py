@@ -215,3 +215,29 @@ def test_chat_results_are_the_fact_checks_under_chat_only(monkeypatch, spec):
     assert [(r.check.metric, r.check.protocol) for r in results] == [
         ("efficacy", "chat"), ("locality", "chat"), ("locality", "chat"), ("portability", "chat")]
     assert results[0].passed and results[0].scores["generated"] == edited["What is the capital of France?"]
+
+
+@pytest.mark.parametrize("text, passed", [
+    (" Rome. It has been the capital since 2024.", True),
+    (" Rome, in Italy, some would say. Paris, say others.", True),       # the old object after the first sentence
+    (" Rome... no, Paris. Sorry.", False),                                # taken back in the same sentence
+    (" Paris. Some say Rome.", False),                                    # the new object only later
+    (" Rome. No wait, Paris is the capital.", True),                      # judged on the first sentence alone
+    (" the city of St. Rome, of course.", True),                          # "St." does not end the sentence
+])
+def test_generate_judges_the_first_sentence_of_a_free_generation(monkeypatch, spec, text, passed):
+    lengths = []
+
+    def fake(model, tokenizer, prompts, *, max_new_tokens=12, **options):
+        if options.get("sample_top_k"):  # fluency samples: the tiny model's own
+            return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, **options)
+        lengths.append(max_new_tokens)
+        return [text if p == "The capital of France is" else " Rome." for p in prompts]
+
+    monkeypatch.setattr(observe_module, "generate_texts", fake)
+    report = verify(spec, tiny_model("llama", dtype=torch.float32), tiny_tokenizer(), protocol="generate",
+                    max_new_tokens=30)
+    efficacy = next(r for r in report.results if r.check.metric == "efficacy")
+    assert efficacy.check.protocol == "generate" and lengths == [30]
+    assert efficacy.passed is passed, efficacy.scores
+    assert efficacy.got == text and efficacy.scores["sentence"] == first_sentence(text)

@@ -23,7 +23,8 @@ from editspec.commands.options import compile_options, model_options, parse_sett
               "model's chat template, the greedy reply judged): auto does so when the tokenizer has a chat "
               "template, off never.")
 @click.option("--max-new-tokens", "max_new_tokens", type=click.IntRange(min=1), default=48, show_default=True,
-              metavar="N", help="Longest chat reply, in tokens (the reply also ends with the assistant's turn).")
+              metavar="N", help="Longest chat reply (it also ends with the assistant's turn) and longest free "
+              "generation of the generate protocol's fact checks, in tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report (raw outputs included) as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write JUnit XML (one testcase per check and per expectation) for CI.")

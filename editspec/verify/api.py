@@ -26,7 +26,7 @@ _API_METRICS = {"efficacy", "generalization", "locality", "portability", "hard_n
 
 
 def max_tokens_for(answers) -> int:
-    """Tokens to generate for a check: a generous bound on the longest answer, plus slack.
+    """Tokens to generate for a forget check: a generous bound on the longest string, plus slack.
 
     Without the model's tokenizer, two tokens per word (and one per four characters) bound it.
     """
@@ -57,7 +57,7 @@ def verify_api(spec: Any, upstream: str, *, artifact: Any = None, model: str = "
 
     def ask(client, check) -> dict:
         answer = client.completions.create(model=model, prompt=check.prompt, temperature=0,
-                                           max_tokens=max_tokens_for(check.answers))
+                                           max_tokens=check.max_new_tokens or max_tokens_for(check.answers))
         return {"generated": answer.choices[0].text}
 
     with ThreadPoolExecutor(workers) as pool:

@@ -13,7 +13,8 @@
 | fluency | the spec's prompts, sampled | `ngram_entropy` |
 
 `protocol=` overrides the protocol of the fact checks (efficacy, generalization, locality,
-portability): `generate` is the one for API models.  `chat=True` (the engine sets it when the
+portability): `generate` is the one for API models; it generates `max_new_tokens` freely and
+judges the first sentence (WILD-style: an answer that appears and is then taken back fails).  `chat=True` (the engine sets it when the
 tokenizer has a chat template) runs every fact check a second time under the `chat` protocol,
 *alongside* the default one: the relation's `question` templates where it has them, else the
 prompts themselves, sent as a user turn.  Alongside checks have ids `<node>/<metric>/chat/<i>`
@@ -46,7 +47,7 @@ FLUENCY_DROP = 0.9           # without a fluency expectation: at least 90% of th
 CHAT_TOKENS = 48             # tokens of a chat reply (or a free generation): enough for a sentence
 
 FACT_METRICS = ("efficacy", "generalization", "locality", "portability")
-GENERATIVE = ("chat",)       # fact protocols judged on free text, with foils as "must not appear"
+GENERATIVE = ("chat", "generate")  # fact protocols judged on free text, with foils as "must not appear"
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Check:
     or must not say (`chat`: an edit's `was` object, or for locality the edit's new object);
     `agree` asks the model's answer to match the unedited model's (locality, hard negatives).
     `alongside` marks a check run beside the default protocol (chat on an instruct model),
-    which unqualified expectations do not read; `max_new_tokens` bounds a chat reply.
+    which unqualified expectations do not read; `max_new_tokens` bounds a chat reply or a fact
+    check's free generation (`generate`; forget checks generate a little past their strings).
     """
 
     id: str
@@ -139,7 +141,7 @@ def _questions(fact: ir.Fact, relations: dict[str, ir.Relation]) -> tuple[str, .
 
 def _edit_checks(edit: ir.Edit, plan: _Plan, relations: dict[str, ir.Relation]) -> list[Check]:
     """The fact checks of one edit under `plan`; chat asks the relation's questions where it has them."""
-    chat = _fact_protocol(plan.protocol, False) in GENERATIVE
+    chat = _fact_protocol(plan.protocol, False) == "chat"
     answers = (edit.target, *edit.aliases)
     was = (edit.old,) if edit.old else ()
     checks = _fact_checks("efficacy", edit.id, edit.span, (chat and edit.questions) or edit.prompts, answers, was,

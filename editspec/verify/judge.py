@@ -93,14 +93,20 @@ def _scored(check: Check, seen: dict, targets) -> list[protocols.Scored]:
     return [scored_from_json(check.prompt, t, seen["scored"][t]) for t in targets]
 
 
+def _read(check: Check, generated: str) -> str:
+    """What a generative check judges of a generation: a fact check's first sentence, else all of it."""
+    return answers.first_sentence(generated) if check.max_new_tokens is not None else generated
+
+
 def _agreement(check: Check, seen: dict, base: dict) -> tuple[bool, dict]:
     """Does the model's answer match the unedited model's? (KnowEdit locality, §9.3)
 
     Teacher-forced argmax on the expected answer's tokens must equal the unedited argmax at
-    every position; for `generate`, the normalised generations must be equal.
+    every position; for `generate`, the normalised first sentences must be equal.
     """
     if check.protocol == "generate":
-        same = protocols.normalise(seen["generated"]) == protocols.normalise(base["generated"])
+        now, before = _read(check, seen["generated"]), _read(check, base["generated"])
+        same = protocols.normalise(now) == protocols.normalise(before)
         return same, {"unedited_generated": base["generated"]}
     answer = check.answers[0]
     now, before = seen["scored"][answer]["argmax"], base["scored"][answer]["argmax"]
@@ -122,11 +128,15 @@ def _protocol_result(check: Check, seen: dict, tokenizer, base: dict | None = No
             return answers.judge_kept(seen["generated"], unedited, check.answers, check.foils, check.prompt)
         return answers.judge_reply(seen["generated"], check.answers, check.foils)
     if check.protocol == "generate":
-        result = protocols.generate(seen["generated"], check.answers)
-        if check.metric == "forget":  # forbidden strings: passing means *not* generated
+        if check.metric == "forget":  # forbidden strings: passing means *not* generated, anywhere
+            result = protocols.generate(seen["generated"], check.answers)
             return protocols.ProtocolResult("generate", not result.passed, 1.0 - result.score, result.got,
                                             result.scores)
-        return result
+        # WILD-style: the first sentence of a free generation gives the answer and not the old object
+        sentence = _read(check, seen["generated"])
+        result = answers.judge_reply(sentence, check.answers, check.foils, protocol="generate")
+        return protocols.ProtocolResult("generate", result.passed, result.score, seen["generated"],
+                                        dict(result.scores, sentence=sentence))
     raise ValueError(f"no protocol {check.protocol!r}")
 
 

@@ -98,6 +98,14 @@ def _answer_tokens(tokenizer, answer: str) -> int:
     return len(tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"])
 
 
+def generation_length(check: Check, tokenizer) -> int:
+    """Tokens to generate for a `generate` check: its `max_new_tokens` (a fact check's free
+    generation), else a little past its longest string (forget: is any of them produced?)."""
+    if check.max_new_tokens is not None:
+        return check.max_new_tokens
+    return max(_answer_tokens(tokenizer, a) for a in check.answers) + GENERATE_SLACK
+
+
 def observe(checks: Sequence[Check], model, tokenizer, *, seed: int = 0, batch_size: int = 32,
             kl_reference: dict[str, list[torch.Tensor]] | None = None) -> dict[str, dict]:
     """Everything the checks need from `model`, as JSON data keyed by check id.
@@ -112,7 +120,7 @@ def observe(checks: Sequence[Check], model, tokenizer, *, seed: int = 0, batch_s
     by_length: dict[int, list[str]] = defaultdict(list)
     for c in checks:
         if c.protocol == "generate":
-            by_length[max(_answer_tokens(tokenizer, a) for a in c.answers) + GENERATE_SLACK].append(c.prompt)
+            by_length[generation_length(c, tokenizer)].append(c.prompt)
     generated: dict[tuple[int, str], str] = {}
     for length, prompts in sorted(by_length.items()):
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens=length, batch_size=batch_size)
@@ -126,8 +134,7 @@ def observe(checks: Sequence[Check], model, tokenizer, *, seed: int = 0, batch_s
             targets = (*c.answers, *c.foils) if c.protocol in _SCORED else c.answers[:1]
             data["scored"] = {t: scored_to_json(scored[(c.prompt, t)]) for t in targets}
         if c.protocol == "generate":
-            length = max(_answer_tokens(tokenizer, a) for a in c.answers) + GENERATE_SLACK
-            data["generated"] = generated[(length, c.prompt)]
+            data["generated"] = generated[(generation_length(c, tokenizer), c.prompt)]
         if c.protocol == "chat":
             data["generated"] = replies[(c.max_new_tokens, c.prompt)]
         if c.metric == "preserve":

@@ -8,6 +8,9 @@ Editing papers score edits in incompatible ways; each verifier check names the o
   gold previous tokens (zsRE); the check passes when every token is.
 - ``generate``: greedy generation contains the answer or an alias after normalisation
   (lower case, punctuation, articles and extra whitespace removed).  The protocol for API models.
+  A fact check generates ``max_new_tokens`` freely and judges the *first sentence*, which must
+  also leave out the ``was`` object (WILD-style: "Rome ... no, Paris" fails), see
+  `editspec.verify.answers`; a forget check generates a little past its strings, judged whole.
 - ``chat``: the prompt (or the relation's ``question``) is sent as a user message through the
   tokenizer's chat template; the greedy reply, up to the end of the turn or ``max_new_tokens``,
   must contain the answer or an alias and must not contain the ``was`` object
