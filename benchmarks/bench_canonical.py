@@ -9,7 +9,7 @@ evaluation documents as `check p >= T`, hard negatives as `keep`) and compiled w
 variant: `ft-lora` (ft, LoRA: the default), `ft-full` (ft `method=full`) and `sense` (on
 SmolLM2, the transformer form: the top-k MLP value vectors per example).
 
-Success (the paper's `example` normalisation, ALGORITHMS.md §6.4): an evaluation document
+Success (the paper's `example` normalisation, docs/measurement.md#canonical-example-success): an evaluation document
 succeeds when the probability of its whole suffix (exp of the *summed* token log-probs,
 teacher-forced after the document's prefix) is at least the task's threshold: 0.2 for
 country-capital, 0.05 for company-CEO.  The evaluation documents are the imported checks of

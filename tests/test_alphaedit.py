@@ -1,4 +1,4 @@
-"""AlphaEdit's oracle (ALGORITHMS.md §11, items 13-15) on tiny float64 models."""
+"""AlphaEdit's properties (docs/methods/alphaedit.md#what-the-tests-check) on tiny float64 models."""
 import pytest
 import torch
 

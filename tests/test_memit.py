@@ -1,4 +1,4 @@
-"""MEMIT's oracle (ALGORITHMS.md §11, items 9-11) on tiny float64 models."""
+"""MEMIT's properties (docs/methods/memit.md#what-the-tests-check) on tiny float64 models."""
 import pytest
 import torch
 

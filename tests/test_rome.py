@@ -1,4 +1,4 @@
-"""ROME's oracle (ALGORITHMS.md §11, items 1-8) on tiny float64 models."""
+"""ROME's properties (docs/methods/rome.md#what-the-tests-check) on tiny float64 models."""
 import pytest
 import torch
 

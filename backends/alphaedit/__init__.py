@@ -1,4 +1,5 @@
-"""AlphaEdit: MEMIT's targets with a null-space-projected update, for sequential editing (§4).
+"""AlphaEdit: MEMIT's targets with a null-space-projected update, for sequential editing
+(docs/methods/alphaedit.md).
 
 The settings import without torch (for `editspec check`); the update math loads on first use.
 """

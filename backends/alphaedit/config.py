@@ -9,7 +9,10 @@ from editspec.families.locate.target_settings import ResidualTargetSettings
 
 
 class AlphaEditConfig(ResidualTargetSettings):
-    """AlphaEdit settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §4)."""
+    """AlphaEdit settings.  Defaults are chosen for SmolLM2-135M.
+
+    Why each default: docs/methods/alphaedit.md#settings-and-why-the-defaults.
+    """
 
     layers: tuple[int, ...] = Field((4, 5, 6, 7, 8), description="Edited layers (their MLP value projections).")
     nullspace_threshold: float = Field(

@@ -1,4 +1,4 @@
-"""`grace`: a codebook of keys with deferral radii at one layer (GRACE, ALGORITHMS.md §5.1).
+"""`grace`: a codebook of keys with deferral radii at one layer (GRACE, docs/methods/grace.md).
 
 The settings import without torch; the backend class lives in `.backend`.
 """

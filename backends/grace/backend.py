@@ -1,4 +1,4 @@
-"""The `grace` backend: GRACE's codebook at one MLP value projection (ALGORITHMS.md §5.1).
+"""The `grace` backend: GRACE's codebook at one MLP value projection (docs/methods/grace.md).
 
 Keys are the projection's *input* at the positions that predict each answer token (the last
 prompt token, then each answer token but the last); a position whose input lies within a

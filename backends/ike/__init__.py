@@ -1,4 +1,4 @@
-"""IKE: edits as in-context demonstrations in front of an API model's requests (ALGORITHMS.md §8.1).
+"""IKE: edits as in-context demonstrations in front of an API model's requests (docs/methods/ike.md).
 
     editspec compile specs/examples/leadership.edit --backend ike -o build/leadership.ike
     editspec serve build/leadership.ike --upstream http://127.0.0.1:8000/v1

@@ -7,7 +7,7 @@ from editspec.families.plugin.settings import PluginConfig
 
 
 class IkeConfig(PluginConfig):
-    """IKE: in-context demonstrations of copy, update and retain (ALGORITHMS.md §8.1)."""
+    """IKE: in-context demonstrations of copy, update and retain (docs/methods/ike.md)."""
 
     demonstrations: int = Field(
         16, ge=0, le=64, description="Demonstrations before the query, copy:update:retain = 1:3:4 "

@@ -1,4 +1,4 @@
-"""`melo`: neuron-indexed dynamic LoRA (MELO, ALGORITHMS.md §5.2): routed LoRA blocks per edit batch.
+"""`melo`: neuron-indexed dynamic LoRA (MELO, docs/methods/melo.md): routed LoRA blocks per edit batch.
 
 The settings import without torch; the backend class lives in `.backend`.
 """

@@ -1,4 +1,4 @@
-"""The `melo` backend: routed LoRA blocks, one per edit batch (MELO, ALGORITHMS.md §5.2).
+"""The `melo` backend: routed LoRA blocks, one per edit batch (MELO, docs/methods/melo.md).
 
 A router at an earlier MLP value projection keys every token position by that module's
 output; positions inside an edit cluster get the cluster's LoRA block added to the value

@@ -1,7 +1,7 @@
 """MELO's vector database: clusters of keys, each key pointing at the LoRA block that serves it.
 
 Rows are clusters ``(center, radius, label, points)``; a point is ``(key, block)``.  Adding a
-key (ALGORITHMS.md §5.2): far from every cluster, it opens one; near a cluster with the same
+key (docs/methods/melo.md): far from every cluster, it opens one; near a cluster with the same
 label, it joins it (the center becomes the mean, the radius the largest distance, at least
 the initial one); near a cluster with another label, it opens one and both radii halve,
 forgetting the old cluster's points that fall outside.  Routing a query: the nearest center;

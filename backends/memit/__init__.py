@@ -1,4 +1,4 @@
-"""MEMIT: many facts at once, the update spread over several layers (ALGORITHMS.md §2).
+"""MEMIT: many facts at once, the update spread over several layers (docs/methods/memit.md).
 
 The settings import without torch (for `editspec check`); the update math loads on first use.
 """

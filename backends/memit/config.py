@@ -13,7 +13,10 @@ def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
 
 
 class MemitConfig(ResidualTargetSettings):
-    """MEMIT settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §2.3)."""
+    """MEMIT settings.  Defaults are chosen for SmolLM2-135M.
+
+    Why each default: docs/methods/memit.md#settings-and-why-the-defaults.
+    """
 
     layers: tuple[int, ...] | None = Field(
         (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")

@@ -1,4 +1,4 @@
-"""Retrieval: an edit memory, MiniLM retrieval and LTE's inference prompt (ALGORITHMS.md §8.2).
+"""Retrieval: an edit memory, MiniLM retrieval and LTE's inference prompt (docs/methods/retrieval.md).
 
     editspec compile specs/examples/leadership.edit --backend retrieval -o build/leadership.retrieval
     editspec serve build/leadership.retrieval --upstream http://127.0.0.1:8000/v1

@@ -5,4 +5,4 @@ from editspec.families.plugin.settings import PluginConfig
 
 
 class RetrievalConfig(PluginConfig):
-    """Retrieval: top-k edit descriptors in an LTE-style prompt (ALGORITHMS.md §8.2), behind the router."""
+    """Retrieval: top-k edit descriptors in an LTE-style prompt (docs/methods/retrieval.md), behind the router."""

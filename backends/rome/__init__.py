@@ -1,4 +1,4 @@
-"""ROME: one rank-one update per fact at one MLP value projection (ALGORITHMS.md §1).
+"""ROME: one rank-one update per fact at one MLP value projection (docs/methods/rome.md).
 
 The settings import without torch (for `editspec check`); the update math loads on first use.
 """

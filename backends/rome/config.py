@@ -9,7 +9,9 @@ from editspec.families.locate.target_settings import ResidualTargetSettings
 
 
 class RomeConfig(ResidualTargetSettings):
-    """ROME settings.  Defaults are [heuristic] values for SmolLM2-135M (ALGORITHMS.md §1.4).
+    """ROME settings.  Defaults are chosen for SmolLM2-135M.
+
+    Why each default: docs/methods/rome.md#settings-and-why-the-defaults.
 
     The δ-optimisation settings are MEMIT's (`ResidualTargetSettings`); ROME's δ sits at the
     MLP output, so ``h^L_init`` there reads ``v_init``.  Only the defaults that differ are

@@ -1,4 +1,4 @@
-"""The `sense` backend: sense fine-tuning (Hewitt et al. 2024, ALGORITHMS.md §6.3).
+"""The `sense` backend: sense fine-tuning (Hewitt et al. 2024, docs/methods/sense.md).
 
 Backpack models: additive change vectors on the top-k senses of each target (by the
 contextualization weight they receive, minus λ × their weight on background text), trained

@@ -1,9 +1,10 @@
 """What a backend is: a name, a described config, capabilities, `compile()` and `attach()`.
 
-A backend is mostly settings (STYLE.md §3).  The compiler (`editspec.build.compiler`) does everything
-around it: loading the spec and model, building the config from the spec's `backend` block and
-`--set` overrides, applying a previous artifact, and writing the artifact atomically.  The
-backend only turns edits into payload files inside `job.workdir`.
+A backend is mostly settings (docs/adding-a-backend.md).  The compiler
+(`editspec.build.compiler`) does everything around it: loading the spec and model, building the
+config from the spec's `backend` block and `--set` overrides, applying a previous artifact, and
+writing the artifact atomically.  The backend only turns edits into payload files inside
+`job.workdir`.
 
 Example, the smallest useful backend::
 

@@ -218,7 +218,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, de
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # Edit computations index tokens from the left (ALGORITHMS.md §0.4): pad on the right.
+    # Edit computations index tokens from the left (docs/conventions.md#tokens-and-padding): pad on the right.
     tokenizer.padding_side = "right"
     spec = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, path=path,

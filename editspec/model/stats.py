@@ -2,7 +2,7 @@
 
 `k` is the input of a layer's value projection (`down_proj`, GPT-2's `c_proj`) at one token;
 the moment is uncentered and taken over every non-padding token of a corpus sample
-(ALGORITHMS.md §3).  ROME, MEMIT and AlphaEdit all need it.
+(docs/methods/locate.md#second-moment-statistics).  ROME, MEMIT and AlphaEdit all need it.
 
 Speed matters (hours in the reference toolkit): all requested layers are collected in one
 forward pass that stops inside the deepest of them, never reaching the output head; documents

@@ -1,6 +1,6 @@
 """Token positions: the subject's last token, target tokens, padded batches, context templates.
 
-The rules (ALGORITHMS.md §0.4-0.5) that keep edits from silently going wrong:
+The rules (docs/conventions.md#tokens-and-padding) that keep edits from silently going wrong:
 
 - the subject's last token is found from the fast tokenizer's `offset_mapping`, so a BOS
   token, a subject at the start of the prompt, or odd merges are all handled the same way;

@@ -99,7 +99,7 @@ def _read(check: Check, generated: str) -> str:
 
 
 def _agreement(check: Check, seen: dict, base: dict) -> tuple[bool, dict]:
-    """Does the model's answer match the unedited model's? (KnowEdit locality, §9.3)
+    """Does the model's answer match the unedited model's? (KnowEdit's locality; docs/measurement.md#protocols)
 
     Teacher-forced argmax on the expected answer's tokens must equal the unedited argmax at
     every position; for `generate`, the normalised first sentences must be equal.

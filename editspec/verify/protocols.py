@@ -19,7 +19,7 @@ Editing papers score edits in incompatible ways; each verifier check names the o
   threshold such as ``p >= 1/5`` (Hewitt et al.'s "example" normalisation).
 
 Scoring runs many prompts per forward pass: right padding and explicit positions for
-teacher-forced scores, left padding for generation (ALGORITHMS.md §0.4).
+teacher-forced scores, left padding for generation (docs/conventions.md#tokens-and-padding).
 
 Example::
 

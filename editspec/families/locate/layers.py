@@ -1,4 +1,6 @@
-"""`layer auto`: choose the edited layer per fact (ALGORITHMS.md §7, WilKE-style).
+"""`layer auto`: choose the edited layer per fact, WilKE-style.
+
+The method: docs/methods/locate.md#choosing-the-layer-per-fact-layer-auto.
 
 [heuristic] The rank-one update that moves a layer's value by δ costs
 ``‖Δ‖_F = ‖δ‖·‖C⁻¹k‖ / (kᵀC⁻¹k)`` (``‖δ‖/‖k‖`` with C = I).  To first order, the δ that

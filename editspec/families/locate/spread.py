@@ -1,4 +1,5 @@
-"""MEMIT-style spreading of a residual-stream target over several layers (ALGORITHMS.md §2.2).
+"""MEMIT-style spreading of a residual-stream target over several layers
+(docs/methods/locate.md#spreading-a-target-over-several-layers).
 
 Layers are processed in increasing order and each update is applied at once, so the keys and
 the residual at the next layer are measured on the partially edited model.  The method-specific

@@ -1,4 +1,6 @@
-"""Target vectors for many facts at once: the δ added at one module's output (ROME/MEMIT §1.2, §2.1).
+"""Target vectors for many facts at once: the δ added at one module's output (ROME, MEMIT).
+
+The method: docs/methods/locate.md#optimising-the-targets-δ.
 
 All facts of a chunk run in one batch, each with its own δ, its rewriting rows (one per
 context template) and its KL row.  Two savings keep this fast on CPU:

@@ -62,11 +62,12 @@ class Codebook:
         return int(self.keys.shape[0])
 
     def add(self, key: torch.Tensor, label: int, eps_init: float, mode: Mode = "coverage") -> int:
-        """Add `key` by GRACE's rules (ALGORITHMS.md §5.1); return the index of the entry it uses.
+        """Add `key` by GRACE's rules; return the index of the entry it uses.
 
         Far from every key: a new entry with radius `eps_init`.  Near a key with another label:
         a new entry, and both radii shrink to half their distance.  Near a key with the same
         label: that entry grows to cover it (`coverage`) or moves halfway (`moving_average`).
+        The rules: docs/methods/grace.md#the-algorithm-as-implemented.
         """
         key = key.detach().float().cpu()
         if len(self):

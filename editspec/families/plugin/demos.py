@@ -1,4 +1,4 @@
-"""IKE demonstrations (ALGORITHMS.md §8.1): copy, update and retain, nearest last.
+"""IKE demonstrations (docs/methods/ike.md): copy, update and retain, nearest last.
 
 Each demonstration is `{"kind", "fact", "prompt", "answer"}`:
 

@@ -18,7 +18,7 @@ from editspec.errors import EditspecError
 
 TEMPLATE_FILE = "template.jinja"
 
-# LTE's inference-phase prompt (ALGORITHMS.md §8.2); a numbered list when several facts apply.
+# LTE's inference-phase prompt (docs/methods/retrieval.md); a numbered list when several facts apply.
 LTE_TEMPLATE = (
     "Please acknowledge the updated information provided below and respond to the subsequent question.\n\n"
     "[Updated Information]:\n"
@@ -27,7 +27,7 @@ LTE_TEMPLATE = (
     "\n[Question]:\n{{ query }}"
 )
 
-# IKE's demonstrations (ALGORITHMS.md §8.1): `New Fact: {p} {o*}\nPrompt: {q} {a}\n\n` each,
+# IKE's demonstrations (docs/methods/ike.md): `New Fact: {p} {o*}\nPrompt: {q} {a}\n\n` each,
 # then the new fact of the edit that applies and the query.
 IKE_TEMPLATE = (
     "{% for d in demonstrations %}New Fact: {{ d.fact }}\nPrompt: {{ d.prompt }} {{ d.answer }}\n\n{% endfor %}"

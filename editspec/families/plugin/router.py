@@ -5,7 +5,7 @@ key prompt, plus `mention_bonus` when the query names the edit's subject (word-b
 case-insensitive).  The subject test is what separates "Angola is part of the continent of"
 (in scope of an Angola edit) from "Ghana is part of the continent of" (same relation, same
 shape, not in scope), which embeddings alone score almost alike.  An edit applies when its
-score reaches the threshold τ, calibrated per spec (ALGORITHMS.md §8.4):
+score reaches the threshold τ, calibrated per spec (docs/methods/plugin.md#the-scope-router):
 
 - positives: each key prompt of an edit, scored against the edit's *other* keys (leave one
   out), so a paraphrase counts only if the rest of the spec would have found it;

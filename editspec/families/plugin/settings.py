@@ -5,7 +5,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class PluginConfig(BaseModel):
-    """What every black-box plugin lets a user set.  Defaults are [heuristic], tuned on CounterFact."""
+    """What every black-box plugin lets a user set.  Defaults were tuned on CounterFact (docs/methods/plugin.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
