@@ -10,5 +10,5 @@ class IkeConfig(PluginConfig):
     """IKE: in-context demonstrations of copy, update and retain (docs/methods/ike.md)."""
 
     demonstrations: int = Field(
-        16, ge=0, le=64, description="Demonstrations before the query, copy:update:retain = 1:3:4 "
-        "(the paper uses 32; 16 keeps SmolLM2's prompts near 600 tokens).")
+        16, ge=0, le=64, description="Demonstrations before the query, copy:update:retain = 1:3:4; each lengthens "
+        "the prompt (the paper uses 32; docs/methods/ike.md).")

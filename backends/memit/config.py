@@ -21,14 +21,12 @@ class MemitConfig(ResidualTargetSettings):
     layers: tuple[int, ...] | None = Field(
         (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")
     mom2_update_weight: float = Field(
-        1000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change, trading efficacy for "
-        "locality [heuristic: 100 CounterFact edits on SmolLM2 in one batch, ES/PS/NS: 1000 → 1.0/0.965/0.669, "
-        "2000 → 1.0/0.96/0.676, 3000 → 0.99/0.915/0.689, 4000 → 0.96/0.875/0.692; unedited NS 0.701].")
+        1000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; higher keeps more of the "
+        "neighbourhood and edits less (sweep in docs/benchmarks.md).")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
     v_lr: float = Field(
-        1.0, gt=0, description="Adam learning rate for the residual target δ [heuristic: 100 CounterFact edits on SmolLM2, "
-        "δ steps in all / ES / PS / NS: 0.5 → 1517 / 1.0 / 0.945 / 0.675, 1.0 → 1005 / 1.0 / 0.965 / 0.669, "
-        "1.5 → 832 / 1.0 / 0.97 / 0.668; 0.25 leaves facts short of their target].")
+        1.0, gt=0, description="Adam learning rate for the residual target δ; higher needs fewer δ steps, too low "
+        "leaves facts short of their target (docs/benchmarks.md).")
 
     @field_validator("layers")
     @classmethod

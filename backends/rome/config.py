@@ -25,15 +25,15 @@ class RomeConfig(ResidualTargetSettings):
         "`original` reproduces ROME's clean-prompt key in the denominator and residual.")
     delta_as_delivered: bool = Field(
         True, description="Optimise δ as the rank-one update will add it at each template (δ·uᵀk_t/uᵀk̄) instead of "
-        "as a constant [SmolLM2: R-ROME's ES misses were edits weaker at the bare prompt than at the average key]; "
-        "false reproduces the papers exactly.")
+        "as a constant, so the edit is as strong at the bare prompt as at the averaged key; false reproduces the "
+        "papers exactly.")
     stop_prob: float = Field(
         0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never).")
     context_template_counts: tuple[tuple[int, int], ...] = Field(
         ((5, 5), (5, 10)), description="Context templates as (count, max tokens) pairs, besides the bare prompt "
-        "(the reference uses ((10, 5), (10, 10)); half as many scored the same on SmolLM2 and run 30% faster).")
+        "(the reference uses ((10, 5), (10, 10)); docs/benchmarks.md).")
     straggler_steps: int = Field(
         35, ge=0, description="Extra δ iterations, within `straggler_clamp_factor`, for the facts that met neither stop "
-        "criterion in `v_num_grad_steps` (0: none) [heuristic: SmolLM2's CounterFact misses all ran out of steps].")
+        "criterion in `v_num_grad_steps` (0: none).")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
     facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch.")

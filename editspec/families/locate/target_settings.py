@@ -32,9 +32,8 @@ class ResidualTargetSettings(StatisticsSettings):
     kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
     stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
     stop_prob: float = Field(
-        0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never) "
-        "[heuristic: 0.8 with 4 templates takes 100 MEMIT edits on SmolLM2 from 233 s to 172 s at the same CounterFact "
-        "ES/PS/NS, but halves the new-vs-old margins and flipped a paraphrase in the real-model test].")
+        0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never); "
+        "lower is faster but leaves a smaller margin over the old object (docs/benchmarks.md).")
     context_template_counts: tuple[tuple[int, int], ...] = Field(
         ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")
@@ -45,13 +44,11 @@ class ResidualTargetSettings(StatisticsSettings):
         8.0, gt=0, description="δ's norm limit (a multiple of ‖h^L_init‖) during the straggler iterations.")
     bf16_steps: bool = Field(
         False, description="Run δ's steps after the first in bfloat16 autocast where the device computes bfloat16 "
-        "natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs); float32 elsewhere and for float64 models. The first step, "
-        "which fixes h^L_init and the KL anchor, always runs in the model's dtype. Off by default so that artifacts do "
-        "not depend on the CPU [SmolLM2, 100 MEMIT edits on an AVX512-BF16 CPU: 199 s → 158 s at the same ES/PS/NS, "
-        "but peak RSS 1.36 → 1.74 GiB: the bfloat16 weight copies are kept for the backward pass].")
+        "natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs; float32 elsewhere). Faster, but it raises peak memory and "
+        "makes the artifact depend on the device (docs/benchmarks.md).")
     facts_per_batch: int = Field(
-        4, ge=1, description="Facts whose δ are optimised together in one batch; bounds memory [SmolLM2, 100 MEMIT "
-        "edits: 16 → 2.61 GB peak in 226 s, 8 → 1.79 GB in 219 s, 4 → 1.37 GB in 233 s, same ES/PS/NS].")
+        4, ge=1, description="Facts whose δ are optimised together in one batch; peak memory grows with it "
+        "(docs/benchmarks.md).")
 
     def optim(self):
         """The δ-optimisation settings (an `editspec.families.locate.OptimSettings`)."""
