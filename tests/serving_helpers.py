@@ -62,10 +62,10 @@ class ServerProcess:
     """
 
     def __init__(self, args: list[str], *, script: Path | None = None, ready: bool = True, start_timeout=120.0,
-                 address_space_kib: int = ADDRESS_SPACE_KIB):
+                 address_space_kib: int = ADDRESS_SPACE_KIB, port: int = 0):
         program = [sys.executable, str(script)] if script else [sys.executable, "-c", "from editspec.cli import main; main()"]
         self.command = ["bash", "-c", f'ulimit -v {address_space_kib} && exec "$@"', "server",
-                        *program, *args, "--port", "0"]
+                        *program, *args, "--port", str(port)]
         self.wait_ready, self.start_timeout = ready, start_timeout
         self.log: list[str] = []
         self.url = ""
@@ -89,7 +89,7 @@ class ServerProcess:
     def _read(self) -> None:
         for line in self.process.stderr:
             self.log.append(line.rstrip("\n"))
-            found = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
+            found = re.search(r" at (http://127\.0\.0\.1:\d+/v1)", line)
             if found and not self.url:
                 self.url = found.group(1)
 

@@ -212,3 +212,47 @@ def test_prometheus_text_format():
         "# HELP x_up Up.", "# TYPE x_up gauge", "x_up 1"]) + "\n"
     with pytest.raises(ValueError, match="takes labels"):
         counter.inc(other="x")
+
+
+@pytest.mark.parametrize("retry_after, tries", [("30", 1), ("0", 3)])
+def test_the_proxy_honours_the_upstreams_retry_after(tmp_path, retry_after, tries):
+    seen = []
+
+    async def busy(request):
+        seen.append(time.monotonic())
+        return JSONResponse({"error": {"message": "busy"}}, status_code=503, headers={"Retry-After": retry_after})
+
+    upstream = Starlette(routes=[Route("/v1/{path:path}", busy, methods=["POST"])])
+    with serving(upstream) as upstream_url, \
+            serving(create_proxy_app(make_plugin(tmp_path), upstream_url, retries=2, backoff=0.01)) as proxy:
+        with pytest.raises(openai.InternalServerError) as refused:
+            api(proxy).completions.create(model="m", prompt=OUT_OF_SCOPE)
+    # A wait longer than the proxy's 8 s cap goes back to the caller at once, header and all.
+    assert len(seen) == tries and refused.value.response.headers["retry-after"] == retry_after
+
+
+def test_requests_arriving_together_are_embedded_in_one_batch():
+    from blackbox_helpers import HashEmbedder
+
+    from editspec.serve.proxy import Batcher
+    from editspec.families.plugin.router import query_vectors
+
+    class Counting(HashEmbedder):
+        calls: list[int] = []
+
+        def encode_query(self, texts):
+            self.calls.append(len(texts))
+            time.sleep(0.05)
+            return super().encode(texts)
+
+    embedder = Counting()
+    texts = [f"Question number {i} about Ruritania." for i in range(10)]
+
+    async def all_at_once():
+        batcher = Batcher(lambda: embedder, size=8)
+        return await asyncio.gather(*(batcher.vectors(t) for t in texts))
+
+    found = asyncio.run(all_at_once())
+    assert embedder.calls == [8, 2]                         # all ten waited together: batches of at most 8
+    for text, vectors in zip(texts, found):
+        assert (vectors == query_vectors(HashEmbedder(), [text], fast=True)[0]).all()

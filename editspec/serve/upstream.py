@@ -1,7 +1,8 @@
 """Talking to the upstream API: forwarded headers, retries with backoff, clear errors.
 
 A request is retried when the upstream refuses the connection, times out, drops it, or
-answers 500, 502, 503 or 504; waits double from `backoff` seconds (capped at 8 s).  After
+answers 500, 502, 503 or 504; waits double from `backoff` seconds (capped at 8 s), or last as
+long as the upstream's `Retry-After` asks; one asking more than 8 s is passed to the caller.  After
 the last try the caller gets the upstream's own 5xx answer, or, when none came, an
 OpenAI-style error: 502 `upstream_unreachable` or 504 `upstream_timeout`.  No try starts
 or waits past the request's deadline.  Headers are forwarded as they came (Authorization
@@ -24,6 +25,14 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _DROP = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
                    "upgrade", "proxy-authorization", "proxy-connection"})
 _MAX_WAIT = 8.0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header given in seconds (an HTTP date is not waited for)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def forwarded(headers) -> dict[str, str]:
@@ -71,11 +80,11 @@ class Upstream:
         """
         import httpx2
 
-        problem = None
+        problem, pause = None, 0.0
         for attempt in range(self.retries + 1):
             if attempt:
                 self.on_event("retry")
-                await asyncio.sleep(self._wait(attempt))
+                await asyncio.sleep(pause)
             left = until - time.monotonic()
             if left <= 0:
                 raise problem or self._timeout_error(attempt)
@@ -96,16 +105,24 @@ class Upstream:
                 if response.status_code not in RETRY_STATUSES:
                     return response
                 self.on_event("status_5xx")
-                if not self._may_retry(attempt, until):
-                    return response
+                asked = _retry_after(response.headers.get("retry-after"))
+                if not self._may_retry(attempt, until, asked):
+                    return response             # with its Retry-After, for the caller to honour
                 await response.aclose()
+                pause = max(asked or 0.0, self._wait(attempt + 1))
                 continue
             if not self._may_retry(attempt, until):
                 break
+            pause = self._wait(attempt + 1)
         raise problem
 
-    def _may_retry(self, attempt: int, until: float) -> bool:
-        return attempt < self.retries and time.monotonic() + self._wait(attempt + 1) < until
+    def _may_retry(self, attempt: int, until: float, asked: float | None = None) -> bool:
+        """Another try fits: tries left, the wait (or the upstream's Retry-After) short enough and
+        within the deadline."""
+        if asked is not None and asked > _MAX_WAIT:
+            return False
+        wait = max(asked or 0.0, self._wait(attempt + 1))
+        return attempt < self.retries and time.monotonic() + wait < until
 
     async def probe(self, seconds: float = 2.0) -> tuple[bool, dict]:
         """Whether the upstream answers `GET /models` at all (any status under 500), for `/healthz`."""

@@ -62,12 +62,12 @@ class Plugin:
         scores, mentioned = self.router.scores(vectors, text)
         return self.router.matches(scores, mentioned, self.top_k), scores
 
-    def augment(self, text: str) -> tuple[str, list[Match]] | None:
+    def augment(self, text: str, vectors: np.ndarray | None = None) -> tuple[str, list[Match]] | None:
         """The prompt that carries the applicable edits for `text`, or None when none applies.
 
         >>> plugin.augment("The capital of France is")     # doctest: +SKIP
         """
-        matches, scores = self.route(text)
+        matches, scores = self.route(text, vectors)
         if not matches:
             return None
         records = self.memory.records
@@ -87,8 +87,21 @@ class Plugin:
         return [self.memory.records[m.record]["id"] for m in matches]
 
     # -- OpenAI request bodies -----------------------------------------------------------
-    def rewrite_completion(self, body: dict) -> tuple[dict, list[str]] | None:
-        """The completions body with each in-scope prompt rewritten, and the edit ids applied."""
+    def routed_text(self, body: dict, chat: bool) -> str | None:
+        """The one text a request is routed by (the last user message, or a single string
+        prompt), so a server can embed many requests' texts in one batch; None otherwise."""
+        if not chat:
+            prompt = body.get("prompt")
+            return prompt if isinstance(prompt, str) else None
+        messages = body.get("messages")
+        last = _last_user(messages) if isinstance(messages, list) else None
+        return None if last is None else message_text(messages[last].get("content"))
+
+    def rewrite_completion(self, body: dict, vectors: np.ndarray | None = None) -> tuple[dict, list[str]] | None:
+        """The completions body with each in-scope prompt rewritten, and the edit ids applied.
+
+        `vectors`: `query_vectors` of a single string prompt, when the caller has them.
+        """
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
@@ -96,7 +109,7 @@ class Plugin:
         applied: list[str] = []
         changed = list(prompts)
         for index, text in enumerate(prompts):
-            found = self.augment(text)
+            found = self.augment(text, vectors if isinstance(prompt, str) else None)
             if found:
                 changed[index] = found[0]
                 applied += [i for i in self.edit_ids(found[1]) if i not in applied]
@@ -106,23 +119,30 @@ class Plugin:
         new["prompt"] = changed[0] if isinstance(prompt, str) else changed
         return new, applied
 
-    def rewrite_chat(self, body: dict) -> tuple[dict, list[str]] | None:
-        """The chat body with its last user message rewritten when an edit applies to it."""
+    def rewrite_chat(self, body: dict, vectors: np.ndarray | None = None) -> tuple[dict, list[str]] | None:
+        """The chat body with its last user message rewritten when an edit applies to it.
+
+        `vectors`: `query_vectors` of that message's text, when the caller has them.
+        """
         messages = body.get("messages")
         if not isinstance(messages, list):
             return None
-        last = next((i for i in range(len(messages) - 1, -1, -1)
-                     if isinstance(messages[i], dict) and messages[i].get("role") == "user"), None)
+        last = _last_user(messages)
         if last is None:
             return None
         text = message_text(messages[last].get("content"))
-        found = self.augment(text) if text is not None else None
+        found = self.augment(text, vectors) if text is not None else None
         if not found:
             return None
         new = dict(body)
         new["messages"] = copy.deepcopy(messages)
         new["messages"][last]["content"] = found[0]
         return new, self.edit_ids(found[1])
+
+
+def _last_user(messages: list) -> int | None:
+    return next((i for i in range(len(messages) - 1, -1, -1)
+                 if isinstance(messages[i], dict) and messages[i].get("role") == "user"), None)
 
 
 def message_text(content: Any) -> str | None:
