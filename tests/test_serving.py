@@ -256,3 +256,16 @@ def test_requests_arriving_together_are_embedded_in_one_batch():
     assert embedder.calls == [8, 2]                         # all ten waited together: batches of at most 8
     for text, vectors in zip(texts, found):
         assert (vectors == query_vectors(HashEmbedder(), [text], fast=True)[0]).all()
+
+
+def test_a_bug_still_answers_a_json_error():
+    from editspec.serve.http import EXCEPTION_HANDLERS
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    with serving(Starlette(routes=[Route("/v1/x", broken)], exception_handlers=EXCEPTION_HANDLERS)) as url:
+        response = httpx2.get(url + "/x")
+    assert response.status_code == 500
+    assert response.json()["error"] == {"message": "internal error (RuntimeError); see the server's log",
+                                        "type": "server_error", "param": None, "code": "internal_error"}

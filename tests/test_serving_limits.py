@@ -7,6 +7,7 @@ stops early, so a request's length is its `max_tokens` (1000 tokens take a few s
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -87,6 +88,17 @@ def test_a_prompt_over_the_token_limit_is_refused_with_400(model_server):
     assert api.completions.create(model="m", prompt="The capital of France is", max_tokens=3).usage.completion_tokens == 3
 
 
+@pytest.mark.parametrize("field", [{"temperature": "hot"}, {"seed": "x"}, {"top_p": 3}, {"logprobs": "many"},
+                                   {"stream": True, "stream_options": "yes"}])
+def test_fields_of_the_wrong_type_are_400s(model_server, field):
+    response = httpx2.post(model_server.url + "/completions", json={"model": "m", "prompt": "Hi", "max_tokens": 2,
+                                                                    **field})
+    if "stream_options" in field:                       # ignored unless it is an object
+        assert response.status_code == 200 and "data: [DONE]" in response.text
+    else:
+        assert response.status_code == 400 and response.json()["error"]["param"] == next(iter(field))
+
+
 def test_max_tokens_over_the_cap_is_refused_with_400(model_server):
     with pytest.raises(openai.BadRequestError, match="max_tokens is too large: 601") as refused:
         client(model_server).completions.create(model="m", prompt="Hi", max_tokens=601)
@@ -161,3 +173,42 @@ def test_the_proxy_refuses_before_it_embeds_or_forwards(recording_upstream):
         metrics = httpx2.get(proxy.root + "/metrics").text
         assert 'editspec_proxy_refused_total{reason="body_too_large"} 1' in metrics
         assert 'editspec_proxy_refused_total{reason="busy"} 1' in metrics
+
+
+def hanging_upstream():
+    """Lists its models at once; answers completions after 30 s."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": []})
+
+    async def hang(request):
+        await asyncio.sleep(30)
+        return JSONResponse({})
+
+    return Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", hang, methods=["POST"])])
+
+
+def test_sigterm_cuts_what_outlasts_the_shutdown_bound_with_a_503():
+    with serving(hanging_upstream()) as url, \
+            ServerProcess(["proxy", "--upstream", url, "--shutdown-timeout", "1"], script=APP_SCRIPT) as proxy:
+        api = openai.OpenAI(base_url=proxy.url, api_key="x", max_retries=0, timeout=60)
+        outcome: list = []
+
+        def call():
+            try:
+                api.completions.create(model="m", prompt="Bananas")
+            except openai.APIError as error:
+                outcome.append(error)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        proxy.terminate()
+        assert proxy.process.wait(timeout=20) == 0 and time.monotonic() - started < 10
+        caller.join(timeout=10)
+    assert isinstance(outcome[0], openai.InternalServerError) and outcome[0].status_code == 503
+    assert outcome[0].code == "server_draining"

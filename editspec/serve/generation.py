@@ -90,5 +90,6 @@ def _choose(logits, temperature: float, top_p: float, generator) -> int:
     if top_p < 1.0:
         ordered, order = probs.sort(descending=True)
         keep = ordered.cumsum(0) - ordered < top_p
+        keep[0] = True                      # the likeliest token always stays (top_p 0: greedy)
         probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

@@ -19,6 +19,7 @@ outermost ASGI layer, which refuses early with OpenAI-style JSON errors:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 
@@ -247,6 +248,13 @@ class Guard:
             self._refused("timeout")
             if not status:
                 await _answer(scope, receive, send, timed_out(limit))
+        except asyncio.CancelledError:
+            # Shutdown cut the request (past --shutdown-timeout): say so while the caller listens.
+            if not status and self.state.status == "draining":
+                self._refused("draining")
+                with contextlib.suppress(Exception):
+                    await _answer(scope, receive, send, self.state.refusal())
+            raise
         finally:
             self.admission.leave(time.monotonic() - started)
 

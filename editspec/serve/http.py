@@ -36,6 +36,17 @@ async def handle_api_error(request, error: ApiError):
     return error_response(error)
 
 
+async def handle_unexpected(request, error: Exception):
+    """Starlette's 500 handler: even a bug answers an OpenAI-style JSON error (its traceback goes
+    to the server's log, never to the caller)."""
+    return error_response(ApiError(f"internal error ({type(error).__name__}); see the server's log",
+                                   status=500, kind="server_error", code="internal_error"))
+
+
+# Both servers' Starlette apps: API errors as themselves, anything else as a JSON 500.
+EXCEPTION_HANDLERS = {ApiError: handle_api_error, Exception: handle_unexpected}
+
+
 async def read_json(request) -> dict:
     """The request's JSON object body, or an `ApiError` (400) saying what is wrong with it."""
     raw = await request.body()

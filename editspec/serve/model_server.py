@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from editspec.serve.generation import Step, generate, prompt_logprobs
 from editspec.serve.guard import Guard, ModelLimits, deadline, timed_out
-from editspec.serve.http import ApiError, handle_api_error, read_json, sse
+from editspec.serve.http import EXCEPTION_HANDLERS, ApiError, read_json, sse
 from editspec.serve.runtime import ServerState, ops_routes
 from editspec.serve.telemetry import ServerMetrics
 
@@ -133,16 +133,18 @@ class ModelService:
         if len(stops) > MAX_STOPS:
             raise ApiError(f"stop takes at most {MAX_STOPS} strings", param="stop")
         if chat:
-            top = int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
+            top = _field(body, "top_logprobs", int, 0) if body.get("logprobs") else None
         else:
-            top = body.get("logprobs")
-        if top is not None and not 0 <= int(top) <= MAX_TOP_LOGPROBS:
+            top = _field(body, "logprobs", int, None)
+        if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
             raise ApiError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="logprobs")
-        temperature = body.get("temperature")
-        return {"stops": [s for s in stops if s],
-                "temperature": 1.0 if temperature is None else float(temperature),
-                "top_p": float(body.get("top_p") or 1.0), "seed": body.get("seed"),
-                "top": None if top is None else int(top)}
+        temperature, top_p = _field(body, "temperature", float, 1.0), _field(body, "top_p", float, 1.0)
+        if not 0.0 <= temperature <= 2.0:
+            raise ApiError("temperature must be between 0 and 2", param="temperature")
+        if not 0.0 <= top_p <= 1.0:
+            raise ApiError("top_p must be between 0 and 1", param="top_p")
+        return {"stops": [s for s in stops if s], "temperature": temperature, "top_p": top_p,
+                "seed": _field(body, "seed", int, None), "top": top}
 
     def completion_budget(self, body: dict, chat: bool, prompt_tokens: int) -> int:
         """Tokens to generate: the request's `max_tokens` within the cap and the context left."""
@@ -250,6 +252,16 @@ class ModelService:
         yield state.flush(), [], state
 
 
+def _field(body: dict, name: str, kind: type, default):
+    """`body[name]` as a `kind` (int or float; JSON null: `default`), else `ApiError` 400."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ApiError(f"{name} must be {'an integer' if kind is int else 'a number'}", param=name)
+    return kind(value)
+
+
 def _nonnegative(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ApiError(f"{name} must be a non-negative integer", param=name)
@@ -321,7 +333,8 @@ def create_model_app(model, name: str | None = None, limits: ModelLimits | None 
         meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": service.name}
         if body.get("stream"):
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            asked = body.get("stream_options")
+            usage = isinstance(asked, dict) and bool(asked.get("include_usage"))
             return StreamingResponse(_stream(ids, options, meta, chat, usage, until), media_type="text/event-stream")
         echo = bool(body.get("echo")) and not chat
         return JSONResponse(await run_in_threadpool(_whole, ids, options, meta, chat, echo, until))
@@ -400,5 +413,5 @@ def create_model_app(model, name: str | None = None, limits: ModelLimits | None 
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/chat/completions", chat, methods=["POST"]),
               *ops_routes(state, metrics, service.describe)]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: handle_api_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     return Guard(app, limits, metrics, state)

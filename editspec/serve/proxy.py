@@ -26,7 +26,7 @@ import math
 import time
 
 from editspec.serve.guard import Guard, ProxyLimits, deadline, timed_out
-from editspec.serve.http import ApiError, handle_api_error, parse_json, sse
+from editspec.serve.http import EXCEPTION_HANDLERS, ApiError, parse_json, sse
 from editspec.serve.runtime import ServerState, ops_routes
 from editspec.serve.telemetry import ServerMetrics
 from editspec.serve.upstream import Upstream, forwarded, returned
@@ -211,5 +211,5 @@ def create_proxy_app(plugin, upstream_url: str, *, timeout: float = 120.0, retri
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     routes = [*ops_routes(state, metrics, describe, probe), Route("/v1/{path:path}", forward, methods=methods)]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: handle_api_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     return Guard(app, limits, metrics, state)
