@@ -91,12 +91,10 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     return None
 
 
-def error_at(span, message: str, hint: str | None = None) -> EditspecError:
-    """An `EditspecError` pointing at an IR node's `span`, with its source line when readable.
+def diagnostic_at(span, message: str, hint: str | None = None, severity: str = "error") -> Diagnostic:
+    """A `Diagnostic` pointing at an IR node's `span`, with its source line when readable.
 
-    Later stages (compile, verify) use it so that a problem still points at the spec line.
-
-    >>> raise error_at(edit.span, "the subject does not occur in the prompt")  # doctest: +SKIP
+    >>> print(diagnostic_at(block.span, "rome does not compile canonical examples", severity="warning").render())  # doctest: +SKIP
     """
     source = None
     try:
@@ -108,4 +106,14 @@ def error_at(span, message: str, hint: str | None = None) -> EditspecError:
     except (OSError, UnicodeDecodeError):
         pass
     location = Location(span.file, span.line, span.column, span.end_line, span.end_column)
-    return EditspecError(Diagnostic(message, location, hint=hint, source_line=source))
+    return Diagnostic(message, location, hint=hint, source_line=source, severity=severity)
+
+
+def error_at(span, message: str, hint: str | None = None) -> EditspecError:
+    """An `EditspecError` pointing at an IR node's `span`, with its source line when readable.
+
+    Later stages (compile, verify) use it so that a problem still points at the spec line.
+
+    >>> raise error_at(edit.span, "the subject does not occur in the prompt")  # doctest: +SKIP
+    """
+    return EditspecError(diagnostic_at(span, message, hint))

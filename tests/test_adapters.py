@@ -327,11 +327,17 @@ def test_memory_leaves_every_out_of_radius_input_bit_identical(setup, backend):
 
 
 @pytest.mark.parametrize("backend", MEMORIES)
-def test_memory_refuses_canonical_examples_at_their_line(setup, backend):
+def test_memory_warns_at_the_line_of_canonical_examples_and_compiles_the_edits(setup, backend):
     setup["spec"].write_text(SPEC + CANONICAL)
-    with pytest.raises(EditspecError, match="cannot compile canonical examples") as error:
-        _compile(setup, backend)
-    assert f"{setup['spec']}:11:1" in str(error.value)
+    warnings = []
+    artifact = _compile(setup, backend, warn=warnings.append)
+    assert [w.severity for w in warnings] == ["warning", "warning"]
+    assert f"{setup['spec']}:11:1" in warnings[0].render()
+    assert "does not compile canonical blocks" in warnings[0].message
+    assert "does not compile forget blocks" in warnings[1].message
+    assert [(part["kind"], part["name"]) for part in artifact.manifest["left_out"]] == [
+        ("canonical", "capital-of-germany"), ("forget", "jobs-apple")]
+    assert artifact.edit_ids
 
 
 @pytest.mark.parametrize("backend", MEMORIES)

@@ -16,7 +16,7 @@ from editspec.families.locate import factor_of_gram
 from editspec.families.locate.backend import LocateBackend
 
 from .alphaedit import AlphaEditState, alphaedit_deltas
-from .config import AlphaEditConfig
+from .config import CAPABILITIES, AlphaEditConfig
 
 STATE = "alphaedit_state.safetensors"
 
@@ -26,6 +26,7 @@ class AlphaEditBackend(LocateBackend):
 
     name = "alphaedit"
     config_class = AlphaEditConfig
+    capabilities = CAPABILITIES
 
     def stats_layers(self, config: AlphaEditConfig, model) -> list[int]:
         return list(config.layers)

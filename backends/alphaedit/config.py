@@ -6,6 +6,11 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from editspec.families.locate.target_settings import ResidualTargetSettings
+from editspec.build.backend import Capabilities
+
+
+# Edits only: canonical and forget blocks get a warning at their line.
+CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
 class AlphaEditConfig(ResidualTargetSettings):

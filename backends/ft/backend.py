@@ -10,37 +10,35 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-import weakref
 
 import torch
 from torch import nn
 
 from editspec.build.artifact import ADAPTER_DIR, DELTAS, Artifact
-from editspec.build.backend import Attachment, Capabilities, CompileJob, CompileResult
+from editspec.build.backend import Attachment, CompileJob, CompileResult
 from editspec.errors import EditspecError
 from editspec.model.layout import layout_for, module_at
 from editspec.families.training.backend import TrainingBackend
 
-from .config import FtConfig
-
-# Base module -> its live peft attachment (for `--on`, which trains the attached adapter further).
-_LIVE: "weakref.WeakKeyDictionary[nn.Module, PeftAttachment]" = weakref.WeakKeyDictionary()
-
+from .config import CAPABILITIES, FtConfig
 
 class PeftAttachment(Attachment):
     """A peft adapter on a base model; `revert()` unloads it (the base weights were never touched)."""
 
     def __init__(self, base: nn.Module, peft_model):
         self.base, self.model, self.reverted = base, peft_model, False
-        _LIVE[base] = self
 
     def revert(self) -> None:
         if self.reverted:
             return
         self.model.unload()
         _clear_peft_marks(self.base)
-        _LIVE.pop(self.base, None)
         self.reverted = True
+
+
+def _has_peft_marks(base: nn.Module) -> bool:
+    # What peft leaves on a model it injected into (and `_clear_peft_marks` removes on revert).
+    return any(name in base.__dict__ for name in ("peft_config", "_hf_peft_config_loaded"))
 
 
 def _clear_peft_marks(base: nn.Module) -> None:
@@ -83,7 +81,7 @@ class FtBackend(TrainingBackend):
 
     name = "ft"
     config_class = FtConfig
-    capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+    capabilities = CAPABILITIES
 
     def default_lr(self, config: FtConfig) -> float:
         # LoRA tolerates (and needs) larger steps than training the weights themselves.
@@ -104,10 +102,10 @@ class FtBackend(TrainingBackend):
         config: FtConfig = job.config
         base = job.model.model
         if job.previous is not None:
-            attachment = _LIVE.get(base)
-            if attachment is None:
+            # `--on`: train the previous adapter further; the compiler attached it and reverts it.
+            if not isinstance(job.attachment, PeftAttachment):
                 raise EditspecError(f"the adapter of {job.previous.path} is not attached to the model")
-            peft_model, owned = attachment.model, False
+            peft_model, owned = job.attachment.model, False
         else:
             paths = mlp_module_paths(base, config.layers, config.modules)
             lora = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
@@ -159,7 +157,6 @@ class FtBackend(TrainingBackend):
         if isinstance(attachment, PeftAttachment):
             merged = attachment.model.merge_and_unload()
             _clear_peft_marks(merged)
-            _LIVE.pop(model, None)
             return merged
         return attachment.model
 
@@ -168,7 +165,7 @@ def attach_adapter(model: nn.Module, adapter_dir, *, trainable: bool = False) ->
     """Load the peft adapter in `adapter_dir` onto `model`; `.revert()` unloads it again."""
     from peft import PeftModel
 
-    if model in _LIVE:
+    if _has_peft_marks(model):
         raise EditspecError("this model already has an adapter artifact attached; revert that one first")
     with _quiet_peft():
         loaded = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)

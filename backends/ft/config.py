@@ -5,8 +5,13 @@ import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from editspec.build.backend import Capabilities
 
 Layer = Annotated[int, Field(ge=0)]
+
+
+# Trains on edits, canonical examples (with `over` as a contrast) and forget blocks.
+CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True, canonical=True, forget=True)
 
 
 class TrainingSettings(BaseModel):

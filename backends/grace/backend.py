@@ -13,16 +13,16 @@ import json
 import torch
 
 from editspec.build.artifact import Artifact
-from editspec.build.backend import Backend, Capabilities, CompileJob, CompileResult
+from editspec.build.backend import Backend, CompileJob, CompileResult
 from editspec.families.memory.codebook import Codebook
 from editspec.errors import EditspecError
 from editspec.model.hooks import _hidden, _with_hidden, record_outputs
 from editspec.model.layout import layout_for, module_at
 from editspec.families.memory.backend import (
-    HookAttachment, detach_live, edit_keys, fit, key_queries, per_edit_losses, radii, refuse_non_edits,
+    HookAttachment, edit_keys, fit, key_queries, per_edit_losses, radii, require_edits,
 )
 
-from .config import GraceConfig
+from .config import CAPABILITIES, GraceConfig
 
 CODEBOOK = "codebook.safetensors"
 
@@ -60,13 +60,13 @@ class GraceBackend(Backend):
 
     name = "grace"
     config_class = GraceConfig
-    capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+    capabilities = CAPABILITIES
+    attach_previous = False  # the previous memory is read from its files and rebuilt whole
 
     def compile(self, job: CompileJob) -> CompileResult:
         config: GraceConfig = job.config
-        refuse_non_edits(job, self.name)
+        require_edits(job, self.name)
         model, tokenizer = job.model.model, job.model.tokenizer
-        detach_live(model)  # the previous memory is rebuilt here, whole
         path = grace_layer(model, config.layer)
         book, values = (load_codebook(job.previous.file(CODEBOOK))[:2] if job.previous is not None
                         else (None, None))

@@ -4,6 +4,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from editspec.build.backend import Capabilities
+
+
+# A memory of edited facts: canonical and forget blocks are left out (with a warning).
+CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
 class MemorySettings(BaseModel):

@@ -6,7 +6,7 @@
 from editspec.families.plugin.backend import PluginBackend
 from editspec.families.plugin.prompts import IKE_TEMPLATE
 
-from .config import IkeConfig
+from .config import CAPABILITIES, IkeConfig
 
 
 class IkeBackend(PluginBackend):
@@ -14,6 +14,7 @@ class IkeBackend(PluginBackend):
 
     name = "ike"
     config_class = IkeConfig
+    capabilities = CAPABILITIES
     default_template = IKE_TEMPLATE
 
     def plugin_settings(self, config) -> dict:

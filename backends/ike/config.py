@@ -4,6 +4,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from editspec.families.plugin.settings import PluginConfig
+from editspec.build.backend import Capabilities
+
+
+# A prompt plugin carries facts, not likelihood or erasure goals.
+CAPABILITIES = Capabilities(white_box=False, batch=True, sequential=True, reversible=True)
 
 
 class IkeConfig(PluginConfig):

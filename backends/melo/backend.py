@@ -18,15 +18,15 @@ import math
 import torch
 
 from editspec.build.artifact import Artifact
-from editspec.build.backend import Backend, Capabilities, CompileJob, CompileResult
+from editspec.build.backend import Backend, CompileJob, CompileResult
 from editspec.errors import EditspecError
 from editspec.model.hooks import _hidden, _with_hidden
 from editspec.model.layout import layout_for, module_at
 from editspec.families.memory.backend import (
-    HookAttachment, detach_live, edit_keys, fit, key_queries, per_edit_losses, radii, refuse_non_edits,
+    HookAttachment, edit_keys, fit, key_queries, per_edit_losses, radii, require_edits,
 )
 
-from .config import MeloConfig
+from .config import CAPABILITIES, MeloConfig
 from .router import Router
 
 PAYLOAD = "melo.safetensors"
@@ -85,13 +85,13 @@ class MeloBackend(Backend):
 
     name = "melo"
     config_class = MeloConfig
-    capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+    capabilities = CAPABILITIES
+    attach_previous = False  # the previous memory is read from its files and rebuilt whole
 
     def compile(self, job: CompileJob) -> CompileResult:
         config: MeloConfig = job.config
-        refuse_non_edits(job, self.name)
+        require_edits(job, self.name)
         model = job.model.model
-        detach_live(model)
         router_path, lora_paths = melo_paths(model, config)
         if job.previous is not None:
             router, lora, meta = load_memory(job.previous.file(PAYLOAD))

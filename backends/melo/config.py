@@ -6,8 +6,13 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from editspec.backends.grace.config import MemorySettings
+from editspec.build.backend import Capabilities
 
 Layer = Annotated[int, Field(ge=0)]
+
+
+# A memory of edited facts: canonical and forget blocks are left out (with a warning).
+CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
 class MeloConfig(MemorySettings):

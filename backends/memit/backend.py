@@ -4,7 +4,7 @@ from __future__ import annotations
 from editspec.model.layout import layout_for
 from editspec.families.locate.backend import LocateBackend
 
-from .config import MemitConfig, default_layers
+from .config import CAPABILITIES, MemitConfig, default_layers
 from .memit import memit_deltas
 
 
@@ -13,6 +13,7 @@ class MemitBackend(LocateBackend):
 
     name = "memit"
     config_class = MemitConfig
+    capabilities = CAPABILITIES
 
     def stats_layers(self, config: MemitConfig, model) -> list[int]:
         return list(config.layers or default_layers(layout_for(model).num_layers(model)))

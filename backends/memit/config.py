@@ -4,12 +4,17 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from editspec.families.locate.target_settings import ResidualTargetSettings
+from editspec.build.backend import Capabilities
 
 
 def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
     """[heuristic] `count` consecutive layers starting near 14% of the depth (SmolLM2: 4-8)."""
     start = min(max(round(num_layers * 0.14), 0), max(num_layers - count, 0))
     return tuple(range(start, min(start + count, num_layers)))
+
+
+# Edits only: canonical and forget blocks get a warning at their line.
+CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
 class MemitConfig(ResidualTargetSettings):

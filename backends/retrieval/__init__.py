@@ -6,7 +6,7 @@
 from editspec.families.plugin.backend import PluginBackend
 from editspec.families.plugin.prompts import LTE_TEMPLATE
 
-from .config import RetrievalConfig
+from .config import CAPABILITIES, RetrievalConfig
 
 
 class RetrievalBackend(PluginBackend):
@@ -14,6 +14,7 @@ class RetrievalBackend(PluginBackend):
 
     name = "retrieval"
     config_class = RetrievalConfig
+    capabilities = CAPABILITIES
     default_template = LTE_TEMPLATE
 
 

@@ -1,10 +1,9 @@
 """The `rome` backend: ROME (R-ROME form by default), one rank-one update per edit."""
 from __future__ import annotations
 
-from editspec.build.backend import Capabilities
 from editspec.families.locate.backend import LocateBackend
 
-from .config import RomeConfig
+from .config import CAPABILITIES, RomeConfig
 from .rome import rome_deltas
 
 
@@ -13,7 +12,7 @@ class RomeBackend(LocateBackend):
 
     name = "rome"
     config_class = RomeConfig
-    capabilities = Capabilities(white_box=True, batch=False, sequential=True, reversible=True)
+    capabilities = CAPABILITIES
 
     def stats_layers(self, config: RomeConfig, model) -> list[int]:
         return list(config.auto_layers) if config.layer == "auto" else [config.layer]

@@ -6,6 +6,11 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from editspec.families.locate.target_settings import ResidualTargetSettings
+from editspec.build.backend import Capabilities
+
+
+# One fact at a time; canonical and forget blocks are not facts ROME can write.
+CAPABILITIES = Capabilities(white_box=True, batch=False, sequential=True, reversible=True)
 
 
 class RomeConfig(ResidualTargetSettings):

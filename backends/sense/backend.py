@@ -16,13 +16,13 @@ import json
 import torch
 
 from editspec.build.artifact import DELTAS, Artifact
-from editspec.build.backend import Capabilities, CompileJob, CompileResult
+from editspec.build.backend import CompileJob, CompileResult
 from editspec.errors import EditspecError
 from editspec.model.layout import layout_for, module_at
 from editspec.families.memory.backend import HookAttachment
 from editspec.families.training.backend import TrainingBackend
 
-from .config import SenseConfig
+from .config import CAPABILITIES, SenseConfig
 
 SENSES = "senses.safetensors"
 
@@ -74,7 +74,7 @@ class SenseBackend(TrainingBackend):
 
     name = "sense"
     config_class = SenseConfig
-    capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+    capabilities = CAPABILITIES
 
     def default_lr(self, config) -> float:
         return 1e-2

@@ -6,8 +6,13 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from editspec.backends.ft.config import TrainingSettings
+from editspec.build.backend import Capabilities
 
 Layer = Annotated[int, Field(ge=0)]
+
+
+# Trains on edits, canonical examples and forget blocks, like ft.
+CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True, canonical=True, forget=True)
 
 
 class SenseConfig(TrainingSettings):

@@ -12,6 +12,7 @@ Example, the smallest useful backend::
         name = "nothing"
         config_class = NothingConfig
         capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+        # edits only: canonical and forget blocks get a warning at their line (editspec.build.support)
 
         def compile(self, job):
             return CompileResult(files=[])
@@ -41,15 +42,23 @@ class Capabilities(BaseModel):
     batch: bool = Field(description="Edits many facts in one computation.")
     sequential: bool = Field(description="`--on PREVIOUS` adds new edits to an earlier artifact.")
     reversible: bool = Field(description="The edit can be removed exactly (`Attachment.revert`).")
+    edits: bool = Field(True, description="Compiles `edit` and `edits` declarations (facts to rewrite).")
+    canonical: bool = Field(False, description="Compiles `canonical` blocks (behaviour taught from examples).")
+    forget: bool = Field(False, description="Compiles `forget` blocks (strings pushed out of the model).")
+
+    def compiles(self, kind: str) -> bool:
+        """Whether a spec part of `kind` ("edits", "canonical", "forget") reaches the payload."""
+        return bool(getattr(self, kind))
 
 
 @dataclass
 class CompileJob:
     """Everything a backend's `compile()` gets.
 
-    `edits` are the edits to compile now: all of the spec's, or with `--on` only the new ones
-    (`previous` is then the earlier artifact, already attached to `model`).  The backend
-    writes its payload under `workdir` and lists the files it wrote in its result.
+    `edits` are the edits to compile now: all of the spec's, or with `--on` only the new ones.
+    `previous` is then the earlier artifact and `attachment` that artifact attached to `model`
+    (for backends whose `attach_previous` is true; the compiler reverts it afterwards).  The
+    backend writes its payload under `workdir` and lists the files it wrote in its result.
     """
 
     spec: "Spec"
@@ -59,6 +68,7 @@ class CompileJob:
     seed: int
     workdir: Path
     previous: "Artifact | None" = None
+    attachment: "Attachment | None" = None
     prepared: dict[str, Any] = field(default_factory=dict)  # what `prepare()` returned
     progress: Callable[[str], None] = lambda message: None
 
@@ -98,6 +108,9 @@ class Backend:
     config_class: ClassVar[type[BaseModel]]
     capabilities: ClassVar[Capabilities]
     needs_model: ClassVar[bool] = True
+    # Whether `compile()` runs with the previous artifact attached (`job.attachment`).  A memory
+    # that is rebuilt whole from the previous artifact's files sets this False.
+    attach_previous: ClassVar[bool] = True
 
     def prepare(self, job: CompileJob) -> dict[str, Any]:
         """Work that must see the *unedited* model (statistics, sampled templates).

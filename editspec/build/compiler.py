@@ -22,34 +22,46 @@ from editspec.build.artifact import (
     ARTIFACT_SCHEMA_VERSION, IR_FILE, MANIFEST, Artifact, canonical_json, payload_hash, read_artifact,
 )
 from editspec.build.backend import Backend, CompileJob
-from editspec.errors import EditspecError, did_you_mean, error_at
+from editspec.build.support import left_out, unsupported_parts
+from editspec.errors import Diagnostic, EditspecError, did_you_mean, error_at
 from editspec.ir import BackendSettings, Range, Spec
 
 
 def compile_spec(
-    spec: Spec | str | os.PathLike, backend: str, *, model: Any = None, out: str | os.PathLike | None = None,
-    overrides: Mapping[str, str] | None = None, seed: int = 0, on: str | os.PathLike | Artifact | None = None,
+    spec: Spec | str | os.PathLike, backend: str | None = None, *, model: Any = None,
+    out: str | os.PathLike | None = None, overrides: Mapping[str, str] | None = None, seed: int = 0,
+    on: str | os.PathLike | Artifact | None = None, incremental: bool = True,
     device: str | None = None, device_map: str | None = None, dtype: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, warn: Callable[[Diagnostic], None] | None = None,
 ) -> Artifact:
     """Compile `spec` with `backend` and return the written artifact.
 
-    `model` is a known name, a checkpoint directory, a .gguf file, an already loaded
-    `editspec.model.loading.LoadedModel`, or None (the spec's `model`, else the default).
-    `overrides` are `--set` pairs (values in the spec language: `4..8`, `[1, 2]`, `0.5`).
-    `on` is a previous artifact of the same backend: only edits it lacks are compiled, on top
-    of it (on its model, unless `model` is given), and the new artifact holds both.  `out` defaults to `build/<spec>.<backend>`.
+    `backend` defaults to the spec's only `backend` block.  `model` is a known name, a
+    checkpoint directory, a .gguf file, an already loaded `editspec.model.loading.LoadedModel`,
+    or None (the spec's `model`, else the default).  `overrides` are `--set` pairs (values in the
+    spec language: `4..8`, `[1, 2]`, `0.5`).  `on` is a previous artifact of the same backend:
+    only edits it lacks are compiled, on top of it (on its model, unless `model` is given), and
+    the new artifact holds both.  Without `on`, when `incremental` and `editspec.lock` beside the
+    spec shows that the artifact at `out` is current except for added edits, that artifact is
+    built on the same way.  `out` defaults to `build/<spec>.<backend>`.  Spec parts the backend
+    does not compile reach `warn` as warnings at their line (default: `progress`).
     """
     from editspec.cache import atomic_dir
     from editspec.build.registry import get_backend
     from editspec.lang.resolve import load_spec
 
     say = progress or (lambda message: None)
+    warn = warn or (lambda diagnostic: say(diagnostic.render()))
     timings: dict[str, float] = {}
     started = time.perf_counter()
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    backend = backend or only_backend(spec)
     impl: Backend = get_backend(backend).backend_class()()
     config = build_config(impl.config_class, spec.backend(backend), overrides or {}, backend)
+    for diagnostic in unsupported_parts(spec, backend, impl.capabilities):
+        warn(diagnostic)
+    if on is None and incremental and not overrides:
+        on = _locked_base(spec, backend, out, model, say)
     previous = _previous(on, impl, spec) if on is not None else None
     known = set(previous.edit_ids) if previous else set()
     edits = tuple(edit for edit in spec.edits if edit.id not in known)
@@ -77,12 +89,13 @@ def compile_spec(
         job.prepared = impl.prepare(job)
         timings["prepare"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        attachment = impl.attach(loaded.model, previous) if previous is not None and loaded is not None else None
+        if previous is not None and loaded is not None and impl.attach_previous:
+            job.attachment = impl.attach(loaded.model, previous)
         try:
             result = impl.compile(job)
         finally:
-            if attachment is not None:
-                attachment.revert()
+            if job.attachment is not None:
+                job.attachment.revert()
         timings["compile"] = time.perf_counter() - mark
         (workdir / IR_FILE).write_text(spec.to_json() + "\n", encoding="utf-8")
         timings["total"] = time.perf_counter() - started
@@ -90,6 +103,33 @@ def compile_spec(
         (workdir / MANIFEST).write_text(canonical_json(manifest), encoding="utf-8")
     say(f"wrote {out} ({contents(manifest, len(edits))} in {timings['total']:.1f} s)")
     return read_artifact(out)
+
+
+def only_backend(spec: Spec) -> str:
+    """The backend of a spec's only `backend` block: the default when none is named."""
+    names = [block.name for block in spec.backends]
+    if len(names) == 1:
+        return names[0]
+    hint = f"the spec configures {', '.join(names)}" if names else "e.g. --backend rome"
+    raise EditspecError("which backend? pass --backend", hint=hint)
+
+
+def _locked_base(spec: Spec, backend: str, out, model, say) -> Path | None:
+    """The locked artifact at `out` that this compile can build on (`editspec.lock`), or None.
+
+    A caller's model counts only when it is the one that artifact was compiled for.
+    """
+    from editspec.gitflow.lock import incremental_base
+
+    if not spec.source or (model is not None and not hasattr(model, "weights_hash")):
+        return None
+    base = incremental_base(spec.source, backend, out if out is not None else default_output(spec, backend))
+    if base is None:
+        return None
+    if model is not None and read_artifact(base).model.get("weights_hash") != model.weights_hash:
+        return None
+    say(f"{base} is current except for added edits: compiling only those, on top of it (--fresh to rebuild)")
+    return base
 
 
 def contents(manifest: dict, edits: int | None = None) -> str:
@@ -232,6 +272,7 @@ def _manifest(spec: Spec, impl: Backend, config: BaseModel, seed: int, loaded, p
         "based_on": {"path": str(previous.path), "payload_hash": previous.payload_hash} if previous else None,
         "payload": {"files": sorted(result.files), "hash": payload_hash(workdir, result.files)},
         "details": result.details,
+        "left_out": left_out(spec, impl.capabilities),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": _versions(),
     }

@@ -26,6 +26,13 @@ class BackendEntry:
     def backend_class(self):
         return _import(self.backend)
 
+    def capabilities(self):
+        """What the backend compiles, from its settings module's `CAPABILITIES` (torch-free)
+        when it declares them there, else from the backend class."""
+        module = importlib.import_module(self.config_class().__module__)
+        declared = getattr(module, "CAPABILITIES", None)
+        return declared if declared is not None else self.backend_class().capabilities
+
 
 # The backend names of editspec's design.  `check` accepts settings for one of these even when
 # it is not installed yet (it cannot check them); `compile` refuses it with a clear error.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from editspec.commands.options import compile_options, model_options, parse_settings, progress
+from editspec.commands.options import compile_options, model_options, parse_settings, progress, warn
 
 
 @click.command("compile")
@@ -38,20 +38,14 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
       editspec compile facts.edit --backend memit --set layers=4..8 -o build/facts.memit
       editspec compile facts.edit --backend alphaedit --on build/facts.alphaedit -o build/facts.v2
     """
-    from editspec.build.compiler import compile_spec, contents, default_output
-    from editspec.gitflow.lock import incremental_base, record_artifact
-    from editspec.lang.resolve import load_spec
+    from editspec.build.compiler import compile_spec, contents
+    from editspec.gitflow.lock import record_artifact
 
-    loaded_spec = load_spec(spec)
-    backend = backend or _only_backend(loaded_spec)
     overrides = parse_settings(settings)
-    if on is None and not fresh and not overrides and model is None:
-        on = incremental_base(spec, backend, output or default_output(loaded_spec, backend))
-        if on is not None:
-            progress(f"{on} is current except for added edits: compiling only those, on top of it (--fresh to rebuild)")
-    artifact = compile_spec(loaded_spec, backend, model=model, out=output, overrides=overrides,
-                            seed=seed, on=on, device=device, device_map=device_map, dtype=dtype,
-                            progress=progress)
+    artifact = compile_spec(spec, backend, model=model, out=output, overrides=overrides, seed=seed, on=on,
+                            incremental=not fresh, device=device, device_map=device_map, dtype=dtype,
+                            progress=progress, warn=warn)
+    backend = artifact.backend
     if not no_lock:
         record_artifact(artifact, spec=spec, overrides=overrides)
     manifest = artifact.manifest
@@ -59,16 +53,6 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
     target = f"on {manifest['model']['name']}" if manifest.get("model") else "for API models"
     click.echo(f"{artifact.path}: {contents(manifest)} with {backend} {target} "
                f"in {manifest['timings']['total']:.1f} s (payload {manifest['payload']['hash'][:12]})")
-
-
-def _only_backend(spec) -> str:
-    from editspec.errors import EditspecError
-
-    names = [block.name for block in spec.backends]
-    if len(names) == 1:
-        return names[0]
-    hint = f"the spec configures {', '.join(names)}" if names else "e.g. --backend rome"
-    raise EditspecError("which backend? pass --backend", hint=hint)
 
 
 @click.command("apply")

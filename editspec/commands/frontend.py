@@ -36,7 +36,10 @@ def _print_diagnostics(diagnostics: list[Diagnostic]) -> None:
 @click.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path())
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing when the specs are clean.")
-def check(specs: tuple[str, ...], quiet: bool) -> None:
+@click.option("--backend", "-b", metavar="B",
+              help="Also warn, at its line, about every part of the spec that backend B does not compile "
+              "(e.g. canonical or forget blocks with rome).")
+def check(specs: tuple[str, ...], quiet: bool, backend: str | None) -> None:
     """Parse, resolve and check specs; report every problem at once.
 
     SPECS are .edit files or directories (every .edit file below them). Imports are
@@ -46,14 +49,25 @@ def check(specs: tuple[str, ...], quiet: bool) -> None:
     Examples:
       editspec check specs/examples/leadership.edit
       editspec check specs/            # every spec in the tree
+      editspec check specs/examples/erasure.edit --backend rome   # what rome would leave out
     """
     from editspec.lang.resolve import analyse
+
+    capabilities = None
+    if backend is not None:
+        from editspec.build.registry import get_backend
+
+        capabilities = get_backend(backend).capabilities()
 
     failed = 0
     files = _spec_files(specs)
     for path in files:
         analysis = analyse(path)
         _print_diagnostics(analysis.diagnostics)
+        if capabilities is not None and analysis.spec is not None:
+            from editspec.build.support import unsupported_parts
+
+            _print_diagnostics(unsupported_parts(analysis.spec, backend, capabilities))
         if analysis.spec is None:
             failed += 1
         elif not quiet:

@@ -41,6 +41,13 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
     return pairs
 
 
+def warn(diagnostic) -> None:
+    """A warning diagnostic (file:line:col, the line, a caret, a hint) on stderr."""
+    import sys
+
+    click.echo(diagnostic.render(color=sys.stderr.isatty()), err=True)
+
+
 def progress(message: str) -> None:
     """Progress lines for long commands go to stderr, so stdout stays clean for data."""
     click.echo(message, err=True)

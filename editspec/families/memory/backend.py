@@ -14,11 +14,9 @@ from torch import nn
 
 from editspec.build.backend import Attachment, CompileJob
 from editspec.families.memory.codebook import KeyedText, activations, nearest_distances, teacher_forced
-from editspec.errors import EditspecError, error_at
+from editspec.errors import EditspecError
 from editspec.families.training.objectives import edit_targets, fact_texts
 
-# Model -> its live memory attachment, so a sequential compile can take the old memory off.
-_LIVE: "weakref.WeakKeyDictionary[nn.Module, HookAttachment]" = weakref.WeakKeyDictionary()
 # Model -> (its state, {(path, where, token ids): activation}): reference text already run.
 _REFERENCE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
@@ -28,29 +26,18 @@ class HookAttachment(Attachment):
 
     def __init__(self, model: nn.Module, handles: Sequence):
         self.model, self.handles, self.reverted = model, list(handles), False
-        _LIVE[model] = self
 
     def revert(self) -> None:
         if self.reverted:
             return
         for handle in self.handles:
             handle.remove()
-        _LIVE.pop(self.model, None)
         self.reverted = True
 
 
-def detach_live(model: nn.Module) -> None:
-    """Remove the memory attached to `model` (a sequential compile rebuilds it whole)."""
-    attachment = _LIVE.get(model)
-    if attachment is not None:
-        attachment.revert()
-
-
-def refuse_non_edits(job: CompileJob, backend: str) -> None:
-    """A memory backend stores facts; canonical examples and forget blocks get a diagnostic at their line."""
-    for node, what in [(c, "canonical examples") for c in job.spec.canonical] + [(f, "forget blocks") for f in job.spec.forget]:
-        raise error_at(node.span, f"`{backend}` keeps a memory of edited facts; it cannot compile {what}",
-                       hint="compile this spec with `ft` (or `sense` for canonical examples)")
+def require_edits(job: CompileJob, backend: str) -> None:
+    """A memory stores edited facts: a spec with none is an error (canonical and forget blocks get
+    the shared warning of `editspec.build.support`, since memories do not compile them)."""
     if not job.edits:
         raise EditspecError(f"{job.spec.source} has no edits for `{backend}` to store")
 

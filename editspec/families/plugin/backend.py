@@ -56,9 +56,4 @@ class PluginBackend(Backend):
             embedder=load_embedder(), threshold=config.threshold, default_threshold=config.default_threshold,
             mention_bonus=config.mention_bonus, top_k=config.top_k, seed=job.seed, **self.plugin_settings(config))
         job.progress(f"router threshold {settings['threshold']:.3f} ({settings['threshold_source']})")
-        skipped = [f"{len(items)} {what}" for what, items in
-                   (("canonical example(s)", job.spec.canonical), ("forget block(s)", job.spec.forget)) if items]
-        if skipped:
-            # Said, not silently dropped: a prompt plugin carries facts, not likelihood or erasure goals.
-            job.progress(f"note: the {self.name} plugin carries edits only; not applied: {', '.join(skipped)}")
         return CompileResult(files=[PLUGIN_DIR], details={"router": settings})
