@@ -16,3 +16,16 @@ def test_every_package_directory_is_listed_in_pyproject():
             relative = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((package, *relative)))
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_backends_import_their_family_never_a_sibling():
+    import re
+
+    offences = []
+    for path in sorted((ROOT / "backends").glob("*/*.py")):
+        own = path.parent.name
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            for other in re.findall(r"editspec\.backends\.(\w+)", line):
+                if other != own:
+                    offences.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offences == [], "move what two backends share into editspec/families/"

@@ -3,27 +3,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
 from editspec.build.backend import Capabilities
+from editspec.families.memory.settings import MemorySettings
 
 
 # A memory of edited facts: canonical and forget blocks are left out (with a warning).
 CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
-
-class MemorySettings(BaseModel):
-    """What the memory backends (grace, melo) share: the deferral radius and its calibration."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    eps: float | Literal["auto"] = Field(
-        "auto", description="Deferral radius in raw activation units, or `auto`: per key, `eps_scale` times its "
-        "distance to the nearest activation of reference text (keep facts and `reference_corpus`).")
-    eps_scale: float = Field(0.5, gt=0, description="For `eps auto`: the fraction of the distance to the nearest reference activation.")
-    reference_corpus: str | None = Field(None, description="Reference text for `eps auto`: a text or .jsonl file, or unset for the built-in Wikipedia summaries.")
-    reference_samples: int = Field(16, ge=0, description="Documents of `reference_corpus` used for `eps auto`.")
-    mode: Literal["coverage", "moving_average"] = Field(
-        "coverage", description="A new key near one with the same label: grow that key's radius to cover it, or move the key halfway.")
 
 
 class GraceConfig(MemorySettings):

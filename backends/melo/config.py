@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from editspec.backends.grace.config import MemorySettings
+from editspec.families.memory.settings import MemorySettings
 from editspec.build.backend import Capabilities
 
 Layer = Annotated[int, Field(ge=0)]

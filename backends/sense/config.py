@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from editspec.backends.ft.config import TrainingSettings
+from editspec.families.training.settings import TrainingSettings
 from editspec.build.backend import Capabilities
 
 Layer = Annotated[int, Field(ge=0)]

@@ -1,0 +1,21 @@
+"""Settings the memory backends (grace, melo) share (torch-free, so `editspec check` validates them)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MemorySettings(BaseModel):
+    """What the memory backends (grace, melo) share: the deferral radius and its calibration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eps: float | Literal["auto"] = Field(
+        "auto", description="Deferral radius in raw activation units, or `auto`: per key, `eps_scale` times its "
+        "distance to the nearest activation of reference text (keep facts and `reference_corpus`).")
+    eps_scale: float = Field(0.5, gt=0, description="For `eps auto`: the fraction of the distance to the nearest reference activation.")
+    reference_corpus: str | None = Field(None, description="Reference text for `eps auto`: a text or .jsonl file, or unset for the built-in Wikipedia summaries.")
+    reference_samples: int = Field(16, ge=0, description="Documents of `reference_corpus` used for `eps auto`.")
+    mode: Literal["coverage", "moving_average"] = Field(
+        "coverage", description="A new key near one with the same label: grow that key's radius to cover it, or move the key halfway.")
