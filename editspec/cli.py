@@ -13,17 +13,30 @@ import traceback
 import click
 
 from editspec import __version__
-from editspec.errors import EditspecError
+from editspec.errors import EditspecError, Outcome
 
-EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = Outcome.OK, Outcome.FAILED, Outcome.ERROR
+
+
+def exit_code_of(result) -> int:
+    """The exit code for what a command returned: an `Outcome`, a result with an `exit_code`
+    (a verification report, a bench result), or None for success."""
+    if result is None:
+        return EXIT_OK
+    if isinstance(result, Outcome):
+        return int(result)
+    code = getattr(result, "exit_code", None)
+    if code is None:
+        raise TypeError(f"a command returned {type(result).__name__}, which says no outcome")
+    return int(Outcome(code))
 
 
 class EditspecGroup(click.Group):
-    """A click group that turns `EditspecError` into diagnostics on stderr and exit code 2."""
+    """A click group that maps what commands return, and `EditspecError`, to exit codes."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except EditspecError as error:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
@@ -32,6 +45,10 @@ class EditspecGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        code = exit_code_of(result)
+        if code != EXIT_OK:
+            ctx.exit(code)
+        return result
 
 
 def _stderr_is_tty() -> bool:

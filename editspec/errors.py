@@ -6,8 +6,21 @@ hint, and exit code 2.  Nothing else in editspec prints errors or picks exit cod
 from __future__ import annotations
 
 import difflib
+import enum
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
+
+
+class Outcome(enum.IntEnum):
+    """What a command reports back to `editspec.cli`, which alone turns it into the exit code.
+
+    OK: it ran and everything held; FAILED: it ran but a check, expectation or formatting rule
+    failed; ERROR: it could not run (raised as `EditspecError` where there is one message to show).
+    """
+
+    OK = 0
+    FAILED = 1
+    ERROR = 2
 
 
 @dataclass(frozen=True)

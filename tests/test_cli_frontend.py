@@ -113,3 +113,21 @@ def test_front_end_does_not_import_torch():
             "try:\n    main(['check', '-q', %r])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'" % LEADERSHIP)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_commands_return_outcomes_and_only_cli_turns_them_into_exit_codes():
+    import re
+
+    commands = ROOT / "editspec" / "commands"
+    exits = [f"{path.name}:{n}" for path in commands.glob("*.py")
+             for n, line in enumerate(path.read_text().splitlines(), start=1) if re.search(r"\bsys\.exit\(", line)]
+    assert exits == []
+    from editspec.cli import exit_code_of
+    from editspec.errors import Outcome
+
+    class Report:
+        exit_code = 1
+
+    assert [exit_code_of(r) for r in (None, Outcome.OK, Outcome.FAILED, Outcome.ERROR, Report())] == [0, 0, 1, 2, 1]
+    with pytest.raises(TypeError):
+        exit_code_of("something")

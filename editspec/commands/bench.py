@@ -1,7 +1,6 @@
 """`editspec bench`: compile and verify one spec with several backends; one comparison table."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -74,7 +73,7 @@ def bench_command(spec, backend_list, out, protocol, upstream, api_model, as_mar
         draw(result, plot)
         progress(f"wrote {plot}")
     click.echo(to_json(result) if as_json else markdown(result) if as_markdown else text(result))
-    sys.exit(result.exit_code)
+    return result
 
 
 COMMANDS = [bench_command]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from editspec.errors import Diagnostic, EditspecError
+from editspec.errors import Diagnostic, EditspecError, Outcome
 
 
 def _spec_files(paths: tuple[str, ...]) -> list[str]:
@@ -77,7 +77,7 @@ def check(specs: tuple[str, ...], quiet: bool, backend: str | None) -> None:
                        f"{len(spec.expect)} expectations)")
     if failed:
         click.echo(f"{failed} of {len(files)} spec(s) have errors", err=True)
-        sys.exit(2)
+        return Outcome.ERROR
 
 
 @click.command()
@@ -110,7 +110,7 @@ def fmt(specs: tuple[str, ...], check_only: bool) -> None:
             click.echo(f"formatted {path}", err=True)
     if check_only and unformatted:
         click.echo(f"{len(unformatted)} file(s) need formatting: run `editspec fmt {' '.join(unformatted)}`", err=True)
-        sys.exit(1)
+        return Outcome.FAILED
 
 
 def _write_atomically(path: str, text: str) -> None:

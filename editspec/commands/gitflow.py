@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from editspec.errors import EditspecError
+from editspec.errors import EditspecError, Outcome
 
 
 def _split_arguments(arguments: tuple[str, ...]) -> tuple[str, list[str]]:
@@ -134,9 +134,9 @@ def diff(arguments: tuple[str, ...], output_format: str, exit_code: bool) -> Non
     for error in failures:
         click.echo(error.render(color=sys.stderr.isatty()), err=True)
     if failures:
-        sys.exit(2)
+        return Outcome.ERROR
     if exit_code and changed_any:
-        sys.exit(1)
+        return Outcome.FAILED
 
 
 
@@ -213,7 +213,7 @@ def status_command(paths: tuple[str, ...], output_format: str) -> None:
             if s.action:
                 click.echo(f"  -> {s.action}")
     if any(s.state != "current" for s in results):
-        sys.exit(1)
+        return Outcome.FAILED
 
 
 COMMANDS = [diff, lock_command, status_command]

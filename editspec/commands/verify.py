@@ -1,7 +1,6 @@
 """`editspec verify`: run a spec's checks on an edited model and report; exit 1 when an expectation fails."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -71,7 +70,7 @@ def verify_command(spec, artifact, backend, no_edit, protocol, chat, max_new_tok
     if markdown:
         Path(markdown).write_text(markdown_text(report), encoding="utf-8")
     click.echo(to_json(report) if as_json else terminal(report, show_passed=not failures_only))
-    sys.exit(report.exit_code)
+    return report
 
 
 def _verify_through_api(spec, upstream, artifact, backend, no_edit, api_model):
