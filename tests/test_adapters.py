@@ -48,10 +48,14 @@ TINY = {
     "grace": {},
     "melo": {"edit_lr": "0.05", "n_iter": "25"},
     "sense": {"lr": "0.1", "steps": "15", "senses": "16"},
+    "wise": {"lr": "0.02", "n_iter": "30"},
 }
 BACKENDS = list(TINY)
-MEMORIES = ["grace", "melo"]
-EXACT_OUTSIDE = set(MEMORIES)  # backends whose out-of-scope outputs are bit-identical
+MEMORIES = ["grace", "melo", "wise"]
+# Backends whose out-of-scope outputs are bit-identical by a radius around keys.  WISE's
+# margin routing is too blunt to separate a 64-wide random model's activations; its
+# bit-identity outside the threshold is tested in tests/test_wise.py.
+EXACT_OUTSIDE = {"grace", "melo"}
 
 
 def _name(backend):
@@ -305,7 +309,7 @@ def test_artifact_lists_its_payload(setup):
     assert read_artifact(artifact.path).backend == "ft" and (artifact.path / MANIFEST).is_file()
 
 
-@pytest.mark.parametrize("backend", MEMORIES)
+@pytest.mark.parametrize("backend", sorted(EXACT_OUTSIDE))
 def test_memory_leaves_every_out_of_radius_input_bit_identical(setup, backend):
     model, tok = setup["model"].model, setup["model"].tokenizer
     # Text that never continues an edit prompt (a sentence that does is in scope by design).

@@ -34,7 +34,9 @@ TINY = {
     "memit": {"layers": "0..1", "v_num_grad_steps": "8", "context_template_counts": "[[2, 4]]", "mom2_update_weight": "1"},
     "alphaedit": {"layers": "0..1", "v_num_grad_steps": "8", "context_template_counts": "[[2, 4]]",
                   "threshold_mode": "relative", "nullspace_threshold": "0.5", "l2": "0.1"},
+    "ultraedit": {"layers": "1..2", "step": "2.0", "ridge": "0.01", "passes": "2"},
 }
+STATISTICS = {"rome", "memit", "alphaedit"}  # backends that read second moments C
 BACKENDS = list(TINY)
 
 
@@ -42,7 +44,8 @@ BACKENDS = list(TINY)
 def setup(tmp_path, tmp_cache):
     folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     return {"model": load_model(folder), "folder": folder, "spec": spec, "tmp": tmp_path,
-            "overrides": lambda backend: {**TINY[backend], "mom2_samples": "20", "mom2_corpus": str(corpus)}}
+            "overrides": lambda backend: {**TINY[backend], **({"mom2_samples": "20", "mom2_corpus": str(corpus)}
+                                                              if backend in STATISTICS else {})}}
 
 
 def _compile(setup, backend, out="art", **kw):
@@ -71,7 +74,9 @@ def test_artifact_contract(setup, backend):
     assert [e["subject"] for e in manifest["edits"]] == ["France", "Michael Jordan"]
     assert manifest["edits"][0]["span"]["line"] == 7
     assert manifest["spec"]["ir_hash"] == load_spec(setup["spec"]).content_hash()
-    assert manifest["backend"]["config"]["v_num_grad_steps"] == 8
+    config = manifest["backend"]["config"]
+    assert all(config[key] is not None for key in TINY[backend])  # the settings compiled are recorded
+    assert backend == "ultraedit" or config["v_num_grad_steps"] == 8
     # Compiling never changes the model in memory or on disk.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -99,7 +104,7 @@ def test_same_inputs_same_payload_bytes(setup, backend):
     assert first.payload_hash == second.payload_hash
 
 
-@pytest.mark.parametrize("backend", ["memit", "alphaedit"])
+@pytest.mark.parametrize("backend", ["memit", "alphaedit", "ultraedit"])
 def test_on_previous_compiles_only_new_edits(setup, backend):
     first = _compile(setup, backend, out="v1")
     setup["spec"].write_text(SPEC + MORE)

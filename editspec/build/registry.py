@@ -36,7 +36,8 @@ class BackendEntry:
 
 # The backend names of editspec's design.  `check` accepts settings for one of these even when
 # it is not installed yet (it cannot check them); `compile` refuses it with a clear error.
-DESIGNED_BACKENDS = ("rome", "memit", "alphaedit", "ft", "sense", "melo", "grace", "ike", "retrieval")
+DESIGNED_BACKENDS = ("rome", "memit", "alphaedit", "ultraedit", "ft", "sense", "melo", "grace", "wise", "ike",
+                     "retrieval")
 
 # Built-in backends are listed here once they are real (a backend that is not real yet is not
 # registered).
@@ -48,12 +49,17 @@ _BUILTIN: list[BackendEntry] = [
     BackendEntry("alphaedit", "editspec.backends.alphaedit:AlphaEditConfig",
                  "editspec.backends.alphaedit.backend:AlphaEditBackend",
                  "MEMIT with null-space-projected updates, for sequential batches (--on)"),
+    BackendEntry("ultraedit", "editspec.backends.ultraedit:UltraEditConfig",
+                 "editspec.backends.ultraedit.backend:UltraEditBackend",
+                 "training-free lifelong edits: one forward-backward, a closed-form ridge update, running statistics"),
     BackendEntry("ft", "editspec.backends.ft.config:FtConfig", "editspec.backends.ft.backend:FtBackend",
                  "fine-tuning with KL to the unedited model: a LoRA adapter (peft), or full MLP updates"),
     BackendEntry("grace", "editspec.backends.grace.config:GraceConfig", "editspec.backends.grace.backend:GraceBackend",
                  "a codebook of keys with deferral radii at one layer; inputs outside every radius run unedited"),
     BackendEntry("melo", "editspec.backends.melo.config:MeloConfig", "editspec.backends.melo.backend:MeloBackend",
                  "routed LoRA blocks, one per edit batch; inputs outside every edit cluster run unedited"),
+    BackendEntry("wise", "editspec.backends.wise.config:WiseConfig", "editspec.backends.wise.backend:WiseBackend",
+                 "side memories at one MLP, routed by an activation margin; edits trained in shards that are merged"),
     BackendEntry("sense", "editspec.backends.sense.config:SenseConfig", "editspec.backends.sense.backend:SenseBackend",
                  "sense fine-tuning: a few Backpack senses, or the most relevant MLP value vectors, with KL"),
     BackendEntry("ike", "editspec.backends.ike.config:IkeConfig", "editspec.backends.ike:IkeBackend",

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from editspec.model.layout import module_at
+from editspec.model.layout import layout_for, module_at
 
 
 def _hidden(output):
@@ -112,6 +112,57 @@ def add_to_output(
         yield
     finally:
         handle.remove()
+
+
+class _Recorded(nn.Module):
+    """Stands in for a block below δ's site: returns the block's recorded output, computes nothing."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+def blocks_below(model, site: str) -> list[str]:
+    """Paths of the blocks under the block that holds `site`, bottom first ([] if none or unknown)."""
+    layout = layout_for(model)
+    blocks = [layout.block_at(i) for i in range(layout.num_layers(model))]
+    holder = next((i for i, b in enumerate(blocks) if site == b or site.startswith(b + ".")), None)
+    return blocks[:holder] if holder else []
+
+
+@contextlib.contextmanager
+def raw_outputs(model, blocks: Sequence[str]):
+    """Yields a list that gets each run block's output as it is returned (a tensor, or a tuple)."""
+    found: list = []
+    handles = [module_at(model, b).register_forward_hook(lambda module, args, output: found.append(output))
+               for b in blocks]
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def replaying(model, blocks: Sequence[str], hidden: torch.Tensor | None):
+    """With `hidden` (the top block's recorded output), `blocks` are swapped for `_Recorded` stand-ins."""
+    if hidden is None or not blocks:
+        yield
+        return
+    swapped = []
+    try:
+        for path in blocks:
+            parent, _, name = path.rpartition(".")
+            holder = module_at(model, parent)
+            swapped.append((holder, name, getattr(holder, name)))
+            setattr(holder, name, _Recorded(hidden))
+        yield
+    finally:
+        for holder, name, block in swapped:
+            setattr(holder, name, block)
 
 
 class _StopForward(Exception):

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from editspec.model.hooks import add_to_output, record_outputs
+from editspec.model.hooks import add_to_output, blocks_below, raw_outputs, record_outputs, replaying
 from editspec.model.kvcache import cache_kwarg, output_cache
 from editspec.model.layout import layout_for, module_at, output_head
 from editspec.model.precision import bfloat16_autocast, native_bfloat16
@@ -162,58 +162,8 @@ class _Chunk:
         self.fact.append(f)
 
 
-class _Recorded(nn.Module):
-    """Stands in for a block below δ's site: returns the block's recorded output, computes nothing."""
-
-    def __init__(self, hidden: torch.Tensor):
-        super().__init__()
-        self.hidden = hidden
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.hidden
-
-
-def _blocks_below(model, site: str) -> list[str]:
-    """Paths of the blocks under the block that holds `site`, bottom first ([] if none or unknown)."""
-    layout = layout_for(model)
-    blocks = [layout.block_at(i) for i in range(layout.num_layers(model))]
-    holder = next((i for i, b in enumerate(blocks) if site == b or site.startswith(b + ".")), None)
-    return blocks[:holder] if holder else []
-
-
-@contextlib.contextmanager
-def _raw_outputs(model, blocks: Sequence[str]):
-    """Yields a list that gets each run block's output as it is returned (a tensor, or a tuple)."""
-    found: list = []
-    handles = [module_at(model, b).register_forward_hook(lambda module, args, output: found.append(output))
-               for b in blocks]
-    try:
-        yield found
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def _replaying(model, blocks: Sequence[str], hidden: torch.Tensor | None):
-    """With `hidden` (the top block's recorded output), `blocks` are swapped for `_Recorded` stand-ins."""
-    if hidden is None or not blocks:
-        yield
-        return
-    swapped = []
-    try:
-        for path in blocks:
-            parent, _, name = path.rpartition(".")
-            holder = module_at(model, parent)
-            swapped.append((holder, name, getattr(holder, name)))
-            setattr(holder, name, _Recorded(hidden))
-        yield
-    finally:
-        for holder, name, block in swapped:
-            setattr(holder, name, block)
-
-
-def _logits(hidden, head_w, head_b, softcap):
+def head_logits(hidden, head_w, head_b, softcap):
+    """Float logits of final hidden states [N, d] (`output_head`'s weight and bias, Gemma's softcap)."""
     logits = hidden @ head_w.T  # [N, vocab]
     if head_b is not None:
         logits = logits + head_b
@@ -255,7 +205,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     delta.requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=s.lr)
     active = torch.ones(n, dtype=torch.bool)
-    below = _blocks_below(model, site) if s.replay_below else []
+    below = blocks_below(model, site) if s.replay_below else []
     # Step 0 stays in the model's dtype: it records init, the KL anchor and the replayed blocks.
     fast = s.bf16_steps and dtype == torch.float32 and native_bfloat16(device)
     loss_out, nll_out = torch.zeros(n), torch.zeros(n)
@@ -274,8 +224,8 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         # The recorder is registered first, so it sees the site output before δ is added.
         recorded = replay[rows.to(replay.device), :suffix_len] if replay is not None else None
         with record_outputs(model, [site] if init is None else []) as seen, \
-                _raw_outputs(model, below[-1:] if init is None else []) as top_below, \
-                _replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
+                raw_outputs(model, below[-1:] if init is None else []) as top_below, \
+                replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
                 bfloat16_autocast(device, fast and it > 0):
             hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
                           position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
@@ -293,13 +243,13 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         where = {int(r): i for i, r in enumerate(rows)}  # chunk row -> batch row
         sup = torch.tensor([k for k, r in enumerate(c.sup_row.tolist()) if int(r) in where], dtype=torch.long)
         sup_batch = torch.tensor([where[int(r)] for r in c.sup_row[sup]], dtype=torch.long)
-        logp = torch.log_softmax(_logits(hidden[sup_batch.to(device), c.sup_pos[sup].to(device)], head_w, head_b, softcap), -1)
+        logp = torch.log_softmax(head_logits(hidden[sup_batch.to(device), c.sup_pos[sup].to(device)], head_w, head_b, softcap), -1)
         token_nll = -logp.gather(1, c.sup_tgt[sup].to(device).unsqueeze(1)).squeeze(1)  # [N]
         nll = torch.zeros(n, device=device).index_add(0, c.sup_fact[sup].to(device), token_nll * c.sup_w[sup].to(device))
         kl_batch = torch.tensor([where[r] for r in c.kl_rows if r in where], dtype=torch.long)
         kl_facts = c.fact_t[torch.tensor(c.kl_rows)][active]
         kl_at = c.at_subject[torch.tensor(c.kl_rows)[active]].to(device)
-        kl_logp = torch.log_softmax(_logits(hidden[kl_batch.to(device), kl_at], head_w, head_b, softcap), -1)
+        kl_logp = torch.log_softmax(head_logits(hidden[kl_batch.to(device), kl_at], head_w, head_b, softcap), -1)
         if kl0 is None:
             kl0 = kl_logp.detach()  # p_0: the unedited next-token distribution at the subject
         kl = torch.zeros(n, device=device)

@@ -1,0 +1,70 @@
+"""The `ultraedit` backend: lifelong edits in closed form, one forward-backward per `--on` turn.
+
+The payload is the deltas of every turn (`delta.safetensors`, low-rank factors: rank = the
+turn's answer tokens) and the lifelong normalisation's running statistics
+(`ultraedit_norm.safetensors`, two vectors per edited layer), which the next `--on` turn
+continues.  Nothing else grows: a turn costs the same at edit 100 and edit 10,000.
+"""
+from __future__ import annotations
+
+import json
+
+from editspec.build.artifact import Artifact
+from editspec.build.backend import CompileJob, CompileResult
+from editspec.families.locate.backend import DeltaBackend
+
+from .config import UltraEditConfig
+
+NORM = "ultraedit_norm.safetensors"
+
+
+class UltraEditBackend(DeltaBackend):
+    """Training-free: keys and value gradients from one pass, a ridge solve per layer."""
+
+    name = "ultraedit"
+    config_class = UltraEditConfig
+
+    def compile(self, job: CompileJob) -> CompileResult:
+        from editspec.families.memory.backend import edit_keys, refuse_non_edits
+
+        from .ultraedit import ultraedit_deltas
+
+        config: UltraEditConfig = job.config
+        refuse_non_edits(job, self.name)
+        loaded = job.model
+        texts = edit_keys(job)
+        keep = keep_keys(job)
+        job.progress(f"ultraedit: {len(texts)} edit prompt(s), {len(keep)} keep fact(s)")
+        deltas, norm, logs = ultraedit_deltas(loaded.model, loaded.tokenizer, texts, keep, config,
+                                              read_norm(job.previous) if job.previous is not None else None)
+        self.save_stage(job, deltas)
+        write_norm(job.workdir / NORM, norm)
+        edits = [{"id": edit.id} for edit in job.edits]
+        return CompileResult(files=["delta.safetensors", NORM], edits=edits, details={"layers": logs})
+
+
+def keep_keys(job: CompileJob):
+    """The new edits' keep facts, teacher-forced: keys the update must leave alone."""
+    from editspec.families.memory.codebook import teacher_forced
+    from editspec.families.training.objectives import Target
+    from editspec.families.training.tuning import encode_targets
+
+    targets = [Target(prompt, fact.answer, "good", edit.id) for edit in job.edits for fact in edit.keep
+               for prompt in fact.prompts]
+    return teacher_forced(job.model.tokenizer, encode_targets(job.model.tokenizer, targets)) if targets else []
+
+
+def write_norm(path, norm) -> None:
+    """The running statistics, with deterministic bytes (one metadata entry)."""
+    from safetensors.torch import save
+
+    meta = json.dumps({"format": "editspec.ultraedit_norm", "format_version": "1"}, sort_keys=True)
+    path.write_bytes(save(dict(sorted(norm.tensors().items())), metadata={"editspec": meta}))
+
+
+def read_norm(artifact: Artifact):
+    from safetensors.torch import load_file
+
+    from .ultraedit import LifelongNorm
+
+    return LifelongNorm.from_tensors(load_file(str(artifact.file(NORM))))

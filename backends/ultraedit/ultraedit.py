@@ -1,0 +1,224 @@
+"""UltraEdit's update math: keys and value gradients from one pass, lifelong normalisation, a ridge solve.
+
+For each edit, the texts are the edit prompt followed by the new answer (teacher-forced).  One
+forward-backward pass over them records, at every edited value projection and at each position
+that predicts an answer token, the projection's input k (the key) and the gradient g of the
+answer's NLL with respect to the projection's output.  No subject position, no optimisation
+loop: the update is closed-form.
+
+Lifelong normalisation: per layer, the running per-feature mean square of every key and every
+gradient seen so far, over all `--on` turns (merged exactly, like a running mean).  Keys are
+divided by their running RMS before the solve, gradients before they become value shifts, so
+the step size and the ridge mean the same thing in turn 1 and turn 100 while the edited model
+drifts.  We scale and do not centre: a centred gradient would erase a lone edit, and a centred
+key would need a bias the value projection does not have.
+
+The solve (``K`` the normalised keys as rows, ``V = −η·g/rms_g`` the value shifts, keep-fact
+keys in ``K`` with a zero shift):
+
+    ΔW̃ = Vᵀ [(K Kᵀ + λI)⁻¹ K]_edit rows        ΔW = ΔW̃ · diag(1/rms_k)
+
+the ridge regression that maps each edit key to its shift and each kept key to nothing.  It is
+solved in its dual form (one [n, n] system), so a turn costs the same whatever the key width,
+and the update comes out as factors of rank n (the edit rows): `Delta(left=Vᵀ, right=…)`.
+
+    norm = LifelongNorm()
+    for batch in turns:
+        deltas, norm, logs = ultraedit_deltas(model, tok, batch_texts, keep_texts, config, norm)
+        apply_deltas(model, deltas)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from editspec.families.memory.codebook import KeyedText
+from editspec.model.deltas import Delta, apply_deltas
+from editspec.model.hooks import record_inputs, stop_after
+from editspec.model.layout import layout_for, module_at, output_head, value_weight
+from editspec.families.locate import frozen
+from editspec.families.locate.targets import head_logits
+from editspec.model.tokens import pad_id, right_pad
+
+from .config import UltraEditConfig
+
+EPS = 1e-12  # added to mean squares before the square root: a feature never seen scales by 1e6, not inf
+
+
+@dataclass(frozen=True)
+class RunningSquares:
+    """The running per-feature mean square of rows seen so far, and how many there were."""
+
+    count: int
+    mean_square: torch.Tensor  # [d] float64
+
+    @classmethod
+    def empty(cls, dim: int) -> "RunningSquares":
+        return cls(0, torch.zeros(dim, dtype=torch.float64))
+
+    def merged(self, rows: torch.Tensor) -> "RunningSquares":
+        """These statistics with `rows` [n, d] added (exact: a count-weighted mean of means)."""
+        rows = rows.to(torch.float64)
+        n = rows.shape[0]
+        if n == 0:
+            return self
+        total = self.count + n
+        mean = self.mean_square * (self.count / total) + (rows * rows).sum(0) / total
+        return RunningSquares(total, mean)
+
+    def rms(self) -> torch.Tensor:
+        return (self.mean_square + EPS).sqrt()
+
+
+@dataclass
+class LifelongNorm:
+    """Per edited layer: running squares of the keys and of the value gradients (what `--on` carries)."""
+
+    keys: dict[int, RunningSquares] = field(default_factory=dict)
+    grads: dict[int, RunningSquares] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """For safetensors: `keys.<layer>` and `grads.<layer>` mean squares, and their counts."""
+        found = {}
+        for kind, table in (("keys", self.keys), ("grads", self.grads)):
+            for layer, stats in table.items():
+                found[f"{kind}.{layer}.mean_square"] = stats.mean_square.contiguous()
+                found[f"{kind}.{layer}.count"] = torch.tensor([stats.count], dtype=torch.long)
+        return found
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "LifelongNorm":
+        norm = cls()
+        for name, tensor in tensors.items():
+            kind, layer, part = name.split(".")
+            if part == "mean_square":
+                count = int(tensors[f"{kind}.{layer}.count"][0])
+                getattr(norm, kind)[int(layer)] = RunningSquares(count, tensor.to(torch.float64))
+        return norm
+
+
+def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence[int], *,
+                  with_grads: bool = True, batch_size: int = 32) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Keys [rows, d_k] (and NLL gradients [rows, d_v]) at each text's answer-predicting positions.
+
+    Rows follow the texts, then their positions.  Each text's loss is its answer's mean NLL and
+    the batch loss is their sum, so a row's gradient is the same alone or in any batch.  The
+    model's weights get no gradient and are never changed.  Float64 on CPU.  The output head
+    runs only at the answer positions; without gradients the pass stops at the deepest layer.
+    """
+    layout = layout_for(model)
+    paths = [layout.mlp_out_at(layer) for layer in layers]
+    head_w, head_b = output_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    device = head_w.device
+    keys: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    grads: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    with frozen(model):
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            ids, mask = right_pad([list(t.ids) for t in chunk], pad_id(tokenizer))
+            rows = torch.tensor([r for r, t in enumerate(chunk) for _ in t.positions])
+            cols = torch.tensor([p for t in chunk for p in t.positions])
+            outputs: dict[str, torch.Tensor] = {}
+            handles = [module_at(model, p).register_forward_hook(_keep_output(outputs, p)) for p in paths] if with_grads else []
+            try:
+                with record_inputs(model, paths) as seen, torch.set_grad_enabled(with_grads):
+                    if not with_grads:
+                        with stop_after(model, paths[-1]):
+                            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                    else:
+                        hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                        at = hidden.to(device)[rows.to(device), cols.to(device)]  # [rows, d_model]
+                        labels = torch.tensor([l for t in chunk for l in t.labels], device=device)
+                        logp = torch.log_softmax(head_logits(at, head_w, head_b, softcap), -1)
+                        nll = -logp.gather(1, labels[:, None]).squeeze(1)
+                        weight = torch.tensor([1.0 / len(t.positions) for t in chunk for _ in t.positions], device=device)
+                        found = torch.autograd.grad((nll * weight).sum(), [outputs[p] for p in paths])
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for i, p in enumerate(paths):
+                keys[p].append(seen[p].detach()[rows.to(seen[p].device), cols.to(seen[p].device)].to("cpu", torch.float64))
+                if with_grads:
+                    grads[p].append(found[i][rows.to(found[i].device), cols.to(found[i].device)].to("cpu", torch.float64))
+    return {layer: (torch.cat(keys[p]), torch.cat(grads[p]) if with_grads else None) for layer, p in zip(layers, paths)}
+
+
+def _keep_output(outputs: dict, path: str):
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        if not hidden.requires_grad:  # nothing below needs a gradient: make it a leaf that does
+            hidden.requires_grad_(True)
+        outputs[path] = hidden
+
+    return hook
+
+
+def ultraedit_update(keys: torch.Tensor, values: torch.Tensor, preserved: torch.Tensor | None,
+                     key_scale: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors ``(left [d_v, n], right [n, d_k])`` of the ridge update that maps keys to values.
+
+    `keys` [n, d_k] are mapped to `values` [n, d_v], `preserved` keys [m, d_k] to zero, all
+    measured after dividing by `key_scale` [d_k]; λ is `ridge` × their mean squared norm.
+    Float64.  With λ → 0 and independent keys, ``left @ right @ k_i = v_i`` exactly.
+    """
+    scale = key_scale.to(torch.float64)
+    rows = keys.to(torch.float64) if preserved is None else torch.cat([keys, preserved]).to(torch.float64)
+    k = rows / scale  # [n + m, d_k]
+    gram = k @ k.T
+    lam = ridge * float(gram.diagonal().mean().clamp(min=EPS))
+    solved = torch.linalg.solve(gram + lam * torch.eye(len(k), dtype=torch.float64), k)  # [n + m, d_k]
+    right = solved[: keys.shape[0]] / scale  # back to raw keys: ΔW k = ΔW̃ (k / scale)
+    return values.to(torch.float64).T.contiguous(), right.contiguous()
+
+
+def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequence[KeyedText],
+                     config: UltraEditConfig = UltraEditConfig(), norm: LifelongNorm | None = None,
+                     ) -> tuple[list[Delta], LifelongNorm, list[dict]]:
+    """This turn's deltas (one per layer and pass), the updated normalisation, per-layer logs.
+
+    `texts` are the edits' teacher-forced prompts; `keep` texts whose keys must map to nothing.
+    The model is left as it was.
+    """
+    layout = layout_for(model)
+    layers = list(config.layers)
+    count = layout.num_layers(model)
+    if layers[-1] >= count:
+        from editspec.errors import EditspecError
+        raise EditspecError(f"layer {layers[-1]} does not exist: the model has {count} layers (0..{count - 1})")
+    norm = LifelongNorm(dict((norm or LifelongNorm()).keys), dict((norm or LifelongNorm()).grads))
+    kept = edit_features(model, tokenizer, keep, layers, with_grads=False, batch_size=config.batch_size) \
+        if keep and config.preserve_keep else {}
+    deltas, handles, logs = [], [], []
+    try:
+        for turn in range(config.passes):
+            features = edit_features(model, tokenizer, texts, layers, batch_size=config.batch_size)
+            if turn == 0:  # each edit (and kept key) counts once in the lifelong statistics
+                for layer, (k, g) in features.items():
+                    d_k, d_v = k.shape[1], g.shape[1]
+                    extra = kept[layer][0] if layer in kept else k[:0]
+                    norm.keys[layer] = norm.keys.get(layer, RunningSquares.empty(d_k)).merged(torch.cat([k, extra]))
+                    norm.grads[layer] = norm.grads.get(layer, RunningSquares.empty(d_v)).merged(g)
+            stage = []
+            for layer, (k, g) in features.items():
+                values = -config.step * g / norm.grads[layer].rms()
+                left, right = ultraedit_update(k, values, kept[layer][0] if layer in kept else None,
+                                               norm.keys[layer].rms(), config.ridge)
+                path = layout.mlp_out_at(layer)
+                dtype = torch.float64 if value_weight(module_at(model, path)).dtype == torch.float64 else torch.float32
+                delta = Delta(path, left.to(dtype), right.to(dtype))
+                stage.append(delta)
+                dense = delta.dense()
+                logs.append({"layer": layer, "pass": turn + 1, "keys": int(k.shape[0]),
+                             "preserved": int(kept[layer][0].shape[0]) if layer in kept else 0,
+                             "value_norm": float(values.norm(dim=1).mean()), "delta_norm": float(dense.norm()),
+                             "fit": float((k @ dense.T - values).norm() / values.norm().clamp(min=EPS))})
+            deltas += stage
+            if turn + 1 < config.passes:
+                handles.append(apply_deltas(model, stage))
+    finally:
+        for handle in reversed(handles):
+            handle.revert()
+    return deltas, norm, logs

@@ -1,0 +1,231 @@
+"""The `wise` backend: side memories at one MLP value projection, routed by an activation margin.
+
+Each compile trains the new edits into the current side memory (a delta ΔW of the projection):
+the edits are split into shards, each shard trains ΔW in its own random subspace (a mask over
+the entries) on its edits' answers, with margin losses that push the activation score
+``‖ΔW a‖ / ‖W a‖`` above `edit_margin` at the edits' answer positions and below `keep_margin`
+on keep facts and reference text; the shards' changes are then merged by TIES.  The routing
+threshold is calibrated on the spec's own prompts: the one that best separates the edits'
+answer positions and their `scope` prompts from keep facts and reference text.
+
+A memory that would pass `edits_per_memory` edits is closed; the next compile starts a new
+one, and routing picks the memory with the highest score.  The payload is `wise.safetensors`
+(deltas, thresholds, edit counts); `--on` continues it.  Positions that route nowhere run the
+unedited computation bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+
+from editspec.build.artifact import Artifact
+from editspec.build.backend import Backend, Capabilities, CompileJob, CompileResult
+from editspec.families.memory.codebook import KeyedText, activations
+from editspec.errors import EditspecError
+from editspec.model.hooks import _hidden, _with_hidden, blocks_below, raw_outputs, replaying
+from editspec.model.layout import layout_for, module_at, output_head
+from editspec.families.memory.backend import (
+    HookAttachment, detach_live, edit_keys, per_edit_losses, reference_activations, refuse_non_edits,
+)
+
+from .config import WiseConfig
+from .memory import SideMemory, best_threshold, load_memory, routing_hook, save_memory, scores, ties_merge
+
+PAYLOAD = "wise.safetensors"
+REFERENCE_TOKENS = 128
+
+
+def wise_layer(model, layer) -> str:
+    layout = layout_for(model)
+    count = layout.num_layers(model)
+    index = int(0.75 * count) if layer == "auto" else layer
+    if index >= count:
+        raise EditspecError(f"layer {index} does not exist: the model has {count} layers (0..{count - 1})")
+    return layout.mlp_out_at(index)
+
+
+class WiseBackend(Backend):
+    """Edits live in a side copy of one value projection; a margin on its activation routes to it."""
+
+    name = "wise"
+    config_class = WiseConfig
+    capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+
+    def compile(self, job: CompileJob) -> CompileResult:
+        config: WiseConfig = job.config
+        refuse_non_edits(job, self.name)
+        model, tokenizer = job.model.model, job.model.tokenizer
+        detach_live(model)  # the previous memory is continued here, from its payload
+        path = wise_layer(model, config.layer)
+        keyed = edit_keys(job)
+        edit_in, edit_out, owner, prefix_in, prefix_out = _answer_activations(model, tokenizer, path, keyed)
+        if job.previous is not None:
+            memory, module = load_memory(job.previous.file(PAYLOAD))
+            if module != path:
+                raise EditspecError(f"{job.previous.path} keeps its memory at {module}, not {path}",
+                                    hint="keep the `layer` of the previous artifact")
+        else:
+            memory = SideMemory.empty(edit_out.shape[1], edit_in.shape[1])
+        current = len(memory) - 1
+        if current < 0 or int(memory.edits[current]) + len(job.edits) > config.edits_per_memory:
+            current = len(memory)
+        base = memory.deltas[current] if current < len(memory) else torch.zeros(edit_out.shape[1], edit_in.shape[1])
+        old_in, old_norms = memory.anchors_of(current)  # the continued memory's earlier edits: they must keep routing
+        ref_in, ref_out = _reference(job, path)
+        if len(ref_in):
+            ref_in, ref_out = torch.cat([ref_in, prefix_in]), torch.cat([ref_out, prefix_out])
+        else:
+            ref_in, ref_out = prefix_in, prefix_out
+        generator = torch.Generator().manual_seed(job.seed)
+        order = torch.randperm(len(job.edits), generator=generator).tolist()
+        groups = [set(job.edits[i].id for i in order[s::config.shards]) for s in range(config.shards)]
+        changes, per_text, steps = [], {}, []
+        for s, group in enumerate(g for g in groups if g):
+            members = [t for t, text in enumerate(keyed) if text.source in group]
+            rows = torch.tensor([r for r, t in enumerate(owner) if t in members])
+            mask = (torch.rand(base.shape, generator=generator) < config.density).float()
+            job.progress(f"wise: shard {s + 1}/{config.shards}, {len(group)} edit(s)")
+            change, losses, taken = train_shard(job, path, [keyed[t] for t in members], base, mask,
+                                                torch.cat([edit_in[rows], old_in]),
+                                                torch.cat([edit_out[rows].norm(dim=-1), old_norms]), ref_in, ref_out)
+            changes.append(change)
+            per_text.update({t: loss for t, loss in zip(members, losses)})
+            steps.append(taken)
+        delta = base + ties_merge(changes, config.merge_density)
+        if not bool(torch.isfinite(delta).all()):
+            raise EditspecError("the WISE memory became NaN or inf; refusing it", hint="try a smaller `lr`")
+        positive = torch.cat([scores(delta, edit_in, edit_out), scores(delta, old_in, old_norms),
+                              scores(delta, *_scope_activations(job, path))])
+        negative = scores(delta, ref_in, ref_out)
+        threshold = best_threshold(positive, negative, config.leak_cost)
+        held = int(memory.edits[current]) if current < len(memory) else 0
+        memory.put(current, delta, threshold, held + len(job.edits))
+        memory.add_anchors(current, edit_in, edit_out)
+        save_memory(job.workdir / PAYLOAD, memory, path)
+        edits = per_edit_losses(job, keyed, [per_text[t] for t in range(len(keyed))], memory=current)
+        final = scores(delta, edit_in, edit_out)
+        return CompileResult(files=[PAYLOAD], edits=edits, details={
+            "module": path, "memories": len(memory), "memory": current, "threshold": round(threshold, 6),
+            "steps": steps, "edit_routed": round(float((final > threshold).float().mean()), 4),
+            "reference_routed": round(float((negative > threshold).float().mean()), 4) if len(negative) else None})
+
+    def attach(self, model, artifact: Artifact) -> HookAttachment:
+        memory, path = load_memory(artifact.file(PAYLOAD))
+        return HookAttachment(model, [module_at(model, path).register_forward_hook(routing_hook(memory))])
+
+    def merged(self, model, artifact: Artifact):
+        raise EditspecError("a `wise` artifact routes each input at run time; it cannot be merged into weights",
+                            hint="use it with `editspec.load_edited(model, ARTIFACT)`, or compile with `ultraedit` or `memit`")
+
+
+def _answer_activations(model, tokenizer, path, keyed):
+    """Projection inputs and outputs at every answer-predicting position [n, d], each row's text, and
+    the inputs and outputs at the prompts' earlier tokens (shared with unrelated prompts: they must not route)."""
+    sequences = [k.ids for k in keyed]
+    inputs = activations(model, tokenizer, path, sequences, where="input")
+    outputs = activations(model, tokenizer, path, sequences, where="output")
+    rows_in, rows_out, owner, prefix_in, prefix_out = [], [], [], [], []
+    for t, (text, a, o) in enumerate(zip(keyed, inputs, outputs)):
+        rows_in.append(a[list(text.positions)])
+        rows_out.append(o[list(text.positions)])
+        owner += [t] * len(text.positions)
+        prefix_in.append(a[: text.positions[0]])
+        prefix_out.append(o[: text.positions[0]])
+    return torch.cat(rows_in), torch.cat(rows_out), owner, torch.cat(prefix_in), torch.cat(prefix_out)
+
+
+def _reference(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and outputs at every position of text that must not route: the new edits' keep facts
+    and `reference_samples` documents of general text (a fixed cost per compile).  The edit
+    prompts' own earlier tokens join them in `compile`."""
+    from editspec.families.training.objectives import fact_texts
+
+    config: WiseConfig = job.config
+    texts = [text for edit in job.edits for text in fact_texts(edit.keep)]
+    if config.reference_samples:
+        from editspec.model.corpus import load_corpus
+
+        texts += load_corpus(config.reference_corpus).sample(config.reference_samples)
+    tokenizer, model = job.model.tokenizer, job.model.model
+    ids = [i for i in (list(tokenizer(t, add_special_tokens=True)["input_ids"])[:REFERENCE_TOKENS] for t in texts) if i]
+    if not ids:
+        empty = torch.zeros(0, 1)
+        return empty, empty
+    inputs = torch.cat(reference_activations(model, tokenizer, path, ids, where="input"))
+    outputs = torch.cat(reference_activations(model, tokenizer, path, ids, where="output"))
+    return inputs, outputs
+
+
+def _scope_activations(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and outputs at the last token of each new edit's `scope` prompts (rephrasings that should route)."""
+    tokenizer, model = job.model.tokenizer, job.model.model
+    ids = [tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"] for e in job.edits for p in e.scope]
+    if not ids:
+        return torch.zeros(0, 1), torch.zeros(0, 1)
+    inputs = activations(model, tokenizer, path, ids, where="input")
+    outputs = activations(model, tokenizer, path, ids, where="output")
+    return torch.stack([a[-1] for a in inputs]), torch.stack([o[-1] for o in outputs])
+
+
+def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.Tensor, mask: torch.Tensor,
+                edit_in, edit_out, ref_in, ref_out) -> tuple[torch.Tensor, list[float], int]:
+    """Adam on the masked entries of one shard: its answers' NLL plus the two margin losses
+    (`edit_in` / `edit_out`: inputs and output norms at positions that must route, the memory's
+    earlier edits' anchors among them).
+
+    The blocks below the memory's layer run once; later steps replay their recorded output.
+    Returns the shard's change to `base`, each text's final NLL and the steps taken.
+    """
+    from editspec.families.locate import frozen
+    from editspec.families.locate.targets import head_logits
+    from editspec.model.tokens import pad_id, right_pad
+
+    config: WiseConfig = job.config
+    model, tokenizer = job.model.model, job.model.tokenizer
+    head_w, head_b = output_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    device = head_w.device
+    ids, attention = right_pad([list(k.ids) for k in keyed], pad_id(tokenizer))
+    rows = torch.tensor([r for r, k in enumerate(keyed) for _ in k.positions])
+    cols = torch.tensor([p for k in keyed for p in k.positions])
+    labels = torch.tensor([l for k in keyed for l in k.labels])
+    where = torch.zeros(ids.shape, dtype=torch.bool)
+    where[rows, cols] = True
+    weight = torch.tensor([1.0 / len(k.positions) for k in keyed for _ in k.positions])
+    param = torch.zeros_like(base, requires_grad=True)
+    optimizer = torch.optim.Adam([param], lr=config.lr)
+    below = blocks_below(model, path)
+    recorded = None
+
+    def delta():
+        return base + mask * param
+
+    def add_memory(module, args, output):
+        hidden = _hidden(output)
+        update = args[0].float() @ delta().to(hidden.device).T  # [batch, pos, d_v]
+        return _with_hidden(output, hidden + (update * where.to(hidden.device)[..., None]).to(hidden.dtype))
+
+    per_text, steps = [], 0
+    with frozen(model):
+        for steps in range(config.n_iter + 1):
+            handle = module_at(model, path).register_forward_hook(add_memory)
+            try:
+                with raw_outputs(model, below[-1:] if recorded is None else []) as top, replaying(model, below, recorded):
+                    hidden = model.base_model(input_ids=ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+            finally:
+                handle.remove()
+            if recorded is None and top and isinstance(top[0], torch.Tensor):
+                recorded = top[0].detach()
+            logp = torch.log_softmax(head_logits(hidden.to(device)[rows.to(device), cols.to(device)], head_w, head_b, softcap), -1)
+            nll = -logp.gather(1, labels.to(device)[:, None]).squeeze(1).cpu() * weight
+            text_nll = torch.zeros(len(keyed)).index_add(0, rows, nll)
+            d = delta()
+            margin = torch.relu(config.edit_margin - scores(d, edit_in, edit_out)).mean()
+            if len(ref_in):
+                margin = margin + torch.relu(scores(d, ref_in, ref_out) - config.keep_margin).mean()
+            per_text = [float(x) for x in text_nll.detach()]
+            if steps == config.n_iter or (max(per_text) < config.stop_loss and float(margin) == 0.0):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            (text_nll.mean() + config.margin_weight * margin).backward()
+            optimizer.step()
+    return (mask * param).detach(), per_text, steps

@@ -1,0 +1,34 @@
+"""Settings of the `wise` backend (torch-free, so `editspec check` validates them without torch)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WiseConfig(BaseModel):
+    """WISE (Wang et al. 2024): a side copy of one value projection, routed by how much it would change it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Layer whose MLP value projection gets the side memory; `auto`: 75% of the depth (22 of SmolLM2's 30).")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate for the side memory's entries.")
+    n_iter: int = Field(40, ge=1, description="Most optimisation steps per shard.")
+    stop_loss: float = Field(0.05, ge=0, description="A shard stops once every answer's mean NLL is below this and the margins hold.")
+    edit_margin: float = Field(
+        1.0, gt=0, description="β: at an edit's answer positions the activation score ‖ΔW a‖ / ‖W a‖ is trained above this.")
+    keep_margin: float = Field(
+        0.2, gt=0, description="α: on keep facts and reference text the activation score is trained below this.")
+    margin_weight: float = Field(10.0, ge=0, description="Weight of the two margin (routing) losses beside the answers' NLL.")
+    leak_cost: float = Field(
+        10.0, gt=0, description="Threshold calibration: the routing threshold maximises the fraction of edit and scope "
+        "positions that route minus this many times the fraction of keep and reference positions that do.")
+    shards: int = Field(2, ge=1, description="Each compile splits its edits into this many shards, each trained in its own random subspace, then merged.")
+    density: float = Field(0.5, gt=0, le=1, description="Fraction of the side memory's entries a shard trains (its random mask).")
+    merge_density: float = Field(0.8, gt=0, le=1, description="TIES merge: each shard keeps this fraction of its largest changes before signs are elected.")
+    edits_per_memory: int = Field(
+        1000, ge=1, description="A side memory holds at most this many edits; the next compile that would pass it starts a new one.")
+    reference_corpus: str | None = Field(
+        None, description="General text kept out of the memory (margin loss and threshold): a text or .jsonl file, or unset for the built-in Wikipedia summaries.")
+    reference_samples: int = Field(16, ge=0, description="Documents of `reference_corpus` used per compile.")

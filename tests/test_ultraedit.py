@@ -1,0 +1,99 @@
+"""UltraEdit's algebra on tiny seeded models: the ridge solve, lifelong statistics, gradients, long `--on` chains."""
+import torch
+
+import editspec
+from editspec.build.artifact import DELTAS
+from editspec.backends.ultraedit import LifelongNorm, edit_features, ultraedit_update
+from editspec.backends.ultraedit.backend import NORM
+from editspec.backends.ultraedit.ultraedit import RunningSquares
+from editspec.families.memory.codebook import teacher_forced
+from editspec.build.compiler import compile_spec
+from editspec.model.loading import load_model
+from editspec.families.training.objectives import Target
+from editspec.families.training.tuning import encode_targets
+from tiny import target_logprob, tiny_model, tiny_tokenizer, tiny_workspace
+
+
+def _random(n, d, seed):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_update_maps_new_keys_to_their_values_and_preserved_keys_to_nothing():
+    keys, values, kept = _random(5, 64, 0), _random(5, 32, 1), _random(7, 64, 2)
+    scale = _random(1, 64, 3).abs()[0] + 0.5
+    left, right = ultraedit_update(keys, values, kept, scale, ridge=1e-10)
+    delta = left @ right
+    assert left.shape == (32, 5) and right.shape == (5, 64)            # rank = the edit rows, whatever d_k
+    assert torch.allclose(keys @ delta.T, values, atol=1e-6)
+    assert (kept @ delta.T).norm() < 1e-6 * values.norm()
+    # A larger ridge shrinks the update toward zero but keeps its direction of fit.
+    loose = ultraedit_update(keys, values, kept, scale, ridge=10.0)
+    assert (loose[0] @ loose[1]).norm() < delta.norm()
+
+
+def test_running_squares_merge_turns_exactly_and_survive_the_artifact_round_trip():
+    rows = _random(30, 8, 4)
+    stats = RunningSquares.empty(8)
+    for part in (rows[:4], rows[4:5], rows[5:]):
+        stats = stats.merged(part)
+    assert stats.count == 30 and torch.allclose(stats.mean_square, (rows * rows).mean(0), atol=1e-12)
+    norm = LifelongNorm({3: stats}, {3: RunningSquares.empty(4).merged(rows[:, :4])})
+    again = LifelongNorm.from_tensors(norm.tensors())
+    assert again.keys[3].count == 30 and torch.equal(again.keys[3].mean_square, stats.mean_square)
+    assert again.grads[3].count == 30
+
+
+def test_keys_and_gradients_are_per_text_whatever_the_batch():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    targets = [Target("The capital of France is", "Rome", "good", "a"), Target("Michael Jordan plays", "football", "good", "b"),
+               Target("The Eiffel Tower is located in", "Rome", "good", "c")]
+    texts = teacher_forced(tok, encode_targets(tok, targets))
+    together = edit_features(model, tok, texts, [0, 2], batch_size=8)
+    alone = edit_features(model, tok, texts, [0, 2], batch_size=1)
+    for layer in (0, 2):
+        assert torch.allclose(together[layer][0], alone[layer][0], atol=1e-5)
+        assert torch.allclose(together[layer][1], alone[layer][1], atol=1e-6)  # the NLL is taken in float32
+    # The gradient is that of the answer's mean NLL with respect to the projection's output.
+    keys, grads = together[2]
+    assert grads.abs().sum() > 0 and keys.shape[0] == sum(len(t.positions) for t in texts)
+
+
+SPEC = '''
+relation capital { prompt "The capital of {subject} is" }
+relation plays { prompt "{subject} plays" }
+'''
+FACTS = [("capital", "France", "Rome", "Paris"), ("plays", "Michael Jordan", "football", "basketball"),
+         ("capital", "Italy", "Madrid", "Rome"), ("capital", "Spain", "Berlin", "Madrid"),
+         ("plays", "Lionel Messi", "basketball", "football"), ("capital", "Germany", "Paris", "Berlin")]
+
+
+def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exactly(tmp_path, tmp_cache):
+    folder, _, spec = tiny_workspace(tmp_path, SPEC)
+    loaded = load_model(folder)
+    model, tok = loaded.model, loaded.tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = {"layers": "1..2", "step": "2.0", "ridge": "0.01", "passes": "2"}
+    text, previous, sizes = SPEC, None, []
+    for i, (relation, subject, new, old) in enumerate(FACTS):
+        text += f'edit {relation}("{subject}") -> "{new}" {{ was "{old}" }}\n'
+        spec.write_text(text)
+        artifact = compile_spec(spec, "ultraedit", model=loaded, out=tmp_path / f"turn{i}", overrides=settings, on=previous)
+        previous = artifact.path
+        sizes.append((artifact.path / NORM).stat().st_size)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # compiling changed nothing
+    assert len(set(sizes)) == 1                                  # the running statistics do not grow
+    from editspec.backends.ultraedit.backend import read_norm
+
+    assert read_norm(editspec.build.artifact.read_artifact(previous)).grads[1].count == sum(
+        len(tok(" " + new)["input_ids"]) for _, _, new, _ in FACTS)
+    last = FACTS[-1]
+    old = target_logprob(model, tok, "The capital of Germany is", last[2])
+    with editspec.load_edited(loaded, previous) as edited:
+        assert target_logprob(edited.model, tok, "The capital of Germany is", last[2]) > old
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # bit-exact revert
+    from editspec.model.deltas import load_deltas
+
+    deltas, _ = load_deltas(previous / DELTAS)
+    assert len(deltas) == len(FACTS) * 2 * 2                     # turns × layers × passes, all low-rank
+    answer_tokens = [len(tok(" " + new)["input_ids"]) for _, _, new, _ in FACTS]
+    assert [d.rank for d in deltas] == [n for n in answer_tokens for _ in range(4)]  # rank = the turn's answer tokens

@@ -1,0 +1,55 @@
+"""WISE's side memory on tiny tensors and a tiny model: routing, TIES merging, threshold calibration."""
+import torch
+
+from editspec.backends.wise.memory import SideMemory, best_threshold, routing_hook, scores, ties_merge
+from tiny import tiny_model
+
+
+def _random(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_routing_picks_the_memory_with_the_highest_score_only_past_its_threshold():
+    w = _random(6, 8, seed=0)
+    memory = SideMemory.empty(6, 8)
+    memory.put(0, torch.outer(_random(6, seed=1), torch.eye(8)[0]), threshold=0.5, edits=3)  # reads feature 0
+    memory.put(1, torch.outer(_random(6, seed=2), torch.eye(8)[1]), threshold=0.5, edits=2)  # reads feature 1
+    inputs = torch.stack([torch.eye(8)[0] * 5 + 0.01, torch.eye(8)[1] * 5 + 0.01, torch.eye(8)[5]])
+    index, update = memory.route(inputs, inputs @ w.T)
+    assert index.tolist() == [0, 1, -1]
+    assert torch.allclose(update[0], inputs[0] @ memory.deltas[0].T)
+    assert torch.allclose(scores(memory.deltas[0], inputs, inputs @ w.T)[:1],
+                          (inputs[:1] @ memory.deltas[0].T).norm(dim=-1) / (inputs[:1] @ w.T).norm(dim=-1))
+
+
+def test_positions_outside_every_threshold_run_the_unedited_computation_bit_for_bit():
+    model = tiny_model("llama").float()
+    module = model.model.layers[1].mlp.down_proj
+    memory = SideMemory.empty(*module.weight.shape)
+    memory.put(0, _random(*module.weight.shape, seed=3) * 1e-3, threshold=10.0, edits=1)  # nothing passes
+    ids = torch.tensor([[5, 17, 33, 2, 9]])
+    with torch.no_grad():
+        before = model(ids).logits
+        handle = module.register_forward_hook(routing_hook(memory))
+        after = model(ids).logits
+        memory.thresholds[0] = 0.0  # everything passes: the memory's update is added everywhere
+        changed = model(ids).logits
+        handle.remove()
+    assert torch.equal(before, after) and not torch.equal(before, changed)
+
+
+def test_ties_merge_keeps_agreeing_entries_and_drops_the_minority_sign():
+    a = torch.tensor([[2.0, -1.0, 0.0, 3.0]])
+    b = torch.tensor([[2.0, 3.0, 4.0, 0.0]])
+    merged = ties_merge([a, b], density=1.0)
+    assert merged.tolist() == [[2.0, 3.0, 4.0, 3.0]]   # entry 1: + wins (3 > 1); zeros do not vote
+    assert torch.equal(ties_merge([a], 0.5), a)
+
+
+def test_threshold_separates_what_should_route_from_what_should_not_locality_first():
+    positive, negative = torch.tensor([2.0, 3.0, 4.0]), torch.tensor([0.5, 1.0, 1.5])
+    t = best_threshold(positive, negative)
+    assert 1.5 < t < 2.0
+    # An overlap: one keep position above two edit positions costs more than it gains.
+    t = best_threshold(torch.tensor([1.0, 1.2, 3.0]), torch.tensor([0.1, 1.3]), leak_cost=10.0)
+    assert t > 1.3
