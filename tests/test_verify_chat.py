@@ -4,7 +4,7 @@ import torch
 
 from editspec.lang.resolve import load_spec
 from editspec.verify import derive_checks, verify
-from editspec.verify import observe as observe_module
+from editspec.verify import observers as observe_module
 from editspec.verify.answers import first_sentence, judge_kept, judge_reply, key_entity
 from editspec.verify.protocols import chat_prompt_ids, generate_texts
 from tiny import tiny_chat_tokenizer, tiny_model, tiny_tokenizer

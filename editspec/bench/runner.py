@@ -240,12 +240,12 @@ def run_bench(spec: str | os.PathLike | Spec, backends: Sequence[str], *, model=
 
 def _warm_baseline(spec: Spec, loaded, protocol: str | None, seed: int, say) -> float:
     """Compute (or read) the unedited observations once, so no backend's verify time includes them."""
-    from editspec.verify.checks import derive_checks
-    from editspec.verify.engine import baseline
+    from editspec.verify.engine import baseline, checks_for
 
     started = time.perf_counter()
-    _, cached = baseline(derive_checks(spec, protocol=protocol), loaded.model, loaded.tokenizer,
-                         weights_hash=loaded.weights_hash, seed=seed)
+    # The checks verify will run on this model, chat ones included, so the cached baseline is theirs.
+    checks = checks_for(spec, loaded.tokenizer, protocol=protocol, model_name=loaded.name)
+    _, cached = baseline(checks, loaded.model, loaded.tokenizer, weights_hash=loaded.weights_hash, seed=seed)
     seconds = time.perf_counter() - started
     say(f"unedited baseline {'read from the cache' if cached else 'computed'} in {seconds:.1f} s (shared by every backend)")
     return round(seconds, 3)

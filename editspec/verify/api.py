@@ -12,26 +12,13 @@ are left out and counted in `report.seconds["skipped_checks"]`, never silently p
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from editspec.verify.checks import derive_checks
-from editspec.verify.engine import Report
-from editspec.verify.judge import expectation_verdicts, judge
-from editspec.verify.observe import GENERATE_SLACK
-
-_API_METRICS = {"efficacy", "generalization", "locality", "portability", "hard_negatives", "forget"}
-
-
-def max_tokens_for(answers) -> int:
-    """Tokens to generate for a forget check: a generous bound on the longest string, plus slack.
-
-    Without the model's tokenizer, two tokens per word (and one per four characters) bound it.
-    """
-    longest = max((max(2 * len(a.split()), len(a) // 4 + 1) for a in answers), default=1)
-    return longest + GENERATE_SLACK
+from editspec.verify.engine import Report, run
+from editspec.verify.observers import ApiObserver
 
 
 def verify_api(spec: Any, upstream: str, *, artifact: Any = None, model: str = "default",
@@ -40,31 +27,24 @@ def verify_api(spec: Any, upstream: str, *, artifact: Any = None, model: str = "
 
     `artifact` is an `ike` / `retrieval` artifact (or a loaded plugin); None verifies the
     upstream unedited.  `api_key` defaults to `$OPENAI_API_KEY` (or a placeholder for local
-    servers).  Requests run `workers` at a time, greedy (temperature 0).
+    servers).  Requests run `workers` at a time, greedy (temperature 0).  The same engine as a
+    local verify runs the checks (`editspec.verify.engine.run`) on two `ApiObserver`s: the
+    upstream as it is, and the upstream through the plugin; an expectation naming `chat` asks
+    through `/v1/chat/completions`.
     """
     import openai
 
-    from editspec.serve.client import EditedClient
     from editspec.lang.resolve import load_spec
+    from editspec.serve.client import EditedClient
 
-    started = time.perf_counter()
     spec = spec if not isinstance(spec, (str, os.PathLike)) else load_spec(spec)
-    every = derive_checks(spec, protocol="generate")
-    checks = [c for c in every if c.metric in _API_METRICS and c.protocol == "generate"]
     key = api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
     direct = openai.OpenAI(base_url=upstream, api_key=key, timeout=timeout)
-    edited = EditedClient(direct, artifact) if artifact is not None else direct
-
-    def ask(client, check) -> dict:
-        answer = client.completions.create(model=model, prompt=check.prompt, temperature=0,
-                                           max_tokens=check.max_new_tokens or max_tokens_for(check.answers))
-        return {"generated": answer.choices[0].text}
-
-    with ThreadPoolExecutor(workers) as pool:
-        base = list(pool.map(lambda c: ask(direct, c), checks))
-        seen = list(pool.map(lambda c: ask(edited, c), checks)) if artifact is not None else base
-    results = [judge(c, s, b) for c, s, b in zip(checks, seen, base)]
-    seconds = {"total": round(time.perf_counter() - started, 3), "skipped_checks": len(every) - len(checks)}
+    base = ApiObserver(direct, model, workers=workers)
+    edited = None
+    if artifact is not None:
+        through = ApiObserver(EditedClient(direct, artifact), model, workers=workers)
+        edited = lambda: contextlib.nullcontext(through)  # noqa: E731
     name = getattr(artifact, "path", artifact)
-    return Report(spec=spec.source, model=f"{model} at {upstream}", edited=str(name) if name else "unedited",
-                  results=results, verdicts=expectation_verdicts(spec, results), seconds=seconds)
+    return run(spec, derive_checks(spec, protocol="generate"), base, edited, model_name=f"{model} at {upstream}",
+               edited_name=str(name) if name else "unedited")

@@ -14,12 +14,16 @@
 
 `protocol=` overrides the protocol of the fact checks (efficacy, generalization, locality,
 portability): `generate` is the one for API models; it generates `max_new_tokens` freely and
-judges the first sentence (WILD-style: an answer that appears and is then taken back fails).  `chat=True` (the engine sets it when the
-tokenizer has a chat template) runs every fact check a second time under the `chat` protocol,
+judges the first sentence (WILD-style: an answer that appears and is then taken back fails).
+`chat=True` (the engine sets it when the tokenizer has a chat template) runs every fact check
+a second time under the `chat` protocol,
 *alongside* the default one: the relation's `question` templates where it has them, else the
 prompts themselves, sent as a user turn.  Alongside checks have ids `<node>/<metric>/chat/<i>`
 and are measured and reported, but an unqualified expectation (`efficacy >= 0.9`) keeps its
 meaning and reads only the default protocol; `efficacy[chat] >= 0.9` reads the chat checks.
+
+Each kind of check derives its own (`editspec.verify.kinds`); this module holds the record,
+the fact checks' passes (`Plan`) and `prompt_checks`, which the prompt-asking kinds share.
 
 Example::
 
@@ -31,10 +35,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from editspec import ir
-from editspec.lang.checks import fold_text
 from editspec.errors import EditspecError
 from editspec.ir import stable_hash
-from editspec.verify.protocols import PROTOCOLS
+from editspec.lang.metrics import PROTOCOLS
 
 # Thresholds the spec language has no place for; every report prints them with the check.
 FORGET_MAX_P = 0.05          # a forbidden string is "likely" at P >= 1/20 (Hewitt's company task)
@@ -96,14 +99,14 @@ def checks_hash(checks: list[Check]) -> str:
     return stable_hash([c.key() for c in checks])
 
 
-def _fact_protocol(override: str | None, has_foil: bool) -> str:
+def fact_protocol(override: str | None, has_foil: bool) -> str:
     if override:
         return override
     return "compare" if has_foil else "teacher_forced"
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     """How one pass over the fact checks runs: its protocol (None: the default) and whether it is alongside."""
 
     protocol: str | None = None
@@ -115,10 +118,10 @@ class _Plan:
         return f"{metric}/{self.protocol}" if self.alongside else metric
 
 
-def _fact_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foils, *, agree=False,
-                 plan: _Plan = _Plan()) -> list[Check]:
-    protocol = _fact_protocol(plan.protocol, bool(foils))
-    if plan.alongside and (protocol == _fact_protocol(plan.main, bool(foils)) or (protocol == "compare" and not foils)):
+def prompt_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foils, *, agree=False,
+                 plan: _Plan = Plan()) -> list[Check]:
+    protocol = fact_protocol(plan.protocol, bool(foils))
+    if plan.alongside and (protocol == fact_protocol(plan.main, bool(foils)) or (protocol == "compare" and not foils)):
         return []  # already measured by the main pass, or nothing to compare against
     threshold = LOGPROB_DEFAULT_P if protocol == "logprob" else None
     keeps_foils = protocol == "compare" or protocol in GENERATIVE
@@ -130,101 +133,6 @@ def _fact_checks(metric: str, node_id: str, span: ir.Span, prompts, answers, foi
               alongside=plan.alongside, max_new_tokens=tokens)
         for i, prompt in enumerate(prompts)
     ]
-
-
-def _questions(fact: ir.Fact, relations: dict[str, ir.Relation]) -> tuple[str, ...]:
-    relation = relations.get(fact.relation) if fact.relation else None
-    if relation is None or fact.subject is None:
-        return ()
-    return tuple(q.replace("{subject}", fact.subject) for q in relation.questions)
-
-
-def _edit_checks(edit: ir.Edit, plan: _Plan, relations: dict[str, ir.Relation]) -> list[Check]:
-    """The fact checks of one edit under `plan`; chat asks the relation's questions where it has them."""
-    chat = _fact_protocol(plan.protocol, False) == "chat"
-    answers = (edit.target, *edit.aliases)
-    was = (edit.old,) if edit.old else ()
-    checks = _fact_checks("efficacy", edit.id, edit.span, (chat and edit.questions) or edit.prompts, answers, was,
-                          plan=plan)
-    checks += _fact_checks("generalization", edit.id, edit.span, (*edit.scope, *edit.paraphrases), answers, was,
-                           plan=plan)
-    for fact in edit.keep:
-        kept = (fact.answer, *fact.aliases)
-        # A kept fact may share the edit's new object ("the Colosseum is in Rome" while the Eiffel
-        # Tower moves to Rome): such an answer cannot be its own foil.
-        foils = tuple(a for a in answers if fold_text(a) not in {fold_text(k) for k in kept})
-        prompts = (chat and _questions(fact, relations)) or fact.prompts
-        checks += _fact_checks("locality", fact.id, fact.span, prompts, kept, foils, agree=True, plan=plan)
-    for fact in edit.implies:
-        prompts = (chat and _questions(fact, relations)) or fact.prompts
-        checks += _fact_checks("portability", fact.id, fact.span, prompts, (fact.answer, *fact.aliases), (),
-                               plan=plan)
-    return checks
-
-
-def _canonical_checks(example: ir.CanonicalExample) -> list[Check]:
-    checks: list[Check] = []
-    if example.over:
-        checks += _fact_checks("canonical", example.id, example.span, (example.prompt,), (example.answer,),
-                               (example.over,))
-    for check in example.checks:
-        if check.statistic != "p":
-            raise EditspecError(f"the verifier knows the statistic `p`, not `{check.statistic}`")
-        fact = check.fact
-        checks += [Check(id=f"{check.id}/{i}", metric="canonical", protocol="logprob", file=fact.span.file,
-                         line=fact.span.line, column=fact.span.column, prompt=prompt,
-                         answers=(fact.answer, *fact.aliases), comparator=check.comparator, threshold=check.threshold)
-                   for i, prompt in enumerate(fact.prompts)]
-    for fact in example.keep:
-        checks += _fact_checks("hard_negatives", fact.id, fact.span, fact.prompts, (fact.answer, *fact.aliases),
-                               (example.answer,), agree=True)
-    return checks
-
-
-def _forget_checks(erasure: ir.Erasure) -> list[Check]:
-    span = erasure.span
-    checks = []
-    for i, prompt in enumerate(erasure.prompts):
-        common = dict(metric="forget", file=span.file, line=span.line, column=span.column, prompt=prompt,
-                      answers=erasure.never)
-        checks.append(Check(id=f"{erasure.id}/forget/{i}/logprob", protocol="logprob", comparator="<=",
-                            threshold=FORGET_MAX_P, **common))
-        checks.append(Check(id=f"{erasure.id}/forget/{i}/generate", protocol="generate", **common))
-    return checks
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as error:
-        raise EditspecError(f"cannot read preserve file {path}: {error.strerror}") from None
-
-
-def _preserve_checks(spec: ir.Spec) -> list[Check]:
-    checks = []
-    for i, block in enumerate(spec.preserve):
-        texts = (*block.texts, *(_read_text(p) for p in block.resolved_files))
-        budget = block.budget
-        metric, value = (budget.metric, budget.value) if budget else ("loss_increase", DEFAULT_LOSS_INCREASE)
-        span = budget.span if budget else block.span
-        checks.append(Check(id=f"preserve/{i}", metric="preserve", protocol=metric, file=span.file, line=span.line,
-                            column=span.column, comparator="<=", threshold=value, texts=texts))
-    return checks
-
-
-def _fluency_check(spec: ir.Spec) -> list[Check]:
-    prompts = [e.prompts[0] for e in spec.edits if e.prompts]
-    prompts += [c.prompt for c in spec.canonical]
-    prompts += [f.prompts[0] for f in spec.forget if f.prompts]
-    prompts = list(dict.fromkeys(prompts))[:FLUENCY_PROMPTS]
-    if not prompts:
-        return []
-    expectation = next((e for e in spec.expect if e.metric == "fluency"), None)
-    span = expectation.span if expectation else ir.Span(file=spec.source, line=1, column=1, end_line=1, end_column=1)
-    return [Check(id="fluency", metric="fluency", protocol="ngram_entropy", file=span.file, line=span.line,
-                  column=span.column, comparator=expectation.comparator if expectation else ">=",
-                  threshold=expectation.value if expectation else None, prompts=tuple(prompts))]
 
 
 def derive_checks(spec: ir.Spec, *, protocol: str | None = None, chat: bool = False,
@@ -244,17 +152,8 @@ def derive_checks(spec: ir.Spec, *, protocol: str | None = None, chat: bool = Fa
         raise EditspecError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     named = [e.protocol for e in spec.expect if e.protocol and e.metric in FACT_METRICS]
     extra = dict.fromkeys([*(["chat"] if chat else []), *named])
-    plans = [_Plan(protocol, max_new_tokens=max_new_tokens)]
-    plans += [_Plan(p, alongside=True, max_new_tokens=max_new_tokens, main=protocol) for p in extra if p != protocol]
-    relations = {r.name: r for r in spec.relations}
-    checks: list[Check] = []
-    for edit in spec.edits:
-        for plan in plans:
-            checks += _edit_checks(edit, plan, relations)
-    for example in spec.canonical:
-        checks += _canonical_checks(example)
-    for erasure in spec.forget:
-        checks += _forget_checks(erasure)
-    checks += _preserve_checks(spec)
-    checks += _fluency_check(spec)
-    return checks
+    plans = [Plan(protocol, max_new_tokens=max_new_tokens)]
+    plans += [Plan(p, alongside=True, max_new_tokens=max_new_tokens, main=protocol) for p in extra if p != protocol]
+    from editspec.verify.kinds import derive_all
+
+    return derive_all(spec, plans)

@@ -1,5 +1,9 @@
 """Verify a spec on a model: the unedited baseline (cached), the edited run, the verdicts.
 
+One engine (`run`) for every model: it takes observers (`editspec.verify.observers`: a local
+model, its chat template, an API) and runs each kind of check (`editspec.verify.kinds`) on
+them; `verify` is the local model's entry point, `editspec.verify.api.verify_api` the API's.
+
 The baseline is the unedited model's observations, computed before any edit is attached
 (EasyEdit #643: a "baseline" taken after an in-place edit is no baseline) and cached under
 ``cache_dir("verify", "baselines")``, keyed by the model's weights hash, the check set's content
@@ -19,7 +23,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 from editspec import __version__, ir
 from editspec.cache import atomic_write, cache_dir
@@ -27,7 +31,8 @@ from editspec.ir import stable_hash
 from editspec.errors import EditspecError
 from editspec.verify.checks import CHAT_TOKENS, FACT_METRICS, Check, checks_hash, derive_checks
 from editspec.verify.judge import CheckResult, Verdict, expectation_verdicts, judge, metric_totals
-from editspec.verify.observe import kl_references, observe
+from editspec.verify.kinds import observe_all, references
+from editspec.verify.observers import LocalObserver, Observer
 from editspec.verify.protocols import has_chat_template
 
 CHAT_MODES = ("auto", "off")
@@ -79,6 +84,31 @@ def baseline_key(weights_hash: str, checks: list[Check], seed: int) -> str:
                         "protocols": protocols, "seed": seed})
 
 
+def _baseline_path(checks: list[Check], model, tokenizer, weights_hash: str | None, seed: int) -> Path | None:
+    if not weights_hash:
+        return None
+    # The same weights in another dtype or on another kind of device score (slightly) differently.
+    parameter = next(model.parameters())
+    where = f"{weights_hash}:{parameter.dtype}:{parameter.device.type}"
+    if any(c.protocol == "chat" for c in checks):  # the template is part of what a chat check asks
+        where += ":" + stable_hash(getattr(tokenizer, "chat_template", None))
+    return cache_dir("verify", "baselines") / f"{baseline_key(where, checks, seed)}.json"
+
+
+def _cached(path: Path | None, compute: Callable[[], dict]) -> tuple[dict[str, dict], bool]:
+    """Observations read from `path`, else computed (and written there); and whether they were read."""
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text())
+            if data.get("format") == BASELINE_FORMAT:
+                return data["observations"], True
+    seen = compute()
+    if path is not None:
+        with atomic_write(path, "w") as handle:
+            json.dump({"format": BASELINE_FORMAT, "editspec": __version__, "observations": seen}, handle)
+    return seen, False
+
+
 def baseline(checks: list[Check], model, tokenizer, *, weights_hash: str | None, seed: int = 0,
              batch_size: int = 32) -> tuple[dict[str, dict], bool]:
     """The unedited model's observations and whether they came from the cache.
@@ -86,23 +116,43 @@ def baseline(checks: list[Check], model, tokenizer, *, weights_hash: str | None,
     `model` must be unedited.  With a `weights_hash` the observations are read from, or
     written to, the baseline cache.
     """
-    path = None
-    if weights_hash:
-        # The same weights in another dtype or on another kind of device score (slightly) differently.
-        parameter = next(model.parameters())
-        where = f"{weights_hash}:{parameter.dtype}:{parameter.device.type}"
-        if any(c.protocol == "chat" for c in checks):  # the template is part of what a chat check asks
-            where += ":" + stable_hash(getattr(tokenizer, "chat_template", None))
-        path = cache_dir("verify", "baselines") / f"{baseline_key(where, checks, seed)}.json"
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text())
-            if data.get("format") == BASELINE_FORMAT:
-                return data["observations"], True
-    seen = observe(checks, model, tokenizer, seed=seed, batch_size=batch_size)
-    if path is not None:
-        with atomic_write(path, "w") as handle:
-            json.dump({"format": BASELINE_FORMAT, "editspec": __version__, "observations": seen}, handle)
-    return seen, False
+    observer = LocalObserver(model, tokenizer, seed=seed, batch_size=batch_size)
+    return _cached(_baseline_path(checks, model, tokenizer, weights_hash, seed), lambda: observe_all(checks, observer))
+
+
+def run(spec: ir.Spec, checks: list[Check], base: Observer,
+        edited: Callable[[], ContextManager[Observer]] | None = None, *, cache: Path | None = None,
+        model_name: str = "", edited_name: str = "") -> Report:
+    """The verification engine: `checks` observed on the unedited `base` and on `edited`, judged, reported.
+
+    `edited()` is entered once, after the baseline (and the references the kinds keep of the
+    unedited model) are taken, and yields the observer of the edited model; None verifies
+    the unedited model.  Checks `base` cannot observe (an API has no log-probabilities) are
+    left out and, for a `partial` observer, counted in `seconds["skipped_checks"]`.  With a
+    `cache` path the baseline is read from, or written to, it.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    usable = [c for c in checks if base.supports(c)]
+    unedited, cached = _cached(cache, lambda: observe_all(usable, base))
+    timings["baseline"] = time.perf_counter() - started
+    refs = references(usable, base)
+    if edited is None:
+        seen = observe_all(usable, base, refs) if refs else unedited
+    else:
+        mark = time.perf_counter()
+        with edited() as observer:
+            timings["attach"] = time.perf_counter() - mark
+            seen = observe_all(usable, observer, refs)
+    timings["edited"] = time.perf_counter() - started - timings["baseline"]
+    results = [judge(c, seen[c.id], unedited[c.id], base.tokenizer) for c in usable]
+    timings["total"] = time.perf_counter() - started
+    seconds: dict = {k: round(v, 3) for k, v in timings.items()}
+    if base.partial:
+        seconds["skipped_checks"] = len(checks) - len(usable)
+    return Report(spec=spec.source, model=model_name, edited=edited_name or ("unedited" if edited is None else "edited"),
+                  results=results, verdicts=expectation_verdicts(spec, results), baseline_cached=cached,
+                  seconds=seconds)
 
 
 def chat_enabled(tokenizer, chat: str = "auto") -> bool:
@@ -112,11 +162,26 @@ def chat_enabled(tokenizer, chat: str = "auto") -> bool:
     return chat == "auto" and has_chat_template(tokenizer)
 
 
+def checks_for(spec: ir.Spec, tokenizer, *, protocol: str | None = None, chat: str = "auto",
+               max_new_tokens: int = CHAT_TOKENS, model_name: str = "") -> list[Check]:
+    """The checks `verify` runs on a local model with this tokenizer (chat ones when it has a template).
+
+    An expectation that names `chat` on a model without a chat template stops here, at its line.
+    """
+    if not has_chat_template(tokenizer):
+        asking = next((e for e in spec.expect if e.protocol == "chat"), None)
+        if asking is not None:
+            raise EditspecError(f"{asking.span.file}:{asking.span.line}: `{asking.label}` needs an instruct model, "
+                                f"and the tokenizer of {model_name or 'this model'} has no chat template",
+                                hint="verify a model with a chat template, or drop the `[chat]` expectation")
+    return derive_checks(spec, protocol=protocol, chat=chat_enabled(tokenizer, chat), max_new_tokens=max_new_tokens)
+
+
 def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, weights_hash: str | None = None,
            protocol: str | None = None, seed: int = 0, batch_size: int = 32, model_name: str = "",
            edited_name: str = "", chat: str = "auto", max_new_tokens: int = CHAT_TOKENS,
            metrics: Sequence[str] | None = None) -> Report:
-    """Run every check of `spec` on `model` with the edit from `attach` (None: the unedited model).
+    """Run every check of `spec` on a local `model` with the edit from `attach` (None: the unedited model).
 
     `attach(model)` must return a context manager (an `Attachment`) whose `.model` is the
     edited model and whose exit restores the base weights; the baseline is taken before it.
@@ -127,35 +192,21 @@ def verify(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, w
     >>> verify(spec, model, tokenizer).exit_code   # unedited: efficacy fails  # doctest: +SKIP
     1
     """
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    checks = derive_checks(spec, protocol=protocol, chat=chat_enabled(tokenizer, chat), max_new_tokens=max_new_tokens)
+    checks = checks_for(spec, tokenizer, protocol=protocol, chat=chat, max_new_tokens=max_new_tokens,
+                        model_name=model_name)
     if metrics is not None:
         checks = [c for c in checks if c.metric in metrics]
-    if not has_chat_template(tokenizer):
-        asking = next((e for e in spec.expect if e.protocol == "chat"), None)
-        if asking is not None:
-            raise EditspecError(f"{asking.span.file}:{asking.span.line}: `{asking.label}` needs an instruct model, "
-                                f"and the tokenizer of {model_name or 'this model'} has no chat template",
-                                hint="verify a model with a chat template, or drop the `[chat]` expectation")
-    base, cached = baseline(checks, model, tokenizer, weights_hash=weights_hash, seed=seed, batch_size=batch_size)
-    timings["baseline"] = time.perf_counter() - started
-    if attach is None:
-        refs = kl_references(checks, model, tokenizer)
-        seen = observe(checks, model, tokenizer, seed=seed, batch_size=batch_size, kl_reference=refs) if refs else base
-    else:
-        refs = kl_references(checks, model, tokenizer)
-        mark = time.perf_counter()
+
+    @contextlib.contextmanager
+    def attached():
         with attach(model) as attachment:
-            timings["attach"] = time.perf_counter() - mark
             edited = getattr(attachment, "model", None) or model
-            seen = observe(checks, edited, tokenizer, seed=seed, batch_size=batch_size, kl_reference=refs)
-    timings["edited"] = time.perf_counter() - started - timings["baseline"]
-    results = [judge(c, seen[c.id], base[c.id], tokenizer) for c in checks]
-    timings["total"] = time.perf_counter() - started
-    return Report(spec=spec.source, model=model_name, edited=edited_name or ("unedited" if attach is None else "edited"),
-                  results=results, verdicts=expectation_verdicts(spec, results), baseline_cached=cached,
-                  seconds={k: round(v, 3) for k, v in timings.items()})
+            yield LocalObserver(edited, tokenizer, seed=seed, batch_size=batch_size)
+
+    return run(spec, checks, LocalObserver(model, tokenizer, seed=seed, batch_size=batch_size),
+               attached if attach is not None else None,
+               cache=_baseline_path(checks, model, tokenizer, weights_hash, seed), model_name=model_name,
+               edited_name=edited_name)
 
 
 def chat_results(spec: ir.Spec, model, tokenizer, *, attach: Callable | None = None, weights_hash: str | None = None,

@@ -4,6 +4,9 @@ A metric's total is kept per protocol and never averaged across protocols; an ex
 `efficacy >= 0.9` holds when every default protocol's total for efficacy meets it (checks run
 alongside, such as `chat` on an instruct model, are reported but not read by it).
 
+Each kind of check judges its own checks (`editspec.verify.kinds`); this module holds the
+result types, the totals and the expectations' verdicts.
+
 Example::
 
     results = [judge(c, seen[c.id], base[c.id], tokenizer) for c in checks]
@@ -16,9 +19,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 
 from editspec import ir
-from editspec.verify import answers, protocols
-from editspec.verify.checks import FLUENCY_DROP, Check
-from editspec.verify.observe import scored_from_json
+from editspec.verify.checks import Check
 
 
 @dataclass
@@ -85,102 +86,19 @@ class Verdict:
         return data
 
 
-def _compares(a: float, comparator: str, b: float) -> bool:
+def compares(a: float, comparator: str, b: float) -> bool:
+    """`a >= b` or `a <= b`, as the comparator says."""
     return a >= b if comparator == ">=" else a <= b
 
 
-def _scored(check: Check, seen: dict, targets) -> list[protocols.Scored]:
-    return [scored_from_json(check.prompt, t, seen["scored"][t]) for t in targets]
-
-
-def _read(check: Check, generated: str) -> str:
-    """What a generative check judges of a generation: a fact check's first sentence, else all of it."""
-    return answers.first_sentence(generated) if check.max_new_tokens is not None else generated
-
-
-def _agreement(check: Check, seen: dict, base: dict) -> tuple[bool, dict]:
-    """Does the model's answer match the unedited model's? (KnowEdit's locality; docs/measurement.md#protocols)
-
-    Teacher-forced argmax on the expected answer's tokens must equal the unedited argmax at
-    every position; for `generate`, the normalised first sentences must be equal.
-    """
-    if check.protocol == "generate":
-        now, before = _read(check, seen["generated"]), _read(check, base["generated"])
-        same = protocols.normalise(now) == protocols.normalise(before)
-        return same, {"unedited_generated": base["generated"]}
-    answer = check.answers[0]
-    now, before = seen["scored"][answer]["argmax"], base["scored"][answer]["argmax"]
-    agree = sum(int(a == b) for a, b in zip(now, before)) / len(now)
-    return agree == 1.0, {"agreement": agree, "unedited_argmax": before}
-
-
-def _protocol_result(check: Check, seen: dict, tokenizer, base: dict | None = None) -> protocols.ProtocolResult:
-    if check.protocol == "compare":
-        return protocols.compare(_scored(check, seen, check.answers), _scored(check, seen, check.foils))
-    if check.protocol == "teacher_forced":
-        decode = tokenizer.decode if tokenizer is not None else None
-        return protocols.teacher_forced(_scored(check, seen, check.answers), decode)
-    if check.protocol == "logprob":
-        return protocols.logprob(_scored(check, seen, check.answers), check.comparator, check.threshold)
-    if check.protocol == "chat":
-        if check.agree:  # locality: what the unedited reply said is still said, and no new object crept in
-            unedited = (base or seen)["generated"]
-            return answers.judge_kept(seen["generated"], unedited, check.answers, check.foils, check.prompt)
-        return answers.judge_reply(seen["generated"], check.answers, check.foils)
-    if check.protocol == "generate":
-        if check.metric == "forget":  # forbidden strings: passing means *not* generated, anywhere
-            result = protocols.generate(seen["generated"], check.answers)
-            return protocols.ProtocolResult("generate", not result.passed, 1.0 - result.score, result.got,
-                                            result.scores)
-        # WILD-style: the first sentence of a free generation gives the answer and not the old object
-        sentence = _read(check, seen["generated"])
-        result = answers.judge_reply(sentence, check.answers, check.foils, protocol="generate")
-        return protocols.ProtocolResult("generate", result.passed, result.score, seen["generated"],
-                                        dict(result.scores, sentence=sentence))
-    raise ValueError(f"no protocol {check.protocol!r}")
-
-
 def judge(check: Check, seen: dict, base: dict, tokenizer=None) -> CheckResult:
-    """The verdict on `check` from its observations on the model (`seen`) and the unedited one (`base`)."""
-    if check.metric == "preserve":
-        return _judge_preserve(check, seen, base)
-    if check.metric == "fluency":
-        return _judge_fluency(check, seen, base)
-    result = _protocol_result(check, seen, tokenizer, base)
-    unedited = _protocol_result(check, base, tokenizer, base)
-    baseline = dict(unedited.scores, passed=unedited.passed, got=unedited.got)
-    passed, score, scores = result.passed, result.score, dict(result.scores)
-    if check.protocol == "chat":  # both models' raw replies, side by side in the report
-        scores.update(generated=seen["generated"], unedited_generated=base["generated"])
-    elif check.agree:  # locality and hard negatives: the answer wins *and* nothing moved
-        agrees, detail = _agreement(check, seen, base)
-        scores.update(detail, agrees_with_unedited=agrees)
-        passed = passed and agrees
-        score = float(passed)
-    return CheckResult(check, passed, score, result.got, scores, baseline)
+    """The verdict on `check` from its observations on the model (`seen`) and the unedited one (`base`).
 
+    Each kind of check judges its own (`editspec.verify.kinds`).
+    """
+    from editspec.verify.kinds import kind_of
 
-def _judge_preserve(check: Check, seen: dict, base: dict) -> CheckResult:
-    if check.protocol == "kl":
-        value = seen["kl"]
-        scores = {"kl": value, "loss": seen["loss"], "unedited_loss": base["loss"], "tokens": seen["tokens"]}
-    else:
-        value = (seen["loss"] - base["loss"]) / base["loss"]
-        scores = {"loss_increase": value, "loss": seen["loss"], "unedited_loss": base["loss"],
-                  "tokens": seen["tokens"]}
-    passed = _compares(value, check.comparator, check.threshold)
-    return CheckResult(check, passed, value, f"{check.protocol}={value:.4g}", scores, {"loss": base["loss"]})
-
-
-def _judge_fluency(check: Check, seen: dict, base: dict) -> CheckResult:
-    value = sum(seen["entropies"]) / len(seen["entropies"])
-    unedited = sum(base["entropies"]) / len(base["entropies"])
-    if check.threshold is not None:
-        passed = _compares(value, check.comparator, check.threshold)
-    else:
-        passed = value >= FLUENCY_DROP * unedited
-    scores = {"entropy": value, "unedited_entropy": unedited, "texts": seen["texts"], "entropies": seen["entropies"]}
-    return CheckResult(check, passed, value, f"entropy={value:.3f}", scores, {"entropy": unedited})
+    return kind_of(check).judge(check, seen, base, tokenizer)
 
 
 def metric_totals(results: list[CheckResult]) -> dict[tuple[str, str], Total]:
@@ -206,11 +124,12 @@ def expectation_verdicts(spec: ir.Spec, results: list[CheckResult]) -> list[Verd
         # Unqualified: the default protocols, as before the chat checks ran alongside them.
         read = {(r.check.metric, r.check.protocol) for r in results if unjudged.reads(r.check)}
         mine = tuple(t for key, t in totals.items() if key in read)
-        holds = bool(mine) and all(_compares(t.value, e.comparator, e.value) for t in mine)
+        holds = bool(mine) and all(compares(t.value, e.comparator, e.value) for t in mine)
         verdicts.append(replace(unjudged, holds=holds, totals=mine))
-    for r in results:
-        if r.check.metric == "preserve":
-            total = Total("preserve", r.check.protocol, r.score, int(r.passed), 1)
-            verdicts.append(Verdict(f"preserve {r.check.protocol}", r.check.comparator, r.check.threshold,
-                                    r.check.file, r.check.line, r.passed, (total,)))
+    from editspec.verify.kinds import KINDS, kind_of
+
+    for kind in KINDS.values():
+        mine = [r for r in results if kind_of(r.check) is kind]
+        if kind.verdicts is not None and mine:
+            verdicts += kind.verdicts(mine)
     return verdicts

@@ -26,19 +26,10 @@ def _short(text: str, width: int = _MAX_TEXT) -> str:
 
 
 def expected_text(r: CheckResult) -> str:
-    c = r.check
-    if c.metric == "forget":
-        return "not " + " | ".join(c.answers)
-    if c.metric in ("preserve", "fluency"):
-        return f"{c.comparator} {c.threshold:g}" if c.threshold is not None else "≥ 90% of unedited"
-    head = " | ".join(c.answers)
-    if c.foils and c.protocol == "chat":
-        head += ", never " + " | ".join(c.foils)
-    elif c.foils:
-        head += " over " + " | ".join(c.foils)
-    if c.protocol == "logprob":
-        head += f" (p {c.comparator} {c.threshold:g})"
-    return head
+    """What the check expects, as its kind renders it ("Rome over Paris", "not Klingon", "<= 0.05")."""
+    from editspec.verify.kinds import kind_of
+
+    return kind_of(r.check).expected(r.check)
 
 
 def _table(rows: list[list[str]]) -> list[str]:
