@@ -244,3 +244,15 @@ def test_real_default_model():
         logits = loaded.model(**ids).logits[0, -1]
     assert loaded.tokenizer.decode(logits.argmax()) == " Paris"
     assert loaded.weights_hash == models.weights_hash(resolve_model(DEFAULT_MODEL))
+
+
+def test_one_default_model_decision():
+    from types import SimpleNamespace
+
+    from editspec.model.loading import DEFAULT_MODEL, ModelOptions, model_choice
+
+    assert model_choice(None, SimpleNamespace(model=None)) == DEFAULT_MODEL
+    assert model_choice(None, SimpleNamespace(model="gemma3-270m")) == "gemma3-270m"
+    assert model_choice("local/dir", SimpleNamespace(model="gemma3-270m")) == "local/dir"
+    assert model_choice(None) == DEFAULT_MODEL
+    assert ModelOptions(dtype="bfloat16").kwargs() == {"device": None, "device_map": None, "dtype": "bfloat16"}

@@ -194,7 +194,7 @@ def run_bench(spec: str | os.PathLike | Spec, backends: Sequence[str], *, model=
     (an OpenAI-compatible base URL, model name `api_model`) black-box plugins are verified
     against that API instead of the local model.
     """
-    from editspec.model.loading import DEFAULT_MODEL, LoadedModel, load_model
+    from editspec.model.loading import LoadedModel, ModelOptions, load_model_for
     from editspec.build.registry import get_backend
     from editspec.lang.resolve import load_spec
 
@@ -208,12 +208,10 @@ def run_bench(spec: str | os.PathLike | Spec, backends: Sequence[str], *, model=
     settings = split_overrides(overrides or {}, backends)
     out = Path(out) if out is not None else Path("build") / "bench" / Path(spec.source).stem
 
+    options = ModelOptions(device, device_map, dtype)
+
     def load() -> LoadedModel:
-        if isinstance(model, LoadedModel):
-            return model
-        name = model if model is not None else (spec.model or DEFAULT_MODEL)
-        say(f"loading model {name}")
-        return load_model(name, device=device, device_map=device_map, dtype=dtype)
+        return load_model_for(spec, model, options, say)
 
     needs_model = any(white.values()) or upstream is None
     loaded = load() if needs_model else None
@@ -232,7 +230,7 @@ def run_bench(spec: str | os.PathLike | Spec, backends: Sequence[str], *, model=
             if before is not None and weights_fingerprint(loaded.model) != before:
                 run.status, run.reason = "error", ("the shared model's weights changed during this backend's compile "
                                                    "or verify (an edit leaked); the model was reloaded for the rest")
-                loaded = load_model(loaded.path, device=device, device_map=device_map, dtype=dtype)
+                loaded = load_model_for(spec, loaded.path, options)
             result.runs.append(run)
             say(f"{tag}: {_summary(run)}")
     return result

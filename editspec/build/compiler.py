@@ -50,6 +50,9 @@ def compile_spec(
     from editspec.build.registry import get_backend
     from editspec.lang.resolve import load_spec
 
+    from editspec.model.loading import ModelOptions, load_model_for
+
+    options = ModelOptions(device, device_map, dtype)
     say = progress or (lambda message: None)
     warn = warn or (lambda diagnostic: say(diagnostic.render()))
     timings: dict[str, float] = {}
@@ -72,9 +75,9 @@ def compile_spec(
         from editspec.build.attach import load_artifact_model
 
         say(f"loading model {previous.model['name']} (as in {previous.path})")
-        loaded = load_artifact_model(previous, device=device, device_map=device_map, dtype=dtype)
+        loaded = load_artifact_model(previous, **options.kwargs())
     else:
-        loaded = _load(model, spec, device, device_map, dtype, say) if impl.needs_model else None
+        loaded = load_model_for(spec, model, options, say) if impl.needs_model else None
     timings["load_model"] = time.perf_counter() - started
     if previous is not None and loaded is not None and previous.model.get("weights_hash") != loaded.weights_hash:
         raise EditspecError(f"{previous.path} was compiled for another model ({previous.model.get('name')})",
@@ -229,16 +232,6 @@ def _previous(on, impl: Backend, spec: Spec) -> Artifact:
             hint="a removed or changed edit cannot be undone sequentially; compile from the base model (without --on)",
         )
     return previous
-
-
-def _load(model, spec: Spec, device, device_map, dtype, say):
-    from editspec.model.loading import DEFAULT_MODEL, LoadedModel, load_model
-
-    if isinstance(model, LoadedModel):
-        return model
-    name = model if model is not None else (spec.model or DEFAULT_MODEL)
-    say(f"loading model {name}")
-    return load_model(name, device=device, device_map=device_map, dtype=dtype)
 
 
 def _seed_everything(seed: int) -> None:

@@ -84,6 +84,37 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """Where and how a model is loaded: `--device`, `--device-map` and `--dtype`, in one value."""
+
+    device: str | None = None
+    device_map: str | None = None
+    dtype: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """As `load_model` keyword arguments."""
+        return {"device": self.device, "device_map": self.device_map, "dtype": self.dtype}
+
+
+def model_choice(model: Any, spec: Any = None) -> Any:
+    """The one default-model decision: the model asked for, else the spec's `model`, else
+    `DEFAULT_MODEL`.  An already loaded `LoadedModel` is returned as it is."""
+    if model is not None:
+        return model
+    return getattr(spec, "model", None) or DEFAULT_MODEL
+
+
+def load_model_for(spec: Any, model: Any = None, options: ModelOptions = ModelOptions(),
+                   say=lambda message: None) -> "LoadedModel":
+    """The model a command works on for `spec` (see `model_choice`), loaded once with `options`."""
+    chosen = model_choice(model, spec)
+    if isinstance(chosen, LoadedModel):
+        return chosen
+    say(f"loading model {chosen}")
+    return load_model(chosen, **options.kwargs())
+
+
 @dataclass
 class LoadedModel:
     """A model ready for editing: eval mode, gradients off, with its tokenizer.

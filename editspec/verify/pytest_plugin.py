@@ -96,9 +96,9 @@ class SpecFile(pytest.File):
             raise SpecError(error.render()) from None
 
     def _model_name(self):
-        from editspec.model.loading import DEFAULT_MODEL
+        from editspec.model.loading import model_choice
 
-        return self.config.getoption("editspec_model") or self.spec.model or DEFAULT_MODEL
+        return model_choice(self.config.getoption("editspec_model"), self.spec)
 
     def collect(self):
         from editspec.verify.checks import derive_checks

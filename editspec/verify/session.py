@@ -38,7 +38,7 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
     the pytest plugin loads each model once).  Default: the artifact's model, else the spec's
     `model`, else smollm2-135m.  `chat` and `max_new_tokens` are `editspec.verify.verify`'s.
     """
-    from editspec.model.loading import DEFAULT_MODEL, LoadedModel, load_model
+    from editspec.model.loading import ModelOptions, load_model_for
     from editspec.lang.resolve import load_spec
 
     say = progress or (lambda message: None)
@@ -52,11 +52,7 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
     options = dict(device=device, device_map=device_map, dtype=dtype)
 
     def load(name):
-        if isinstance(name, LoadedModel):
-            return name
-        name = name if name is not None else (spec.model or DEFAULT_MODEL)
-        say(f"loading model {name}")
-        return load_model(name, **options)
+        return load_model_for(spec, name, ModelOptions(**options), say)
 
     common = dict(protocol=protocol, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
     if artifact is not None:
