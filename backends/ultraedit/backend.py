@@ -13,7 +13,7 @@ from editspec.build.artifact import Artifact
 from editspec.build.backend import CompileJob, CompileResult
 from editspec.families.locate.backend import DeltaBackend
 
-from .config import UltraEditConfig
+from .config import CAPABILITIES, UltraEditConfig
 
 NORM = "ultraedit_norm.safetensors"
 
@@ -23,14 +23,15 @@ class UltraEditBackend(DeltaBackend):
 
     name = "ultraedit"
     config_class = UltraEditConfig
+    capabilities = CAPABILITIES
 
     def compile(self, job: CompileJob) -> CompileResult:
-        from editspec.families.memory.backend import edit_keys, refuse_non_edits
+        from editspec.families.memory.backend import edit_keys, require_edits
 
         from .ultraedit import ultraedit_deltas
 
         config: UltraEditConfig = job.config
-        refuse_non_edits(job, self.name)
+        require_edits(job, self.name)
         loaded = job.model
         texts = edit_keys(job)
         keep = keep_keys(job)

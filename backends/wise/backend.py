@@ -18,16 +18,16 @@ from __future__ import annotations
 import torch
 
 from editspec.build.artifact import Artifact
-from editspec.build.backend import Backend, Capabilities, CompileJob, CompileResult
+from editspec.build.backend import Backend, CompileJob, CompileResult
 from editspec.families.memory.codebook import KeyedText, activations
 from editspec.errors import EditspecError
 from editspec.model.hooks import _hidden, _with_hidden, blocks_below, raw_outputs, replaying
 from editspec.model.layout import layout_for, module_at, output_head
 from editspec.families.memory.backend import (
-    HookAttachment, detach_live, edit_keys, per_edit_losses, reference_activations, refuse_non_edits,
+    HookAttachment, edit_keys, per_edit_losses, reference_activations, require_edits,
 )
 
-from .config import WiseConfig
+from .config import CAPABILITIES, WiseConfig
 from .memory import SideMemory, best_threshold, load_memory, routing_hook, save_memory, scores, ties_merge
 
 PAYLOAD = "wise.safetensors"
@@ -48,13 +48,13 @@ class WiseBackend(Backend):
 
     name = "wise"
     config_class = WiseConfig
-    capabilities = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+    capabilities = CAPABILITIES
+    attach_previous = False  # the previous memory is read from its payload and continued
 
     def compile(self, job: CompileJob) -> CompileResult:
         config: WiseConfig = job.config
-        refuse_non_edits(job, self.name)
+        require_edits(job, self.name)
         model, tokenizer = job.model.model, job.model.tokenizer
-        detach_live(model)  # the previous memory is continued here, from its payload
         path = wise_layer(model, config.layer)
         keyed = edit_keys(job)
         edit_in, edit_out, owner, prefix_in, prefix_out = _answer_activations(model, tokenizer, path, keyed)

@@ -5,6 +5,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from editspec.build.backend import Capabilities
+
+# A memory of edited facts: canonical and forget blocks are left out (with a warning).
+CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
+
 
 class WiseConfig(BaseModel):
     """WISE (Wang et al. 2024): a side copy of one value projection, routed by how much it would change it."""
