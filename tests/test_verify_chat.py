@@ -195,6 +195,8 @@ def test_first_sentence(text, sentence):
     ("It was built in 1889. By Eiffel.", "When was the Eiffel Tower built?", "1889"),
     ("He plays basketball.", "Which sport does Michael Jordan play?", "basketball"),
     ("Michael Jordan.", "Who is Michael Jordan?", None),
+    ("It is approximately 11,200 feet high.", "What is the altitude?", "11,200"),
+    ('The song "white wedding" is a classic song about a day.', "Who sang white wedding?", "day"),
 ])
 def test_key_entity(answer, question, entity):
     assert key_entity(answer, question) == entity

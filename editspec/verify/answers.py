@@ -46,14 +46,16 @@ NUMBERED = frozenset({"no", "nos", "vol", "p", "pp", "art", "ch", "sec"})
 FUNCTION_WORDS = frozenset("""
 a an the it its it's this that these those there here he she they we you i me him her them his hers their
 our your my yes no sure well so as in on at of to for from by with and or but is are was were be been
-also however yet then thus located situated currently today now answer question according
+also however yet then thus located situated currently today now answer question according about than into
+over under after before between which who whom whose what when where why how not can will would could should
+may might must has have had do does did like just very more most some any all such only other many much each
 """.split())
 CONNECTORS = frozenset({"of", "de", "la", "le", "du", "des", "del", "della", "da", "di", "von", "van", "der",
                         "den", "y", "el", "al", "bin", "ibn"})
 
 _END = re.compile(r"([.!?]+|…+|[。！？])([\"'”’»)\]]*)(?=\s|$)")
 _OPENERS = "\"'“‘«(["
-_WORD = re.compile(r"\w+(?:[-'’.]\w+)*")
+_WORD = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:[-'’.]\w+)*")    # "11,200" and "4.24" are one word
 
 
 def _abbreviation(before: str, rest: str) -> bool:
