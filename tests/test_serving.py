@@ -269,3 +269,21 @@ def test_a_bug_still_answers_a_json_error():
     assert response.status_code == 500
     assert response.json()["error"] == {"message": "internal error (RuntimeError); see the server's log",
                                         "type": "server_error", "param": None, "code": "internal_error"}
+
+
+def test_a_prompt_read_in_chunks_scores_as_one_read(tiny, monkeypatch):
+    import torch
+
+    from editspec.serve import generation
+
+    ids = tiny.tokenizer("The capital of France is Paris. " * 6)["input_ids"]
+    whole = generation.prompt_logprobs(tiny, ids, top_logprobs=2)
+    greedy = [s.token_id for s in generation.generate(tiny, ids, max_tokens=5)]
+    monkeypatch.setattr(generation, "PREFILL_CHUNK", 7)
+    assert len(ids) > 3 * 7
+    chunked = generation.prompt_logprobs(tiny, ids, top_logprobs=2)
+    assert [s.token_id for s in generation.generate(tiny, ids, max_tokens=5)] == greedy
+    assert torch.allclose(torch.tensor([s.logprob for s in chunked[1:]]), torch.tensor([s.logprob for s in whole[1:]]),
+                          atol=1e-4)
+    with pytest.raises(TimeoutError):
+        generation.prompt_logprobs(tiny, ids, until=time.monotonic())

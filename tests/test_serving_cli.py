@@ -29,3 +29,17 @@ def test_serve_refuses_a_white_box_artifact(tmp_path):
 def test_serve_model_names_an_unknown_model():
     code, out = run("serve-model", "--model", "smollm3-135m")
     assert code == 2 and "did you mean `smollm2-135m`" in out
+
+
+def test_limit_flags_take_sizes_and_refuse_bad_values():
+    from editspec.commands.serving import ByteSize
+
+    size = ByteSize()
+    assert [size.convert(v, None, None) for v in ("1048576", "512KiB", "8MiB", "1GB", "1.5 KiB")] == \
+        [1 << 20, 512 << 10, 8 << 20, 10 ** 9, 1536]
+    code, out = run("serve-model", "--max-body-bytes", "lots")
+    assert code == 2 and "is not a size" in out
+    code, out = run("serve-model", "--max-waiting", "-1")
+    assert code == 2 and "--max-waiting" in out and "Traceback" not in out
+    code, out = run("serve", "--help")
+    assert "--max-body-bytes" in out and "8 MiB" in out and "--max-completion-tokens" in out

@@ -120,6 +120,8 @@ class ModelService:
         """The prompt's token ids and the generation options, or an `ApiError` (400)."""
         options = self.options(body, chat)
         ids = self.encode_chat(body.get("messages")) if chat else self.encode_prompt(body.get("prompt"))
+        if not ids:
+            raise ApiError("the prompt is empty", param="messages" if chat else "prompt")
         options["max_tokens"] = self.completion_budget(body, chat, len(ids))
         return ids, options
 
@@ -238,16 +240,20 @@ class ModelService:
         state = Assembled(tokenizer, options["stops"])
         ends = {tokenizer.eos_token_id}
         with self.turn(until):
-            for step in generate(self.loaded, ids, max_tokens=options["max_tokens"],
-                                 temperature=options["temperature"], top_p=options["top_p"], seed=options["seed"],
-                                 top_logprobs=options["top"] or 0):
-                if self.abort or time.monotonic() > until:
-                    raise timed_out(self.limits.request_timeout)
-                seen = len(state.steps)
-                delta = state.add(step, step.token_id in ends)
-                yield delta, state.steps[seen:], state
-                if state.finish:
-                    return
+            steps = generate(self.loaded, ids, max_tokens=options["max_tokens"], temperature=options["temperature"],
+                             top_p=options["top_p"], seed=options["seed"], top_logprobs=options["top"] or 0,
+                             until=until)
+            try:
+                for step in steps:
+                    if self.abort or time.monotonic() > until:
+                        raise timed_out(self.limits.request_timeout)
+                    seen = len(state.steps)
+                    delta = state.add(step, step.token_id in ends)
+                    yield delta, state.steps[seen:], state
+                    if state.finish:
+                        return
+            except TimeoutError:
+                raise timed_out(self.limits.request_timeout) from None
         state.finish = "length"
         yield state.flush(), [], state
 
@@ -356,7 +362,10 @@ def create_model_app(model, name: str | None = None, limits: ModelLimits | None 
             text = prefix + text
             if options["top"] is not None:
                 with service.turn(until):
-                    head = prompt_logprobs(service.loaded, ids, top_logprobs=options["top"])
+                    try:
+                        head = prompt_logprobs(service.loaded, ids, top_logprobs=options["top"], until=until)
+                    except TimeoutError:
+                        raise timed_out(limits.request_timeout) from None
                 logprobs = completion_logprobs(head + steps)
         elif options["top"] is not None:
             logprobs = completion_logprobs(steps)
