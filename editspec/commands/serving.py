@@ -102,7 +102,8 @@ def run_app(app, host: str, port: int, what: str) -> None:
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds to wait for the upstream on each try (the whole request has --request-timeout).")
 @click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True,
-              help="Retries on refused connections, timeouts and 5xx answers (backoff 0.5 s, doubling).")
+              help="Retries on refused connections, timeouts and 5xx answers (backoff 0.5 s, doubling, or the "
+              "upstream's Retry-After when it asks 8 s or less).")
 @limit_options(ProxyLimits)
 def serve_command(artifact: str, upstream: str, host: str, port: int, timeout: float, retries: int,
                   **limits) -> None:
