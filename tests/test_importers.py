@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from editspec.cli import main
 from editspec.lang.fmt import format_text
 from editspec.importers import import_file
+from editspec.importers.factual import COUNTERFACT_QUESTIONS
 from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder
 from editspec.lang.literals import quote
 from editspec.lang.resolve import load_spec
@@ -67,6 +68,15 @@ def test_counterfact_rome_layout_maps_every_field():
     assert [f.prompts[0] for f in edit.keep] == record["neighborhood_prompts"]
     assert {f.answer for f in edit.keep} == {rewrite["target_true"]["str"]}
     assert edit.relation.startswith(rewrite["relation_id"].lower() + "_")
+    assert edit.questions == (COUNTERFACT_QUESTIONS[rewrite["relation_id"]].format(subject=rewrite["subject"]),)
+
+
+@needs_data
+def test_every_counterfact_relation_has_a_question():
+    records = json.loads((DATA / "counterfact/counterfact_500.json").read_text())
+    spec = load_spec("x.edit", text=import_file("counterfact", DATA / "counterfact/counterfact_500.json").text)
+    assert {r["requested_rewrite"]["relation_id"] for r in records} <= set(COUNTERFACT_QUESTIONS)
+    assert all(e.questions and e.subject in e.questions[0] and e.questions[0].endswith("?") for e in spec.edits)
 
 
 @needs_data
@@ -75,6 +85,7 @@ def test_zsre_portability_becomes_implies():
     spec = load_spec("x.edit", text=import_file("zsre", DATA / "zsre/zsre_mend_eval_portability_gpt4.json", limit=1).text)
     (edit,) = spec.edits
     assert edit.prompts == (record["src"],) and edit.target == record["alt"]
+    assert edit.questions == (record["src"],)  # zsRE's prompt is its question: chat asks it as written
     assert [(f.prompts[0], f.answer) for f in edit.implies] == [
         (record["portability"]["New Question"], record["portability"]["New Answer"])]
     assert [(f.prompts[0], f.answer) for f in edit.keep] == [(record["loc"], record["loc_ans"])]
@@ -90,6 +101,8 @@ def test_mquake_counts_survive():
     assert {f.prompts[0] for e in spec.edits for f in e.implies} == questions
     assert all(e.relation and spec.relations for e in spec.edits)
     assert all(r.questions for r in spec.relations)
+    asked = {r["question"] for c in cases for r in c["requested_rewrite"]}
+    assert {q for e in spec.edits for q in e.questions} <= asked
 
 
 @needs_data

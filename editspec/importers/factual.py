@@ -3,7 +3,8 @@
 Every importer maps a record the same way: the requested rewrite becomes an `edit` of a
 relation whose prompt is the record's template (the subject replaced by `{subject}`), the
 paraphrases become `scope`, the neighbourhood prompts `keep`, and portability or multi-hop
-questions `implies`.  Relations are keyed by (relation id, template), so an edit is checked with
+questions `implies`.  Each relation also gets the `question` a chat user would ask: zsRE's and
+MQuAKE's own questions, and for CounterFact one per relation id (`COUNTERFACT_QUESTIONS`).  Relations are keyed by (relation id, template), so an edit is checked with
 exactly the prompt the benchmark wrote.
 
 Example:
@@ -20,6 +21,46 @@ from pathlib import Path
 
 from editspec.errors import EditspecError
 from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder
+
+
+# How a chat user asks each CounterFact relation (Wikidata property id), for the relation's
+# `question`: CounterFact writes only cloze prompts, and a chat model is asked questions.
+COUNTERFACT_QUESTIONS = {
+    "P17": "Which country is {subject} located in?",
+    "P19": "Where is {subject} originally from?",
+    "P20": "In which city did {subject} die?",
+    "P27": "What is the country of citizenship of {subject}?",
+    "P30": "Which continent is {subject} located in?",
+    "P36": "What is the capital of {subject}?",
+    "P37": "What is the official language of {subject}?",
+    "P39": "What position does {subject} hold?",
+    "P101": "What field does {subject} work in?",
+    "P103": "What is the native language of {subject}?",
+    "P106": "What is the profession of {subject}?",
+    "P108": "Who is the employer of {subject}?",
+    "P127": "Who owns {subject}?",
+    "P131": "Where is {subject} located?",
+    "P136": "What genre of music does {subject} play?",
+    "P138": "What is {subject} named after?",
+    "P140": "Which religion is {subject} affiliated with?",
+    "P159": "In which city is the headquarters of {subject}?",
+    "P176": "Which company produces {subject}?",
+    "P178": "Who developed {subject}?",
+    "P190": "What is the twin city of {subject}?",
+    "P264": "What record label is {subject} signed to?",
+    "P276": "Where is {subject} located?",
+    "P364": "What is the original language of {subject}?",
+    "P407": "What language is {subject} written in?",
+    "P413": "What position does {subject} play?",
+    "P449": "On which network did {subject} originally air?",
+    "P463": "Which organization is {subject} a member of?",
+    "P495": "Which country does {subject} come from?",
+    "P641": "Which sport does {subject} play?",
+    "P740": "Where was {subject} founded?",
+    "P937": "In which city did {subject} work?",
+    "P1303": "Which instrument does {subject} play?",
+    "P1412": "Which language does {subject} speak?",
+}
 
 
 @dataclass
@@ -56,14 +97,18 @@ def _template(prompt: str, subject: str) -> str | None:
     return prompt.replace(subject, "{subject}") if subject and subject in prompt else None
 
 
-def _relation_of(builder: SpecBuilder, record: dict, prompt_field: str, prefix: str, path: Path, index: int):
-    """(subject, relation name) of a record whose prompt names its subject; None (counted) otherwise."""
+def _relation_of(builder: SpecBuilder, record: dict, prompt_field: str, prefix: str, path: Path, index: int,
+                 *, asks: bool = False):
+    """(subject, relation name) of a record whose prompt names its subject; None (counted) otherwise.
+
+    `asks`: the prompt is a question (zsRE), so it is the relation's `question` template too.
+    """
     subject, prompt = _field(record, "subject", path, index), _field(record, prompt_field, path, index)
     template = _template(prompt, subject)
     if template is None:
         builder.left_out[f"records whose `{prompt_field}` does not contain the subject"] += 1
         return None
-    return subject, builder.relation(template, template, prefix=prefix)
+    return subject, builder.relation(template, template, prefix=prefix, question=template if asks else None)
 
 
 def _optional_fact(record: dict, prompt_field: str, answer_field: str) -> list[FactRecord]:
@@ -97,14 +142,16 @@ def _counterfact_full(path: Path, records: list[dict]) -> Imported:
         rewrite = _field(record, "requested_rewrite", path, i)
         template = rewrite["prompt"].replace("{}", "{subject}")
         relation_id = str(rewrite.get("relation_id", "rel"))
-        relation = builder.relation((relation_id, template), template, prefix=relation_id.lower())
+        question = COUNTERFACT_QUESTIONS.get(relation_id)
+        relation = builder.relation((relation_id, template), template, prefix=relation_id.lower(), question=question)
         true = rewrite["target_true"]["str"]
         builder.add_edit(EditRecord(
             relation=relation, subject=rewrite["subject"], target=rewrite["target_new"]["str"], old=true,
             scope=list(record.get("paraphrase_prompts", [])),
             keep=[FactRecord(p, true) for p in record.get("neighborhood_prompts", [])]))
     return Imported(builder, len(records), [
-        "CounterFact (ROME layout): requested_rewrite -> edit (relation per relation_id and template),",
+        "CounterFact (ROME layout): requested_rewrite -> edit (relation per relation_id and template, with a",
+        "question per relation id, for chat),",
         "paraphrase_prompts -> scope, neighborhood_prompts -> keep (they keep the true object).",
     ])
 
@@ -131,7 +178,7 @@ def zsre(path: Path, limit: int | None) -> Imported:
     records = read_json_list(path, limit)
     builder = SpecBuilder()
     for i, record in enumerate(records):
-        named = _relation_of(builder, record, "src", "q", path, i)
+        named = _relation_of(builder, record, "src", "q", path, i, asks=True)
         if named is None:
             continue
         subject, relation = named
@@ -146,7 +193,8 @@ def zsre(path: Path, limit: int | None) -> Imported:
             scope=[record["rephrase"]] if record.get("rephrase") else [], keep=_optional_fact(record, "loc", "loc_ans"),
             implies=implies))
     return Imported(builder, len(records), [
-        "zsRE (MEND fields): src -> edit (relation per question template), alt -> new object, answers[0] -> was,",
+        "zsRE (MEND fields): src -> edit (relation per question template, which is also its `question`),",
+        "alt -> new object, answers[0] -> was,",
         "rephrase -> scope, loc -> keep, portability New Question -> implies.",
     ])
 
