@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from editspec.model.chat import chat_enabled
 from editspec.model.deltas import Delta, apply_deltas
 from editspec.model.layout import layout_for, module_at, value_bias, value_weight
 from editspec.families.locate import (
@@ -80,7 +81,7 @@ def rome_deltas(
     layout = layout_for(model)
     pad = pad_id(tokenizer)
     groups = flatten_groups(templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed))
-    prepared = prepare_requests(tokenizer, requests, groups)
+    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(config.chat, tokenizer))
     n = len(prepared)
     if config.layer == "auto":
         layers = select_layers(model, layout, prepared, config.auto_layers, pad=pad, stats=stats)

@@ -51,13 +51,14 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def encode_with_subject(tokenizer, text: str, span: tuple[int, int]) -> tuple[list[int], int]:
+def encode_with_subject(tokenizer, text: str, span: tuple[int, int], *, special: bool = True) -> tuple[list[int], int]:
     """Token ids of `text` (with the tokenizer's special tokens) and the subject's last token index.
 
     The index is that of the last token whose character span overlaps `span`; zero-width
-    special tokens (BOS) never overlap, so they are counted but never chosen.
+    special tokens (BOS) never overlap, so they are counted but never chosen.  `special`
+    False adds no special tokens (chat-templated text writes its own).
     """
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=special)
     start, end = span
     index = None
     for i, (a, b) in enumerate(enc["offset_mapping"]):

@@ -79,7 +79,7 @@ class LocateBackend(DeltaBackend):
 
 
 def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:
-    """One request per edit (its relation's first prompt), or an error at the edit's line."""
+    """One request per edit (its relation's first prompt, and its questions), or an error at the edit's line."""
     from editspec.model.tokens import target_token_ids
 
     requests = []
@@ -97,7 +97,8 @@ def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:
             if edit.old:
                 target_token_ids(tokenizer, prompt, edit.old)
             requests.append(EditRequest(prompt.replace(edit.subject, "{}", 1), edit.subject, edit.target,
-                                        target_true=edit.old, paraphrases=edit.paraphrases))
+                                        target_true=edit.old, paraphrases=edit.paraphrases,
+                                        questions=edit.questions))
         except EditspecError as error:
             raise error_at(edit.span, error.diagnostics[0].message, error.diagnostics[0].hint) from None
     return requests

@@ -1,9 +1,10 @@
-"""Edit requests and their tokenised prompts (rewriting prompts over templates, KL prompt)."""
+"""Edit requests and their tokenised prompts (rewriting prompts over templates, chat forms, KL prompt)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from editspec.model.chat import answer_ids, chat_questions, chat_text
 from editspec.errors import EditspecError
 from editspec.model.tokens import encode_with_subject, fill_prompt, place_in_template, target_token_ids
 
@@ -14,6 +15,9 @@ KL_PROMPT = "{} is a"
 class EditRequest:
     """One fact to insert: ``prompt.format(subject)`` should continue with `target_new`.
 
+    `questions` (each with one "{}" too) are how the fact is asked in chat; questions that do
+    not name the subject are dropped, since the edit is keyed at the subject.
+
     >>> EditRequest("The capital of {} is", "France", "Rome", target_true="Paris")
     """
 
@@ -22,8 +26,12 @@ class EditRequest:
     target_new: str
     target_true: str | None = None
     paraphrases: tuple[str, ...] = ()
+    questions: tuple[str, ...] = ()
 
     def __post_init__(self):
+        placed = [q if q.count("{}") == 1 else q.replace(self.subject, "{}", 1)
+                  for q in self.questions if q.count("{}") == 1 or (self.subject and self.subject in q)]
+        object.__setattr__(self, "questions", tuple(q for q in placed if q.count("{}") == 1))
         if self.prompt.count("{}") != 1:
             if self.subject and self.prompt.count(self.subject) >= 1 and "{}" not in self.prompt:
                 # A plain prompt: the first occurrence of the subject marks its place.
@@ -38,10 +46,13 @@ class EditRequest:
 
 @dataclass
 class PreparedRequest:
-    """Token ids for one request: a row per context template plus the KL prompt row.
+    """Token ids for one request: a row per context template, a row per chat form, the KL row.
 
-    Every row is ``prompt ids + target[:-1]`` (the KL row has no target); `subject_index[r]`
-    is the subject's last token in row r and `prompt_len[r]` the length before the target.
+    Every row is ``prompt ids + its target[:-1]`` (the KL row has no target); `subject_index[r]`
+    is the subject's last token in row r, `prompt_len[r]` the length before the target and
+    `targets[r]` the target's ids there: `target_ids` (after a space) in raw rows, the answer's
+    first words after the assistant header in chat rows (`chat[r]`).  `group[r]` is the row's
+    template group for key averaging; chat rows form the last group.
     """
 
     request: EditRequest
@@ -50,6 +61,8 @@ class PreparedRequest:
     subject_index: list[int] = field(default_factory=list)
     prompt_len: list[int] = field(default_factory=list)
     group: list[int] = field(default_factory=list)  # template group of each rewriting row
+    targets: list[list[int]] = field(default_factory=list)
+    chat: list[bool] = field(default_factory=list)
     kl_row: list[int] = field(default_factory=list)
     kl_index: int = 0
 
@@ -61,12 +74,15 @@ class PreparedRequest:
 
 def prepare_requests(
     tokenizer, requests: Sequence[EditRequest], template_groups: Sequence[Sequence[str]],
-    kl_prompt: str | None = KL_PROMPT,
+    kl_prompt: str | None = KL_PROMPT, *, chat: bool = False,
 ) -> list[PreparedRequest]:
     """Tokenise every request over every template; row 0 is always the bare prompt ``"{}"``.
 
     Target ids come from the bare prompt (prefix difference, leading space, no special tokens)
-    and are reused for every template: byte-level BPE never merges across the space.
+    and are reused for every template: byte-level BPE never merges across the space.  With
+    `chat`, each of the request's questions (else its prompt) adds a row in chat form
+    (`editspec.model.chat`): the subject inside the templated user turn, the target as the
+    start of the assistant's answer.
     """
     flat = [(g, t) for g, group in enumerate(template_groups) for t in group]
     if not flat or flat[0][1] != "{}":
@@ -79,15 +95,26 @@ def prepare_requests(
         for g, template in flat:
             text, span = place_in_template(template, req.prompt.rstrip(), req.subject)
             ids, index = encode_with_subject(tokenizer, text, span)
-            prep.rows.append(ids + target[:-1])
-            prep.subject_index.append(index)
-            prep.prompt_len.append(len(ids))
-            prep.group.append(g)
+            _add_row(prep, ids, index, target, g, chat=False)
+        if chat:
+            for question in chat_questions(req.questions, req.prompt.rstrip()):
+                text, span = chat_text(tokenizer, question, req.subject)
+                ids, index = encode_with_subject(tokenizer, text, span, special=False)
+                _add_row(prep, ids, index, answer_ids(tokenizer, text, req.target_new), len(template_groups), chat=True)
         if kl_prompt is not None:
             text, span = fill_prompt(kl_prompt, req.subject)
             prep.kl_row, prep.kl_index = encode_with_subject(tokenizer, text, span)
         prepared.append(prep)
     return prepared
+
+
+def _add_row(prep: PreparedRequest, ids: list[int], index: int, target: list[int], group: int, *, chat: bool):
+    prep.rows.append(ids + target[:-1])
+    prep.subject_index.append(index)
+    prep.prompt_len.append(len(ids))
+    prep.group.append(group)
+    prep.targets.append(list(target))
+    prep.chat.append(chat)
 
 
 def flatten_groups(template_groups: Sequence[Sequence[str]]) -> list[list[str]]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from editspec.model.chat import ChatSettings
+
 
 
 class StatisticsSettings(BaseModel):
@@ -20,7 +22,7 @@ class StatisticsSettings(BaseModel):
         None, description="A text or .jsonl file of documents for C; none means the packaged Wikipedia summaries.")
 
 
-class ResidualTargetSettings(StatisticsSettings):
+class ResidualTargetSettings(StatisticsSettings, ChatSettings):
     """How the target vectors δ are optimised; a backend config adds its own solve settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

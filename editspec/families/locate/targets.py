@@ -114,6 +114,16 @@ def _make_cache(kv, rows: torch.Tensor, config):
         return DynamicCache.from_legacy_cache(tuple(data))
 
 
+def row_weights(prep: PreparedRequest) -> list[float]:
+    """Each rewriting row's share of a fact's target NLL: the raw rows and the chat rows weigh half each
+    (all rows alike without chat rows), so one chat row among a dozen templates is not drowned out."""
+    chat = sum(prep.chat)
+    raw = prep.num_rows - chat
+    if not chat or not raw:
+        return [1.0 / prep.num_rows] * prep.num_rows
+    return [0.5 / chat if is_chat else 0.5 / raw for is_chat in prep.chat]
+
+
 class _Chunk:
     """The token layout of one chunk of facts: prefixes (left-padded, cached) and suffixes."""
 
@@ -126,8 +136,10 @@ class _Chunk:
             if len(own) != prep.num_rows + 1:
                 raise ValueError(f"{len(own)} row scales for {prep.num_rows} rows and the KL row")
             scale += list(own)
-            m = len(prep.target_ids)
+            forms = row_weights(prep)
             for r in range(prep.num_rows):
+                target = prep.targets[r]  # raw rows: after a space; chat rows: the reply's first words
+                m = len(target)
                 row = len(self.rows)
                 s = prep.subject_index[r]
                 if r == 0:
@@ -135,8 +147,8 @@ class _Chunk:
                 for j in range(m):  # logits at prompt_len-1+j predict target j
                     sup_row.append(row)
                     sup_pos.append(prep.prompt_len[r] - 1 + j - (s if cache_prefix else 0))
-                    sup_tgt.append(prep.target_ids[j])
-                    sup_w.append(1.0 / (m * prep.num_rows))
+                    sup_tgt.append(target[j])
+                    sup_w.append(forms[r] / m)
                 self._add(prep.rows[r], s, f)
             self.kl_rows.append(len(self.rows))
             self._add(prep.kl_row, prep.kl_index, f)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from editspec.build.backend import Attachment, CompileJob
+from editspec.model.chat import chat_enabled
 from editspec.families.memory.codebook import KeyedText, activations, nearest_distances, teacher_forced
 from editspec.errors import EditspecError
 from editspec.families.training.objectives import edit_targets, fact_texts
@@ -43,10 +44,12 @@ def require_edits(job: CompileJob, backend: str) -> None:
 
 
 def edit_keys(job: CompileJob) -> list[KeyedText]:
-    """Each edit prompt with its answer, teacher-forced: where the keys are taken."""
+    """Each edit prompt with its answer, teacher-forced: where the keys are taken (chat forms too,
+    with the `chat` setting on, so the memory also routes where the fact is asked in chat)."""
     from editspec.families.training.tuning import encode_targets
 
-    targets = [t for edit in job.edits for t in edit_targets(edit)]
+    chat = chat_enabled(job.config.chat, job.model.tokenizer)
+    targets = [t for edit in job.edits for t in edit_targets(edit, chat=chat)]
     return teacher_forced(job.model.tokenizer, encode_targets(job.model.tokenizer, targets))
 
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from editspec.model.chat import ChatSettings
 
 
-class MemorySettings(BaseModel):
+class MemorySettings(ChatSettings):
     """What the memory backends (grace, melo) share: the deferral radius and its calibration."""
 
     model_config = ConfigDict(extra="forbid")

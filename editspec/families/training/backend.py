@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
 from editspec.build.backend import Backend, CompileJob
+from editspec.model.chat import chat_enabled
 from editspec.families.training.objectives import Objectives, rehearsal, spec_objectives, split_preserve
 
 
@@ -30,10 +31,12 @@ class TrainingBackend(Backend):
     def objectives(self, job: CompileJob) -> Objectives:
         """Edits (and, on a first compile, canonical examples and forget blocks) as objectives.
 
-        A sequential compile also rehearses `config.rehearse` of the earlier edits."""
+        A sequential compile also rehearses `config.rehearse` of the earlier edits; with the
+        `chat` setting on, edits are trained in chat form too."""
         first = job.previous is None
         rehearsed = [] if first else rehearsal(job.spec, job.edits, job.config.rehearse, job.seed)
-        return spec_objectives(job.spec, job.edits, scope=job.config.scope, whole_spec=first, rehearsed=rehearsed)
+        return spec_objectives(job.spec, job.edits, scope=job.config.scope, whole_spec=first, rehearsed=rehearsed,
+                               chat=chat_enabled(job.config.chat, job.model.tokenizer))
 
     def prepare(self, job: CompileJob) -> dict[str, Any]:
         from editspec.families.training.tuning import reference_anchors, unedited_text_reference

@@ -4,7 +4,7 @@ Torch-free: this only decides *what* is trained, from the IR.
 
 | spec | objective |
 |---|---|
-| `edit r(s) -> o` | `good`: the target after each filled prompt (and `scope` prompts with `scope=True`) |
+| `edit r(s) -> o` | `good`: the target after each filled prompt (and `scope` prompts with `scope=True`); with `chat`, also as the reply to each question (else the prompt) as a user turn |
 | canonical `example p -> a` | `good` on the example |
 | canonical `... over b` | `contrast`: `softplus(NLL(a) - NLL(b))`, the answer beats the contrast |
 | `forget { prompt p; never x }` | `bad`: `x` after `p` pushed below a probability threshold |
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from editspec import ir
+from editspec.model.chat import chat_questions
 from editspec.errors import EditspecError, error_at
 
 Kind = Literal["good", "bad", "contrast"]
@@ -37,6 +38,7 @@ class Target:
     kind: Kind
     source: str  # the id of the edit, canonical example or erasure it comes from
     foil: str | None = None
+    chat: bool = False  # `prompt` is a user message, answered after the chat template's assistant header
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,24 @@ class Objectives:
     held: tuple[str, ...] = ()
 
 
-def edit_targets(edit: ir.Edit, *, scope: bool = False) -> list[Target]:
+def edit_targets(edit: ir.Edit, *, scope: bool = False, chat: bool = False) -> list[Target]:
     """`good` targets for one edit: its filled prompts (and scope prompts), or an error at its line.
 
-    >>> [t.prompt for t in edit_targets(edit)]                 # doctest: +SKIP
-    ['The CEO of Twitter is']
+    With `chat`, the edit is also trained as it is asked in chat: each of its questions (else
+    its first prompt) as a user message, the target as the start of the reply.
+
+    >>> [t.prompt for t in edit_targets(edit, chat=True)]       # doctest: +SKIP
+    ['The CEO of Twitter is', 'Who is the CEO of Twitter?']
     """
     prompts = list(edit.prompts) + (list(edit.scope) if scope else [])
     if not prompts:
         raise error_at(edit.span, f"edit `{edit.id}` has no prompt to train on",
                        hint=f"give relation `{edit.relation}` a `prompt \"... {{subject}} ...\"`, or the edit a `scope`")
-    return [Target(prompt, edit.target, "good", edit.id) for prompt in dict.fromkeys(prompts)]
+    targets = [Target(prompt, edit.target, "good", edit.id) for prompt in dict.fromkeys(prompts)]
+    if chat:
+        targets += [Target(question, edit.target, "good", edit.id, chat=True)
+                    for question in chat_questions(edit.questions, prompts[0])]
+    return targets
 
 
 def fact_texts(facts: Sequence[ir.Fact]) -> list[str]:
@@ -75,22 +84,23 @@ def fact_texts(facts: Sequence[ir.Fact]) -> list[str]:
 
 
 def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = False,
-                    whole_spec: bool = True, rehearsed: Sequence[ir.Edit] = ()) -> Objectives:
+                    whole_spec: bool = True, rehearsed: Sequence[ir.Edit] = (), chat: bool = False) -> Objectives:
     """The objectives for compiling `edits` of `spec`.
 
     With `whole_spec` (a first compile) canonical examples and `forget` blocks are trained too;
     a sequential compile (`--on`) trains only the new edits, and keeps every anchor.
     `rehearsed` earlier edits are trained again beside the new ones (see `rehearsal`).
+    `chat` adds every edit's chat-form targets (`edit_targets`).
     """
     targets: list[Target] = []
     sources: dict[str, str] = {}
     anchors: list[str] = []
     for edit in edits:
-        targets += edit_targets(edit, scope=scope)
+        targets += edit_targets(edit, scope=scope, chat=chat)
         sources[edit.id] = "edit"
         anchors += fact_texts(edit.keep)
     for edit in rehearsed:
-        targets += edit_targets(edit, scope=scope)
+        targets += edit_targets(edit, scope=scope, chat=chat)
         sources[edit.id] = "rehearsed"
         anchors += fact_texts(edit.keep)
     for example in spec.canonical:

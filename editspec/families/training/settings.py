@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from editspec.model.chat import ChatSettings
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(ChatSettings):
     """Settings every training backend (ft, sense) shares: steps, learning rate, the KL term."""
 
     model_config = ConfigDict(extra="forbid")

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from editspec.model.chat import answer_ids, user_turn
 from editspec.errors import EditspecError
 from editspec.families.training.objectives import Target
 from editspec.model.tokens import pad_id, right_pad, target_token_ids
@@ -71,10 +72,15 @@ def encode_targets(tokenizer, targets: Sequence[Target]) -> list[Encoded]:
     """
     encoded = []
     for target in targets:
-        head = tuple(tokenizer(target.prompt.rstrip(), add_special_tokens=True)["input_ids"])
         try:
-            answer = tuple(target_token_ids(tokenizer, target.prompt, target.answer))
-            foil = tuple(target_token_ids(tokenizer, target.prompt, target.foil)) if target.foil else ()
+            if target.chat:  # a user turn through the chat template; the answer opens the reply
+                text = user_turn(tokenizer, target.prompt)
+                head = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+                ids = lambda answer: tuple(answer_ids(tokenizer, text, answer))  # noqa: E731
+            else:
+                head = tuple(tokenizer(target.prompt.rstrip(), add_special_tokens=True)["input_ids"])
+                ids = lambda answer: tuple(target_token_ids(tokenizer, target.prompt, answer))  # noqa: E731
+            answer, foil = ids(target.answer), ids(target.foil) if target.foil else ()
         except EditspecError as error:
             raise EditspecError(f"`{target.source}`: {error.diagnostics[0].message}") from None
         encoded.append(Encoded(target, head, answer, foil))

@@ -1,0 +1,119 @@
+"""Edits made for chat too: chat-form requests, targets and keys, on tiny models with a chat template."""
+import pytest
+import torch
+from pydantic import ValidationError
+
+from editspec.backends.alphaedit import AlphaEditConfig
+from editspec.backends.ft.config import FtConfig
+from editspec.backends.grace.config import GraceConfig
+from editspec.backends.melo.config import MeloConfig
+from editspec.backends.memit import MemitConfig
+from editspec.backends.rome import RomeConfig
+from editspec.backends.sense.config import SenseConfig
+from editspec.model.chat import ChatSettings, answer_ids, chat_enabled, chat_text, user_turn
+from editspec.model.hooks import add_to_output
+from editspec.model.layout import layout_for
+from editspec.families.locate import EditRequest, OptimSettings, optimise_targets, prepare_requests
+from editspec.families.training.objectives import Target, edit_targets
+from editspec.families.training.tuning import encode_targets
+from tiny import tiny_chat_tokenizer, tiny_model, tiny_tokenizer
+
+FACT = EditRequest("The {} is located in", "Eiffel Tower", "Rome", questions=("Where is the {} located?",))
+
+
+def test_chat_setting_is_declared_once_and_follows_the_tokenizer():
+    configs = [RomeConfig, MemitConfig, AlphaEditConfig, FtConfig, SenseConfig, GraceConfig, MeloConfig]
+    assert all(issubclass(c, ChatSettings) and c().chat == "auto" for c in configs)
+    assert not [c for c in configs for k in c.__mro__ if k is not ChatSettings and "chat" in k.__dict__.get("__annotations__", {})]
+    assert chat_enabled("auto", tiny_chat_tokenizer()) and not chat_enabled("off", tiny_chat_tokenizer())
+    assert not chat_enabled("auto", tiny_tokenizer())  # a plain LM has no template: raw prompts only
+    with pytest.raises(ValidationError):
+        RomeConfig(chat="on")
+
+
+def test_chat_text_finds_the_subject_inside_the_user_turn():
+    tok = tiny_chat_tokenizer()
+    text, (start, end) = chat_text(tok, "Where is the {} located?", "Eiffel Tower")
+    assert text == user_turn(tok, "Where is the Eiffel Tower located?")
+    assert text[start:end] == "Eiffel Tower"
+    assert text.index("user: ") < start < text.index("assistant:")
+
+
+def test_chat_rows_hold_the_subject_in_the_user_turn_and_the_target_at_the_reply():
+    tok = tiny_chat_tokenizer()
+    (prep,) = prepare_requests(tok, [FACT], [["{}"], ["Therefore. {}"]], chat=True)
+    assert prep.chat == [False, False, True] and prep.group == [0, 1, 2]
+    row, index, length = prep.rows[2], prep.subject_index[2], prep.prompt_len[2]
+    text = user_turn(tok, "Where is the Eiffel Tower located?")
+    assert row[:length] == tok(text, add_special_tokens=False)["input_ids"]  # the template's own specials only
+    assert tok.decode(row[:index + 1]).endswith("Where is the Eiffel Tower")  # the subject's last token
+    assert prep.targets[2] == answer_ids(tok, text, "Rome") and tok.decode(prep.targets[2]) == "Rome"
+    assert tok.decode(prep.targets[0]) == " Rome"  # raw rows keep the target after a space
+    assert row[length:] == prep.targets[2][:-1]
+    plain = prepare_requests(tok, [FACT], [["{}"], ["Therefore. {}"]], chat=False)[0]
+    assert plain.rows == prep.rows[:2] and not any(plain.chat)
+
+
+def test_without_questions_the_chat_form_asks_the_prompt():
+    tok = tiny_chat_tokenizer()
+    (prep,) = prepare_requests(tok, [EditRequest("The capital of {} is", "France", "Rome")], [["{}"]], chat=True)
+    assert tok.decode(prep.rows[1][:prep.prompt_len[1]]) == user_turn(tok, "The capital of France is")
+
+
+def _chat_nll(model, site, prep, delta):
+    # The target's NLL in the chat row with δ added at the subject's last token.
+    r = prep.chat.index(True)
+    row, target = prep.rows[r], prep.targets[r]
+    with torch.no_grad(), add_to_output(model, site, delta[None].to(model.dtype), torch.tensor([prep.subject_index[r]])):
+        logp = model(torch.tensor([row])).logits[0].log_softmax(-1)
+    return -float(sum(logp[prep.prompt_len[r] - 1 + j, t] for j, t in enumerate(target))) / len(target)
+
+
+def test_delta_objective_covers_the_chat_form():
+    model, tok = tiny_model("llama"), tiny_chat_tokenizer()
+    site = layout_for(model).block_at(0)  # the tiny model's attention carries δ to the reply best from here
+    settings = OptimSettings(steps=40, lr=2.0, stop_loss=0.0)
+    with_chat = prepare_requests(tok, [FACT], [["{}"]], chat=True)
+    without = prepare_requests(tok, [FACT], [["{}"]], chat=False)
+    on = optimise_targets(model, [site], with_chat, settings, pad=0)
+    off = optimise_targets(model, [site], without, settings, pad=0)
+    unedited = _chat_nll(model, site, with_chat[0], torch.zeros(on.delta.shape[1]))
+    # Only the δ trained on the chat row pulls the reply towards the target; the raw-only one does not.
+    assert _chat_nll(model, site, with_chat[0], on.delta[0]) < min(unedited, _chat_nll(model, site, with_chat[0], off.delta[0])) - 1.0
+
+
+def test_training_and_memory_targets_have_chat_forms():
+    from editspec.lang.resolve import load_spec
+
+    spec = load_spec("x.edit", text='relation city {\n  prompt "The {subject} is located in"\n'
+                     '  question "Where is the {subject}?"\n}\nedit city("Eiffel Tower") -> "Rome"\n')
+    (edit,) = spec.edits
+    assert [(t.prompt, t.chat) for t in edit_targets(edit)] == [("The Eiffel Tower is located in", False)]
+    targets = edit_targets(edit, chat=True)
+    assert [(t.prompt, t.chat) for t in targets] == [("The Eiffel Tower is located in", False),
+                                                      ("Where is the Eiffel Tower?", True)]
+    tok = tiny_chat_tokenizer()
+    raw, chat = encode_targets(tok, targets)
+    text = user_turn(tok, "Where is the Eiffel Tower?")
+    assert list(chat.head) == tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(chat.answer) == "Rome" and tok.decode(raw.answer) == " Rome"
+    assert encode_targets(tok, [Target("Where?", "Rome", "good", "e", chat=True)])[0].head[-1] == chat.head[-1]
+
+
+@pytest.mark.parametrize("mode,chat_keys", [("auto", 1), ("off", 0)])
+def test_memory_keys_include_the_chat_reply_positions(mode, chat_keys):
+    from types import SimpleNamespace
+
+    from editspec.families.memory.backend import edit_keys
+    from editspec.lang.resolve import load_spec
+
+    spec = load_spec("x.edit", text='relation city {\n  prompt "The {subject} is located in"\n'
+                     '  question "Where is the {subject}?"\n}\nedit city("Eiffel Tower") -> "Rome"\n')
+    tok = tiny_chat_tokenizer()
+    job = SimpleNamespace(edits=spec.edits, model=SimpleNamespace(tokenizer=tok), config=GraceConfig(chat=mode))
+    keyed = edit_keys(job)
+    assert len(keyed) == 1 + chat_keys
+    if chat_keys:
+        head = tok(user_turn(tok, "Where is the Eiffel Tower?"), add_special_tokens=False)["input_ids"]
+        # The key positions are the ones that predict the reply: the assistant header's last token on.
+        assert keyed[1].positions[0] == len(head) - 1 and tok.decode(keyed[1].labels) == "Rome"
