@@ -28,6 +28,7 @@ from editspec.backends.alphaedit import AlphaEditConfig, alphaedit_deltas
 from editspec.backends.memit import MemitConfig, memit_deltas
 from editspec.backends.rome import RomeConfig, rome_deltas
 from editspec.model.deltas import apply_deltas
+from editspec.importers.factual import COUNTERFACT_QUESTIONS
 from editspec.families.locate import EditRequest
 from editspec.families.locate.backend import sampled_templates
 from editspec.model.loading import load_model
@@ -62,8 +63,11 @@ def _from_flat(case: dict) -> dict | None:
 
 
 def request(record: dict) -> EditRequest:
+    """The record's edit, with its relation's chat question as `editspec import counterfact` writes it."""
     rewrite = record["requested_rewrite"]
-    return EditRequest(rewrite["prompt"], rewrite["subject"], rewrite["target_new"]["str"], rewrite["target_true"]["str"])
+    question = COUNTERFACT_QUESTIONS.get(str(rewrite.get("relation_id")))
+    return EditRequest(rewrite["prompt"], rewrite["subject"], rewrite["target_new"]["str"], rewrite["target_true"]["str"],
+                       questions=(question.replace("{subject}", "{}"),) if question else ())
 
 
 def metrics(model, tokenizer, records: list[dict]) -> dict[str, float]:

@@ -25,8 +25,8 @@ def test_chat_setting_is_declared_once_and_follows_the_tokenizer():
     configs = [RomeConfig, MemitConfig, AlphaEditConfig, FtConfig, SenseConfig, GraceConfig, MeloConfig]
     assert all(issubclass(c, ChatSettings) and c().chat == "auto" for c in configs)
     assert not [c for c in configs for k in c.__mro__ if k is not ChatSettings and "chat" in k.__dict__.get("__annotations__", {})]
-    assert chat_enabled("auto", tiny_chat_tokenizer()) and not chat_enabled("off", tiny_chat_tokenizer())
-    assert not chat_enabled("auto", tiny_tokenizer())  # a plain LM has no template: raw prompts only
+    assert chat_enabled(tiny_chat_tokenizer()) and not chat_enabled(tiny_chat_tokenizer(), "off")
+    assert not chat_enabled(tiny_tokenizer(), "auto")  # a plain LM has no template: raw prompts only
     with pytest.raises(ValidationError):
         RomeConfig(chat="on")
 
@@ -79,7 +79,7 @@ def test_delta_objective_covers_the_chat_form():
     off = optimise_targets(model, [site], without, settings, pad=0)
     unedited = _chat_nll(model, site, with_chat[0], torch.zeros(on.delta.shape[1]))
     # Only the δ trained on the chat row pulls the reply towards the target; the raw-only one does not.
-    assert _chat_nll(model, site, with_chat[0], on.delta[0]) < min(unedited, _chat_nll(model, site, with_chat[0], off.delta[0])) - 1.0
+    assert _chat_nll(model, site, with_chat[0], on.delta[0]) < min(unedited, _chat_nll(model, site, with_chat[0], off.delta[0])) - 0.25
 
 
 def test_training_and_memory_targets_have_chat_forms():
@@ -117,3 +117,13 @@ def test_memory_keys_include_the_chat_reply_positions(mode, chat_keys):
         head = tok(user_turn(tok, "Where is the Eiffel Tower?"), add_special_tokens=False)["input_ids"]
         # The key positions are the ones that predict the reply: the assistant header's last token on.
         assert keyed[1].positions[0] == len(head) - 1 and tok.decode(keyed[1].labels) == "Rome"
+
+
+def test_raw_and_chat_rows_weigh_half_each_in_the_target_nll():
+    from editspec.families.locate.targets import row_weights
+
+    tok = tiny_chat_tokenizer()
+    (prep,) = prepare_requests(tok, [FACT], [["{}"], ["Therefore. {}", "I said. {}"]], chat=True)
+    assert row_weights(prep) == pytest.approx([1 / 6, 1 / 6, 1 / 6, 0.5])
+    (plain,) = prepare_requests(tok, [FACT], [["{}"], ["Therefore. {}", "I said. {}"]], chat=False)
+    assert row_weights(plain) == pytest.approx([1 / 3] * 3)

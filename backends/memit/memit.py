@@ -50,7 +50,7 @@ def memit_deltas(
     pad = pad_id(tokenizer)
     layers = config.layers or default_layers(layout.num_layers(model))
     groups = templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed)
-    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(config.chat, tokenizer))
+    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat))
     last = layers[-1]
     targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, config.optim(), pad=pad)
     covs = {}

@@ -81,7 +81,7 @@ def rome_deltas(
     layout = layout_for(model)
     pad = pad_id(tokenizer)
     groups = flatten_groups(templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed))
-    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(config.chat, tokenizer))
+    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat))
     n = len(prepared)
     if config.layer == "auto":
         layers = select_layers(model, layout, prepared, config.auto_layers, pad=pad, stats=stats)

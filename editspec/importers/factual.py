@@ -4,7 +4,8 @@ Every importer maps a record the same way: the requested rewrite becomes an `edi
 relation whose prompt is the record's template (the subject replaced by `{subject}`), the
 paraphrases become `scope`, the neighbourhood prompts `keep`, and portability or multi-hop
 questions `implies`.  Each relation also gets the `question` a chat user would ask: zsRE's and
-MQuAKE's own questions, and for CounterFact one per relation id (`COUNTERFACT_QUESTIONS`).  Relations are keyed by (relation id, template), so an edit is checked with
+MQuAKE's own questions, and for CounterFact one per relation id (`COUNTERFACT_QUESTIONS`).
+Relations are keyed by (relation id, template), so an edit is checked with
 exactly the prompt the benchmark wrote.
 
 Example:

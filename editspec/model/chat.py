@@ -13,8 +13,9 @@ module says, once for every backend, what the chat form of a fact is:
   the subject's last token reads it there;
 - the answer starts right after the assistant header, with no leading space.
 
-The `chat` setting (`ChatSettings`, shared by the locate, training and memory backends) is
-`auto` (chat forms whenever the tokenizer has a chat template) or `off`.
+The `chat` setting (`ChatSettings`, shared by the locate, training and memory backends, and
+verify's `chat` option) is `auto` (chat forms whenever the tokenizer has a chat template) or
+`off`.  Verify's `chat` protocol asks its questions through `chat_prompt_ids`, the same turn.
 
 Example::
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from editspec.errors import EditspecError
 
+CHAT_MODES = ("auto", "off")
 ChatMode = Literal["auto", "off"]
 
 
@@ -49,17 +51,28 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def chat_enabled(mode: str, tokenizer) -> bool:
+def chat_enabled(tokenizer, chat: str = "auto") -> bool:
     """The `chat` setting resolved for `tokenizer`: `auto` follows its chat template, `off` is off."""
-    if mode not in ("auto", "off"):
-        raise EditspecError(f"`chat` must be `auto` or `off`, not {mode!r}")
-    return mode == "auto" and has_chat_template(tokenizer)
+    if chat not in CHAT_MODES:
+        raise EditspecError(f"unknown chat mode `{chat}`", hint="one of " + ", ".join(CHAT_MODES))
+    return chat == "auto" and has_chat_template(tokenizer)
 
 
 def user_turn(tokenizer, message: str) -> str:
     """`message` as one user turn through the chat template, ending where the assistant answers."""
     return tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
                                          tokenize=False)
+
+
+def chat_prompt_ids(tokenizer, message: str) -> list[int]:
+    """Token ids of `message` as the one user turn of the chat template, ready for the reply.
+
+    The template writes its own special tokens (and any default system turn), so no others are added.
+
+    >>> tokenizer.decode(chat_prompt_ids(tokenizer, "Where is the Eiffel Tower?"))  # doctest: +SKIP
+    '<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\nWhere is the Eiffel Tower?<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    return list(tokenizer(user_turn(tokenizer, message), add_special_tokens=False)["input_ids"])
 
 
 def chat_text(tokenizer, question: str, subject: str) -> tuple[str, tuple[int, int]]:

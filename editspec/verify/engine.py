@@ -33,9 +33,7 @@ from editspec.verify.checks import CHAT_TOKENS, FACT_METRICS, Check, checks_hash
 from editspec.verify.judge import CheckResult, Verdict, expectation_verdicts, judge, metric_totals
 from editspec.verify.kinds import observe_all, references
 from editspec.verify.observers import LocalObserver, Observer
-from editspec.verify.protocols import has_chat_template
-
-CHAT_MODES = ("auto", "off")
+from editspec.model.chat import CHAT_MODES, chat_enabled, has_chat_template  # noqa: F401  (chat_enabled: the plugin's)
 
 # Bump when observations change meaning, so old cached baselines are not trusted.
 BASELINE_FORMAT = 1
@@ -153,13 +151,6 @@ def run(spec: ir.Spec, checks: list[Check], base: Observer,
     return Report(spec=spec.source, model=model_name, edited=edited_name or ("unedited" if edited is None else "edited"),
                   results=results, verdicts=expectation_verdicts(spec, results), baseline_cached=cached,
                   seconds=seconds)
-
-
-def chat_enabled(tokenizer, chat: str = "auto") -> bool:
-    """Whether the chat checks run beside the default ones: `auto` follows the tokenizer, `off` never."""
-    if chat not in CHAT_MODES:
-        raise EditspecError(f"unknown chat mode `{chat}`", hint="one of " + ", ".join(CHAT_MODES))
-    return chat == "auto" and has_chat_template(tokenizer)
 
 
 def checks_for(spec: ir.Spec, tokenizer, *, protocol: str | None = None, chat: str = "auto",

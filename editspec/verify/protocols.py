@@ -37,6 +37,7 @@ from typing import Sequence
 
 import torch
 
+from editspec.model.chat import chat_prompt_ids, has_chat_template  # noqa: F401  (re-exported for the observers)
 from editspec.model.kvcache import cache_kwarg, output_cache
 from editspec.lang.metrics import PROTOCOLS  # noqa: F401  (re-exported; the names live with the spec language)
 from editspec.model.tokens import pad_id, right_pad, target_token_ids
@@ -172,24 +173,6 @@ def score_targets(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_s
                 argmax=tuple(int(x) for x in picked.argmax(dim=-1).cpu()),
             )
     return [found[p] for p in pairs]
-
-
-def has_chat_template(tokenizer) -> bool:
-    """Whether `tokenizer` carries a chat template (an instruct model), so the `chat` protocol applies."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def chat_prompt_ids(tokenizer, message: str) -> list[int]:
-    """Token ids of `message` as the one user turn of the tokenizer's chat template, ready for the reply.
-
-    The template writes its own special tokens (and any default system turn), so no others are added.
-
-    >>> tokenizer.decode(chat_prompt_ids(tokenizer, "Where is the Eiffel Tower?"))  # doctest: +SKIP
-    '<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\nWhere is the Eiffel Tower?<|im_end|>\\n<|im_start|>assistant\\n'
-    """
-    text = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
-                                         tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @torch.inference_mode()

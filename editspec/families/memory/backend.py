@@ -48,7 +48,7 @@ def edit_keys(job: CompileJob) -> list[KeyedText]:
     with the `chat` setting on, so the memory also routes where the fact is asked in chat)."""
     from editspec.families.training.tuning import encode_targets
 
-    chat = chat_enabled(job.config.chat, job.model.tokenizer)
+    chat = chat_enabled(job.model.tokenizer, job.config.chat)
     targets = [t for edit in job.edits for t in edit_targets(edit, chat=chat)]
     return teacher_forced(job.model.tokenizer, encode_targets(job.model.tokenizer, targets))
 

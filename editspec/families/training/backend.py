@@ -36,7 +36,7 @@ class TrainingBackend(Backend):
         first = job.previous is None
         rehearsed = [] if first else rehearsal(job.spec, job.edits, job.config.rehearse, job.seed)
         return spec_objectives(job.spec, job.edits, scope=job.config.scope, whole_spec=first, rehearsed=rehearsed,
-                               chat=chat_enabled(job.config.chat, job.model.tokenizer))
+                               chat=chat_enabled(job.model.tokenizer, job.config.chat))
 
     def prepare(self, job: CompileJob) -> dict[str, Any]:
         from editspec.families.training.tuning import reference_anchors, unedited_text_reference
