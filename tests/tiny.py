@@ -97,24 +97,6 @@ def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     return fast
 
 
-# A chat template in the style of ChatML, made of ordinary text around the one special token, so
-# the tiny models' vocabulary needs no new entries: a system line, the user turn, the assistant header.
-CHAT_TEMPLATE = (
-    "<|endoftext|>system: Be brief.\n"
-    "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|endoftext|>assistant:\n{% endif %}"
-)
-
-
-def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
-    """`tiny_tokenizer()` with `CHAT_TEMPLATE` (a fresh copy: the plain one stays template-free)."""
-    import copy
-
-    chat = copy.deepcopy(tiny_tokenizer())
-    chat.chat_template = CHAT_TEMPLATE
-    return chat
-
-
 def tiny_workspace(folder, spec_text: str):
     """A tiny Llama checkpoint, a corpus of `SENTENCES` and a spec file under `folder`.
 

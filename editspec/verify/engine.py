@@ -33,7 +33,7 @@ from editspec.verify.checks import CHAT_TOKENS, FACT_METRICS, Check, checks_hash
 from editspec.verify.judge import CheckResult, Verdict, expectation_verdicts, judge, metric_totals
 from editspec.verify.kinds import observe_all, references
 from editspec.verify.observers import LocalObserver, Observer
-from editspec.model.chat import CHAT_MODES, chat_enabled, has_chat_template  # noqa: F401  (chat_enabled: the plugin's)
+from editspec.model.chat import chat_enabled, has_chat_template
 
 # Bump when observations change meaning, so old cached baselines are not trusted.
 BASELINE_FORMAT = 1

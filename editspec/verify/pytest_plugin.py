@@ -102,7 +102,7 @@ class SpecFile(pytest.File):
 
     def collect(self):
         from editspec.verify.checks import derive_checks
-        from editspec.verify.engine import chat_enabled
+        from editspec.model.chat import chat_enabled
 
         spec = self._spec()
         self.spec = spec
