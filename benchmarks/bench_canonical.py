@@ -144,10 +144,10 @@ def run_variant(variant: str, spec, cases, texts, base_loss: float, loaded, over
     artifact = compile_spec(spec, backend, model=loaded, out=out, overrides={**settings, **overrides},
                             progress=lambda m: say(f"  {variant}: {m}"))
     seconds = time.perf_counter() - started
-    training = artifact.manifest.get("details", {}).get("training", {})
+    training = artifact.manifest.details.get("training", {})
     steps = training.get("steps")
     if training.get("stopped") == "budget" and steps is not None:  # rolled back to the last check within it
-        steps -= artifact.manifest["backend"]["config"]["budget_every"]
+        steps -= artifact.config["budget_every"]
     with load_edited(loaded, artifact) as edited:
         success = score_success(edited.model, loaded.tokenizer, cases)
         rise = loss_rise(mean_loss(edited.model, loaded.tokenizer, texts), base_loss)

@@ -260,3 +260,20 @@ def test_compile_messages_count_what_the_backend_trained():
     assert contents(manifest) == "1 edit(s), 1 canonical example(s), 2 forget block(s)"
     assert contents({"edits": [], "details": {"trained": {"c1": "canonical"}}}) == "0 edit(s), 1 canonical example(s)"
     assert contents({"edits": [{"id": "e1"}, {"id": "e2"}], "details": {}}, 1) == "1 edit(s)"   # a plugin, or --on
+
+
+def test_manifest_is_typed_and_its_schema_is_kept_in_docs():
+    import json
+
+    from editspec.build.manifest import manifest_schema
+
+    kept = json.loads((__import__("pathlib").Path(__file__).resolve().parent.parent / "docs" / "manifest.schema.json").read_text())
+    assert kept == manifest_schema(), "run `editspec ir --manifest-schema > docs/manifest.schema.json`"
+
+
+def test_a_manifest_that_does_not_validate_is_refused_at_its_field(tmp_path):
+    folder = tmp_path / "art"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"schema_version": 1, "editspec_version": "0.1.0"}')
+    with pytest.raises(EditspecError, match="not a valid manifest: `spec`"):
+        read_artifact(folder)

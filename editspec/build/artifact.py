@@ -9,7 +9,8 @@ build/leadership.memit/
 ```
 
 Artifacts are read with `read_artifact`, which refuses a directory that is not one, or one
-written by a newer editspec, loudly.
+written by a newer editspec, loudly; the manifest is a typed `Manifest` (editspec.build.manifest),
+written by `write_manifest` and read here only.
 
     >>> artifact = read_artifact("build/capitals.rome")   # doctest: +SKIP
     >>> artifact.backend, len(artifact.edit_ids)           # doctest: +SKIP
@@ -25,9 +26,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from editspec.errors import EditspecError
+from pydantic import ValidationError
 
-ARTIFACT_SCHEMA_VERSION = 1
+from editspec.build.manifest import ARTIFACT_SCHEMA_VERSION, Manifest
+from editspec.errors import EditspecError
 MANIFEST = "manifest.json"
 IR_FILE = "ir.json"
 DELTAS = "delta.safetensors"
@@ -37,31 +39,31 @@ PLUGIN_DIR = "plugin"
 
 @dataclass(frozen=True)
 class Artifact:
-    """A compiled artifact on disk: its `path` and parsed `manifest`."""
+    """A compiled artifact on disk: its `path` and validated `manifest`."""
 
     path: Path
-    manifest: dict[str, Any] = field(repr=False)
+    manifest: Manifest = field(repr=False)
 
     @property
     def backend(self) -> str:
-        return self.manifest["backend"]["name"]
+        return self.manifest.backend.name
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.manifest["backend"]["config"]
+        return self.manifest.backend.config
 
     @property
-    def model(self) -> dict[str, Any]:
+    def model(self) -> dict[str, Any] | None:
         """`{"name", "path", "weights_hash", "model_type"}` of the model it was compiled for."""
         return self.manifest["model"]
 
     @property
     def edit_ids(self) -> list[str]:
-        return [edit["id"] for edit in self.manifest["edits"]]
+        return [edit.id for edit in self.manifest.edits]
 
     @property
     def payload_hash(self) -> str:
-        return self.manifest["payload"]["hash"]
+        return self.manifest.payload.hash
 
     @cached_property
     def spec(self):
@@ -94,14 +96,25 @@ def read_artifact(path: str | os.PathLike | Artifact) -> Artifact:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise EditspecError(f"cannot read {manifest_path}: {error}") from None
-    version = manifest.get("schema_version")
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != ARTIFACT_SCHEMA_VERSION:
         newer = isinstance(version, int) and version > ARTIFACT_SCHEMA_VERSION
         raise EditspecError(
             f"{path} has artifact schema version {version}; this editspec reads version {ARTIFACT_SCHEMA_VERSION}",
             hint="upgrade editspec" if newer else "compile the spec again with this editspec",
         )
-    return Artifact(path, manifest)
+    try:
+        return Artifact(path, Manifest.model_validate(manifest))
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise EditspecError(f"{manifest_path} is not a valid manifest: `{where}`: {first['msg']}",
+                            hint="it was edited by hand or written by another tool; compile the spec again") from None
+
+
+def write_manifest(workdir: Path, manifest: Manifest) -> None:
+    """Write `manifest` as `manifest.json` in canonical JSON (the only writer of manifests)."""
+    (workdir / MANIFEST).write_text(canonical_json(manifest.to_json_data()), encoding="utf-8")
 
 
 def payload_hash(root: Path, files: Iterable[str]) -> str:

@@ -18,10 +18,11 @@ from typing import Any, Callable, Mapping
 from pydantic import BaseModel, ValidationError
 
 from editspec import __version__
-from editspec.build.artifact import (
-    ARTIFACT_SCHEMA_VERSION, IR_FILE, MANIFEST, Artifact, canonical_json, payload_hash, read_artifact,
-)
+from editspec.build.artifact import IR_FILE, MANIFEST, Artifact, payload_hash, read_artifact, write_manifest
 from editspec.build.backend import Backend, CompileJob
+from editspec.build.manifest import (
+    BackendRecord, BasedOn, EditRecord, Manifest, ModelRecord, PayloadRecord, SpecRecord,
+)
 from editspec.build.support import left_out, unsupported_parts
 from editspec.errors import Diagnostic, EditspecError, did_you_mean, error_at
 from editspec.ir import BackendSettings, Range, Spec
@@ -103,7 +104,7 @@ def compile_spec(
         (workdir / IR_FILE).write_text(spec.to_json() + "\n", encoding="utf-8")
         timings["total"] = time.perf_counter() - started
         manifest = _manifest(spec, impl, config, seed, loaded, previous, edits, result, workdir, timings)
-        (workdir / MANIFEST).write_text(canonical_json(manifest), encoding="utf-8")
+        write_manifest(workdir, manifest)
     say(f"wrote {out} ({contents(manifest, len(edits))} in {timings['total']:.1f} s)")
     return read_artifact(out)
 
@@ -135,15 +136,15 @@ def _locked_base(spec: Spec, backend: str, out, model, say) -> Path | None:
     return base
 
 
-def contents(manifest: dict, edits: int | None = None) -> str:
+def contents(manifest: Manifest, edits: int | None = None) -> str:
     """What an artifact holds, for messages: "2 edit(s)", "0 edit(s), 10 canonical example(s)".
 
     `edits` defaults to every edit of the artifact; canonical examples and forget blocks are
     counted where the backend trained them (its details' `trained` sources).
     """
-    trained = list((manifest.get("details") or {}).get("trained", {}).values())
+    trained = list(manifest.details.get("trained", {}).values())
     counts = [(trained.count("canonical"), "canonical example"), (trained.count("forget"), "forget block")]
-    edits = len(manifest["edits"]) if edits is None else edits
+    edits = len(manifest.edits) if edits is None else edits
     return ", ".join([f"{edits} edit(s)"] + [f"{n} {noun}(s)" for n, noun in counts if n])
 
 
@@ -224,9 +225,9 @@ def _previous(on, impl: Backend, spec: Spec) -> Artifact:
     if not impl.capabilities.sequential:
         raise EditspecError(f"`{impl.name}` cannot add edits to an earlier artifact", hint="compile without --on")
     current = {edit.id for edit in spec.edits}
-    removed = [edit for edit in previous.manifest["edits"] if edit["id"] not in current]
+    removed = [edit for edit in previous.manifest.edits if edit.id not in current]
     if removed:
-        listed = ", ".join(f"`{edit['id']}`" for edit in removed[:5]) + (" ..." if len(removed) > 5 else "")
+        listed = ", ".join(f"`{edit.id}`" for edit in removed[:5]) + (" ..." if len(removed) > 5 else "")
         raise EditspecError(
             f"{len(removed)} edit(s) of {previous.path} are no longer in the spec (removed or changed): {listed}",
             hint="a removed or changed edit cannot be undone sequentially; compile from the base model (without --on)",
@@ -244,39 +245,37 @@ def _seed_everything(seed: int) -> None:
 
 
 def _manifest(spec: Spec, impl: Backend, config: BaseModel, seed: int, loaded, previous: Artifact | None,
-              edits, result, workdir: Path, timings: dict[str, float]) -> dict[str, Any]:
+              edits, result, workdir: Path, timings: dict[str, float]) -> Manifest:
     logs = {entry["id"]: entry for entry in result.edits}
-    stage = 1 + max((e.get("stage", 1) for e in previous.manifest["edits"]), default=0) if previous else 1
-    records = list(previous.manifest["edits"]) if previous else []
-    for edit in edits:
-        record = {"id": edit.id, "relation": edit.relation, "subject": edit.subject, "target": edit.target,
-                  "span": edit.span.model_dump(), "stage": stage}
-        record.update({k: v for k, v in logs.get(edit.id, {}).items() if k != "id"})
-        records.append(record)
-    return {
-        "schema_version": ARTIFACT_SCHEMA_VERSION,
-        "editspec_version": __version__,
-        "spec": {"source": spec.source, "files": list(spec.files), "ir_hash": spec.content_hash()},
-        "model": _model_record(loaded),
-        "backend": {"name": impl.name, "config": config.model_dump(mode="json"),
-                    "capabilities": impl.capabilities.model_dump()},
-        "seed": seed,
-        "edits": records,
-        "based_on": {"path": str(previous.path), "payload_hash": previous.payload_hash} if previous else None,
-        "payload": {"files": sorted(result.files), "hash": payload_hash(workdir, result.files)},
-        "details": result.details,
-        "left_out": left_out(spec, impl.capabilities),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "versions": _versions(),
-    }
+    earlier = list(previous.manifest.edits) if previous else []
+    stage = 1 + max((e.stage for e in earlier), default=0)
+    records = earlier + [
+        EditRecord(id=edit.id, relation=edit.relation, subject=edit.subject, target=edit.target,
+                   span=edit.span.model_dump(), stage=stage,
+                   **{k: v for k, v in logs.get(edit.id, {}).items() if k != "id"})
+        for edit in edits]
+    return Manifest(
+        editspec_version=__version__,
+        spec=SpecRecord(source=spec.source, files=list(spec.files), ir_hash=spec.content_hash()),
+        model=_model_record(loaded),
+        backend=BackendRecord(name=impl.name, config=config.model_dump(mode="json"), capabilities=impl.capabilities),
+        seed=seed,
+        edits=records,
+        based_on=BasedOn(path=str(previous.path), payload_hash=previous.payload_hash) if previous else None,
+        payload=PayloadRecord(files=sorted(result.files), hash=payload_hash(workdir, result.files)),
+        details=result.details,
+        left_out=left_out(spec, impl.capabilities),
+        timings={k: round(v, 3) for k, v in timings.items()},
+        versions=_versions(),
+    )
 
 
-def _model_record(loaded) -> dict[str, Any] | None:
+def _model_record(loaded) -> ModelRecord | None:
     if loaded is None:
         return None
     config = getattr(loaded.model, "config", None)
-    return {"name": loaded.name, "path": str(loaded.path), "weights_hash": loaded.weights_hash,
-            "model_type": getattr(config, "model_type", None)}
+    return ModelRecord(name=loaded.name, path=str(loaded.path), weights_hash=loaded.weights_hash,
+                       model_type=getattr(config, "model_type", None))
 
 
 def _versions() -> dict[str, str]:

@@ -50,9 +50,9 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
         record_artifact(artifact, spec=spec, overrides=overrides)
     manifest = artifact.manifest
     # Black-box plugins are compiled for any API model: their manifest names no model.
-    target = f"on {manifest['model']['name']}" if manifest.get("model") else "for API models"
+    target = f"on {manifest.model.name}" if manifest.model else "for API models"
     click.echo(f"{artifact.path}: {contents(manifest)} with {backend} {target} "
-               f"in {manifest['timings']['total']:.1f} s (payload {manifest['payload']['hash'][:12]})")
+               f"in {manifest.timings['total']:.1f} s (payload {manifest.payload.hash[:12]})")
 
 
 @click.command("apply")

@@ -124,7 +124,9 @@ def _write_atomically(path: str, text: str) -> None:
 @click.argument("spec", required=False, type=click.Path())
 @click.option("--schema", is_flag=True, help="Print the IR's JSON Schema instead.")
 @click.option("--hash", "show_hash", is_flag=True, help="Print only the spec's content hash.")
-def ir(spec: str | None, schema: bool, show_hash: bool) -> None:
+@click.option("--manifest-schema", "manifest_schema", is_flag=True,
+              help="Print the JSON Schema of an artifact's manifest.json instead.")
+def ir(spec: str | None, schema: bool, show_hash: bool, manifest_schema: bool) -> None:
     """Print a spec's IR as canonical JSON (or the IR's JSON Schema).
 
     The IR is what backends and the verifier read: relation templates expanded, every edit
@@ -135,10 +137,16 @@ def ir(spec: str | None, schema: bool, show_hash: bool) -> None:
       editspec ir specs/examples/leadership.edit > leadership.ir.json
       editspec ir --hash specs/examples/leadership.edit
       editspec ir --schema > editspec-ir.schema.json
+      editspec ir --manifest-schema > docs/manifest.schema.json
     """
     from editspec import ir as ir_module
     from editspec.lang.resolve import load_spec
 
+    if manifest_schema:
+        from editspec.build.manifest import manifest_schema as schema_of_manifest
+
+        click.echo(json.dumps(schema_of_manifest(), indent=2, sort_keys=True))
+        return
     if schema:
         click.echo(json.dumps(ir_module.json_schema(), indent=2, sort_keys=True))
         return

@@ -64,7 +64,7 @@ def record_artifact(artifact, *, spec: str | os.PathLike | None = None,
 
     artifact = read_artifact(artifact)
     manifest = artifact.manifest
-    spec_path = Path(spec if spec is not None else manifest["spec"]["source"])
+    spec_path = Path(spec if spec is not None else manifest.spec.source)
     if not spec_path.is_file():
         raise EditspecError(f"cannot find the spec {spec_path} that {artifact.path} was compiled from",
                             hint="run from the folder you compiled in, or name the spec with --spec")
@@ -74,15 +74,15 @@ def record_artifact(artifact, *, spec: str | os.PathLike | None = None,
     data["artifacts"][key] = {
         "spec": _relative(spec_path, lock_path.parent),
         "backend": artifact.backend,
-        "sequential": bool(manifest["backend"].get("capabilities", {}).get("sequential", False)),
-        "config": manifest["backend"]["config"],
+        "sequential": manifest.backend.capabilities.sequential,
+        "config": manifest.backend.config,
         "overrides": dict(overrides or {}),
-        "model": {k: (manifest.get("model") or {}).get(k) for k in ("name", "weights_hash")},
+        "model": {k: (manifest["model"] or {}).get(k) for k in ("name", "weights_hash")},
         "spec_model": artifact.spec.model,
-        "ir_hash": manifest["spec"]["ir_hash"],
-        "edits": [[e["id"], e.get("relation"), e.get("subject")] for e in manifest["edits"]],
+        "ir_hash": manifest.spec.ir_hash,
+        "edits": [[e.id, e.relation, e.subject] for e in manifest.edits],
         "payload_hash": artifact.payload_hash,
-        "editspec_version": manifest.get("editspec_version"),
+        "editspec_version": manifest.editspec_version,
     }
     write_lock(lock_path, data)
     return lock_path

@@ -86,7 +86,7 @@ def _verify_artifact(spec: Spec, artifact, model, *, say, options, common) -> Re
     else:
         say(f"loading the model of {art.path}")
         loaded = load_artifact_model(art, model, **options)
-    spec_hash = (art.manifest.get("spec") or {}).get("ir_hash")
+    spec_hash = art.manifest.spec.ir_hash
     if spec_hash and spec_hash != spec.content_hash():
         say(f"note: {art.path} was compiled from another spec than {spec.source}; verifying it against this one")
     return verify(spec, loaded.model, loaded.tokenizer, attach=lambda _: load_edited(loaded, art),
