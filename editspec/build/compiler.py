@@ -136,15 +136,15 @@ def _locked_base(spec: Spec, backend: str, out, model, say) -> Path | None:
     return base
 
 
-def contents(manifest: Manifest, edits: int | None = None) -> str:
+def contents(manifest: Manifest | Mapping, edits: int | None = None) -> str:
     """What an artifact holds, for messages: "2 edit(s)", "0 edit(s), 10 canonical example(s)".
 
     `edits` defaults to every edit of the artifact; canonical examples and forget blocks are
     counted where the backend trained them (its details' `trained` sources).
     """
-    trained = list(manifest.details.get("trained", {}).values())
+    trained = list((manifest.get("details") or {}).get("trained", {}).values())
     counts = [(trained.count("canonical"), "canonical example"), (trained.count("forget"), "forget block")]
-    edits = len(manifest.edits) if edits is None else edits
+    edits = len(manifest["edits"]) if edits is None else edits
     return ", ".join([f"{edits} edit(s)"] + [f"{n} {noun}(s)" for n, noun in counts if n])
 
 
