@@ -53,7 +53,9 @@ def tiny_config(model_type: str, *, layers: int = LAYERS, vocab: int = VOCAB):
         )
     return AutoConfig.for_model(
         model_type, vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=layers, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+        # A context an in-context-editing prompt fits in (ike's runs to ~830 tokens): the model
+        # server now refuses longer prompts.  Rotary positions, so no weight depends on it.
+        num_hidden_layers=layers, max_position_embeddings=1024, bos_token_id=0, eos_token_id=0,
         pad_token_id=0, **extra,
     )
 
