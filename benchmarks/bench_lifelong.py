@@ -1,25 +1,34 @@
-"""Lifelong editing: N sequential edits (`compile --on` after each one), then score all of them.
+"""Lifelong editing: CounterFact edits in `compile --on` batches, scored at checkpoints.
 
-    python benchmarks/bench_lifelong.py --backends melo,grace,ft,alphaedit --limit 200
-    python benchmarks/bench_lifelong.py --backends grace --limit 5 --set grace:n_iter=20
+    python benchmarks/bench_lifelong.py --backends ultraedit,wise --limit 1000 --batch 100 --checkpoints 500,1000
+    python benchmarks/bench_lifelong.py --backends grace --limit 5 --batch 1 --set grace:n_iter=20
 
 The edits are the first N records of ../shared/data/counterfact/counterfact-train.json,
 imported as `editspec import counterfact` writes them (prompt -> edit, rephrase -> scope,
-locality prompt -> keep).  Edit k is compiled on top of the artifact of edits 1..k-1.
-After the last edit, on the default model, each edit is scored teacher-forced by summed
-log-probability (CounterFact's compare protocol):
+locality prompt -> keep).  Each batch of `--batch` edits is compiled on top of the artifact of
+the batches before it.  At each checkpoint, on the default model, every edit so far is scored
+teacher-forced by summed log-probability (CounterFact's compare protocol):
 
 - efficacy: P(new) > P(old) after the edit prompt;
-- generalization: the same after the rephrased prompt (never trained on: `scope` stays off);
-- locality: after the locality prompt, the old answer still beats the new object.
+- generalization: the same after the rephrased prompt (no backend trains on `scope`; wise
+  calibrates its one routing threshold on it, see docs/methods/wise.md);
+- locality: after each edit's locality prompt, the old answer still beats the new object;
+- fixed NS: the same on a fixed neighbourhood set, the locality prompts of `--neighbourhood`
+  records after the edited ones (never edited, the same set at every checkpoint);
+- earlier: efficacy of the first batch's edits only (do the oldest edits still hold?).
 
-Reports the three rates and the mean compile time per edit, as a table and JSON (--json), with
-the unedited model's rates as the first row (locality is measured against that, not against 1).
+After every batch: general-text perplexity (`--ppl-docs` WikiText-2 paragraphs, 128 tokens; the
+cheap collapse detector), compile time and artifact size.  After the chain, `--abba K` edits
+of the first batch are edited back to their old answer in one more `--on` turn: the share that
+returns to a (P(a) > P(b)).  Per method: peak resident memory of the process (run one method per
+process for a clean figure), and the request overhead: time of one forward over the fixed
+neighbourhood prompts, edited / unedited.  Figures on a shared machine are loaded: say so.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import sys
@@ -45,27 +54,118 @@ def import_spec(limit: int, folder: Path):
     return load_spec(path)
 
 
-def run_backend(backend: str, spec, loaded, overrides: dict, folder: Path, say) -> dict:
-    """Compile the edits one by one on top of each other; score every edit after the last."""
-    from editspec.build.compiler import compile_spec
+def run_backend(backend: str, spec, loaded, overrides: dict, folder: Path, args, fixed, docs, say) -> dict:
+    """Compile the edits in batches on top of each other; score at the checkpoints."""
     from editspec.build.attach import load_edited
+    from editspec.build.compiler import compile_spec
 
-    times, previous = [], None
-    for k in range(1, len(spec.edits) + 1):
+    batches, checkpoints, previous = [], [], None
+    wanted = set(args.checkpoints) | {len(spec.edits)}
+    first = spec.edits[: args.batch]
+    for k in range(args.batch, len(spec.edits) + 1, args.batch):
         partial = spec.model_copy(update={"edits": spec.edits[:k]})
-        out = folder / f"{backend}-{k}"
         started = time.perf_counter()
-        artifact = compile_spec(partial, backend, model=loaded, out=out, overrides=overrides, on=previous)
-        times.append(time.perf_counter() - started)
+        artifact = compile_spec(partial, backend, model=loaded, out=folder / f"{backend}-{k}", overrides=overrides,
+                                on=previous, incremental=False)
+        seconds = time.perf_counter() - started
         if previous is not None:
             shutil.rmtree(previous)
         previous = artifact.path
-        say(f"{backend}: edit {k}/{len(spec.edits)} in {times[-1]:.1f} s")
+        with load_edited(loaded, previous) as edited:
+            ppl = perplexity(edited.model, loaded.tokenizer, docs)
+            row = {"edits": k, "seconds": round(seconds, 1), "artifact_mb": round(size_mb(previous), 3), "ppl": ppl}
+            if k in wanted:
+                row.update(score(edited.model, loaded.tokenizer, spec.edits[:k]))
+                row["fixed_ns"] = score(edited.model, loaded.tokenizer, fixed)["locality"]
+                row["earlier"] = score(edited.model, loaded.tokenizer, first)["efficacy"]
+                checkpoints.append(row)
+        batches.append(row)
+        say(f"{backend}: {k}/{len(spec.edits)} edits, batch in {seconds:.1f} s, ppl {ppl}" +
+            (f", ES/PS/NS {row['efficacy']}/{row['generalization']}/{row['locality']}" if k in wanted else ""))
+    result = {"batches": batches, "checkpoints": checkpoints, "seconds_total": round(sum(b["seconds"] for b in batches), 1)}
+    if args.abba:
+        result["abba"] = abba(backend, spec, loaded, overrides, folder, previous, args.abba)
     with load_edited(loaded, previous) as edited:
-        scores = score(edited.model, loaded.tokenizer, spec.edits)
+        result["overhead"] = round(forward_seconds(edited.model, loaded.tokenizer, fixed) /
+                                   forward_seconds(loaded.model, loaded.tokenizer, fixed), 3)
+    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     shutil.rmtree(previous)
-    return {**scores, "edits": len(spec.edits), "seconds_per_edit": round(statistics.mean(times), 3),
-            "seconds_total": round(sum(times), 1)}
+    return result
+
+
+def abba(backend, spec, loaded, overrides, folder, previous, count) -> dict:
+    """Edit the first `count` facts back from b to their old answer a (one more `--on` turn)."""
+    from editspec.build.attach import load_edited
+    from editspec.build.compiler import compile_spec
+
+    back = [e.model_copy(update={"id": f"{e.id}-back", "target": e.old, "old": e.target}) for e in spec.edits[:count]]
+    longer = spec.model_copy(update={"edits": (*spec.edits, *back)})
+    started = time.perf_counter()
+    artifact = compile_spec(longer, backend, model=loaded, out=folder / f"{backend}-abba", overrides=overrides,
+                            on=previous, incremental=False)
+    seconds = time.perf_counter() - started
+    with load_edited(loaded, artifact) as edited:
+        returned = score(edited.model, loaded.tokenizer, back)["efficacy"]
+    shutil.rmtree(artifact.path)
+    return {"edits": count, "returned_to_a": returned, "seconds": round(seconds, 1)}
+
+
+def fixed_neighbourhood(limit: int, count: int, folder: Path):
+    """`count` records after the first `limit` as edits whose keep facts are the fixed NS set."""
+    spec = import_spec(limit + count, folder / "fixed")
+    return spec.edits[limit:]
+
+
+def general_docs(count: int) -> list[str]:
+    """The first `count` long paragraphs of WikiText-2 (validation), the general text for perplexity."""
+    text = (DATA.parent.parent / "corpus" / "wikitext-2-valid.txt").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 400 and not line.strip().startswith("=")]
+    return lines[:count]
+
+
+def torch_no_grad(function):
+    """`torch.no_grad()` as a decorator that imports torch only when the function runs."""
+    def run(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return run
+
+
+@torch_no_grad
+def perplexity(model, tokenizer, docs, max_tokens: int = 128) -> float:
+    """exp(mean token NLL) over `docs`, each cut to `max_tokens` tokens, one at a time."""
+    import math
+
+    import torch
+
+    total, count = 0.0, 0
+    device = model.get_input_embeddings().weight.device
+    for doc in docs:
+        ids = torch.tensor([tokenizer(doc)["input_ids"][:max_tokens]], device=device)
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        total += float(-logp.gather(1, ids[0, 1:, None]).sum())
+        count += ids.shape[1] - 1
+    return round(math.exp(total / max(count, 1)), 4)
+
+
+def forward_seconds(model, tokenizer, edits, repeats: int = 3) -> float:
+    """Best of `repeats` timings of one batched forward over the edits' locality prompts."""
+    from editspec.verify.protocols import score_targets
+
+    pairs = [(f.prompts[0], f.answer) for e in edits for f in e.keep]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        score_targets(model, tokenizer, pairs)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
 
 
 def score(model, tokenizer, edits) -> dict:
@@ -102,12 +202,21 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="melo,grace,ft,alphaedit")
-    parser.add_argument("--limit", type=int, default=200, help="number of sequential edits")
+    parser.add_argument("--backends", default="ultraedit,wise")
+    parser.add_argument("--limit", type=int, default=1000, help="number of sequential edits (a multiple of --batch)")
+    parser.add_argument("--batch", type=int, default=100, help="edits per `--on` turn")
+    parser.add_argument("--checkpoints", type=lambda text: [int(x) for x in text.split(",") if x], default=[],
+                        help="edit counts to score at (comma-separated; the last count always)")
+    parser.add_argument("--neighbourhood", type=int, default=100, help="records in the fixed neighbourhood set")
+    parser.add_argument("--ppl-docs", type=int, default=16, help="general-text paragraphs for perplexity")
+    parser.add_argument("--abba", type=int, default=20, help="first-batch edits edited back to their old answer (0: skip)")
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded default)")
     parser.add_argument("--set", action="append", default=[], metavar="BACKEND:KEY=VALUE")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.limit % args.batch:
+        parser.error("--limit must be a multiple of --batch")
+    args.abba = min(args.abba, args.batch)
     from editspec.model.loading import load_model
 
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
@@ -116,18 +225,35 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="editspec-lifelong-") as tmp:
         spec = import_spec(args.limit, Path(tmp))
-        results["unedited"] = {**score(loaded.model, loaded.tokenizer, spec.edits), "edits": 0,
-                               "seconds_per_edit": 0.0, "seconds_total": 0.0}
+        fixed = fixed_neighbourhood(args.limit, args.neighbourhood, Path(tmp))
+        docs = general_docs(args.ppl_docs)
+        unedited = {"edits": 0, **score(loaded.model, loaded.tokenizer, spec.edits),
+                    "fixed_ns": score(loaded.model, loaded.tokenizer, fixed)["locality"],
+                    "ppl": perplexity(loaded.model, loaded.tokenizer, docs)}
+        results["unedited"] = {"checkpoints": [unedited], "batches": [], "seconds_total": 0.0}
         for backend in filter(None, args.backends.split(",")):
-            results[backend] = run_backend(backend, spec, loaded, sets.get(backend, {}), Path(tmp), say)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(f"{'backend':<10} {'edits':>5} {'efficacy':>9} {'general.':>9} {'locality':>9} {'s/edit':>7}")
-        for backend, r in results.items():
-            print(f"{backend:<10} {r['edits']:>5} {r['efficacy']:>9} {r['generalization']:>9} {r['locality']:>9} "
-                  f"{r['seconds_per_edit']:>7}")
+            results[backend] = run_backend(backend, spec, loaded, sets.get(backend, {}), Path(tmp), args, fixed, docs, say)
+    print(json.dumps(results, indent=2) if args.json else table(results, args))
     return 0
+
+
+def table(results: dict, args) -> str:
+    """Checkpoint rows per method, then time, size, a -> b -> a and overhead; with a 10k extrapolation."""
+    lines = [f"{'method':<10} {'edits':>6} {'ES':>6} {'PS':>6} {'NS':>6} {'fixNS':>6} {'early':>6} {'ppl':>8} "
+             f"{'s/batch':>8} {'MB':>8}"]
+    for name, r in results.items():
+        times = [b["seconds"] for b in r["batches"]]
+        for c in r["checkpoints"]:
+            lines.append(f"{name:<10} {c['edits']:>6} {c.get('efficacy')!s:>6} {c.get('generalization')!s:>6} "
+                         f"{c.get('locality')!s:>6} {c.get('fixed_ns')!s:>6} {c.get('earlier', '-')!s:>6} "
+                         f"{c.get('ppl')!s:>8} {statistics.mean(times) if times else 0:>8.1f} "
+                         f"{c.get('artifact_mb', 0):>8}")
+        if times:
+            per_edit = sum(times) / r["batches"][-1]["edits"]
+            lines.append(f"{'':<10} total {r['seconds_total']} s; 10,000 edits at this rate: {per_edit * 10000 / 60:.0f} min; "
+                         f"peak RSS {r['peak_rss_gb']} GB; request overhead x{r['overhead']}"
+                         + (f"; a->b->a returned {r['abba']['returned_to_a']} of {r['abba']['edits']}" if "abba" in r else ""))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def setup(tmp_path, tmp_cache):
     folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     return {"model": load_model(folder), "folder": folder, "spec": spec, "tmp": tmp_path,
             "overrides": lambda backend: {**TINY[backend], **({"mom2_samples": "20", "mom2_corpus": str(corpus)}
-                                                              if backend in STATISTICS else {})}}
+                                                              if backend in STATISTICS else {"preserve_corpus": str(corpus)})}}
 
 
 def _compile(setup, backend, out="art", **kw):

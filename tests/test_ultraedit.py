@@ -68,11 +68,12 @@ FACTS = [("capital", "France", "Rome", "Paris"), ("plays", "Michael Jordan", "fo
 
 
 def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exactly(tmp_path, tmp_cache):
-    folder, _, spec = tiny_workspace(tmp_path, SPEC)
+    folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     loaded = load_model(folder)
     model, tok = loaded.model, loaded.tokenizer
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = {"layers": "1..2", "step": "2.0", "ridge": "0.01", "passes": "2"}
+    settings = {"layers": "1..2", "step": "2.0", "ridge": "0.01", "passes": "2", "preserve_corpus": str(corpus),
+                "preserve_docs": "2", "preserve_tokens": "4"}
     text, previous, sizes = SPEC, None, []
     for i, (relation, subject, new, old) in enumerate(FACTS):
         text += f'edit {relation}("{subject}") -> "{new}" {{ was "{old}" }}\n'

@@ -45,14 +45,25 @@ class UltraEditBackend(DeltaBackend):
 
 
 def keep_keys(job: CompileJob):
-    """The new edits' keep facts, teacher-forced: keys the update must leave alone."""
-    from editspec.families.memory.codebook import teacher_forced
+    """Keys the update must leave alone: the new edits' keep facts (teacher-forced, at their answer
+    positions) and every position of `preserve_docs` documents of general text."""
+    from editspec.families.memory.codebook import KeyedText, teacher_forced
     from editspec.families.training.objectives import Target
     from editspec.families.training.tuning import encode_targets
 
+    config: UltraEditConfig = job.config
+    tokenizer = job.model.tokenizer
     targets = [Target(prompt, fact.answer, "good", edit.id) for edit in job.edits for fact in edit.keep
                for prompt in fact.prompts]
-    return teacher_forced(job.model.tokenizer, encode_targets(job.model.tokenizer, targets)) if targets else []
+    found = teacher_forced(tokenizer, encode_targets(tokenizer, targets)) if targets else []
+    if config.preserve_docs:
+        from editspec.model.corpus import load_corpus
+
+        for doc in load_corpus(config.preserve_corpus).sample(config.preserve_docs):
+            ids = tuple(tokenizer(doc, add_special_tokens=True)["input_ids"][: config.preserve_tokens])
+            if ids:
+                found.append(KeyedText("general text", ids, tuple(range(len(ids))), ids))
+    return found
 
 
 def write_norm(path, norm) -> None:

@@ -10,7 +10,8 @@ Lifelong normalisation: per layer, the running per-feature mean square of every 
 gradient seen so far, over all `--on` turns (merged exactly, like a running mean).  Keys are
 divided by their running RMS before the solve, gradients before they become value shifts, so
 the step size and the ridge mean the same thing in turn 1 and turn 100 while the edited model
-drifts.  We scale and do not centre: a centred gradient would erase a lone edit, and a centred
+drifts.  Each feature's RMS is shrunk toward the mean over features, as if `prior_rows` rows had
+shown that mean, so the scales become per-feature only as evidence accumulates.  We scale and do not centre: a centred gradient would erase a lone edit, and a centred
 key would need a bias the value projection does not have.
 
 The solve (``K`` the normalised keys as rows, ``V = −η·g/rms_g`` the value shifts, keep-fact
@@ -68,8 +69,16 @@ class RunningSquares:
         mean = self.mean_square * (self.count / total) + (rows * rows).sum(0) / total
         return RunningSquares(total, mean)
 
-    def rms(self) -> torch.Tensor:
-        return (self.mean_square + EPS).sqrt()
+    def rms(self, prior: int = 0) -> torch.Tensor:
+        """Per-feature RMS, shrunk toward the all-feature mean as if `prior` rows had shown it.
+
+        A few hundred keys say little about a rare feature of 1536: unshrunk, a feature the
+        edits barely touched gets a tiny scale, and dividing by it lets the update read that
+        feature hugely on every other input (general-text perplexity 22 -> 3,000 after two edits).
+        """
+        mean = self.mean_square.mean()
+        shrunk = (self.mean_square * self.count + mean * prior) / max(self.count + prior, 1)
+        return (shrunk + EPS).sqrt()
 
 
 @dataclass
@@ -203,9 +212,9 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
                     norm.grads[layer] = norm.grads.get(layer, RunningSquares.empty(d_v)).merged(g)
             stage = []
             for layer, (k, g) in features.items():
-                values = -config.step * g / norm.grads[layer].rms()
+                values = -config.step * g / norm.grads[layer].rms(config.prior_rows)
                 left, right = ultraedit_update(k, values, kept[layer][0] if layer in kept else None,
-                                               norm.keys[layer].rms(), config.ridge)
+                                               norm.keys[layer].rms(config.prior_rows), config.ridge)
                 path = layout.mlp_out_at(layer)
                 dtype = torch.float64 if value_weight(module_at(model, path)).dtype == torch.float64 else torch.float32
                 delta = Delta(path, left.to(dtype), right.to(dtype))
