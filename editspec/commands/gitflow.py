@@ -157,14 +157,10 @@ def lock_command(artifacts: tuple[str, ...], spec: str | None, settings: tuple[s
       editspec compile specs/capitals.edit --backend rome -o build/capitals.rome
       editspec lock build/capitals.rome          # writes specs/editspec.lock
     """
+    from editspec.commands.options import parse_settings
     from editspec.gitflow.lock import record_artifact
 
-    overrides = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.UsageError(f"--set {item}: write KEY=VALUE")
-        overrides[key.strip()] = value.strip()
+    overrides = parse_settings(settings)
     for artifact in artifacts:
         path = record_artifact(artifact, spec=spec, overrides=overrides)
         click.echo(f"locked {artifact} in {path}")
