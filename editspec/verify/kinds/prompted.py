@@ -98,6 +98,8 @@ def judge(check: Check, seen: dict, base: dict, tokenizer=None) -> CheckResult:
     passed, score, scores = result.passed, result.score, dict(result.scores)
     if check.protocol == "chat":  # both models' raw replies, side by side in the report
         scores.update(generated=seen["generated"], unedited_generated=base["generated"])
+        if check.agree:  # chat locality is itself the comparison with the unedited reply
+            scores["agrees_with_unedited"] = result.passed
     elif check.agree:  # locality and hard negatives: the answer wins *and* nothing moved
         agrees, detail = _agreement(check, seen, base)
         scores.update(detail, agrees_with_unedited=agrees)
