@@ -20,7 +20,7 @@ from editspec.commands.options import compile_options, model_options, parse_sett
 @click.option("--chat", "chat", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="Also run the fact checks under the chat protocol (each question as a user turn through the "
               "model's chat template, the greedy reply judged): auto does so when the tokenizer has a chat "
-              "template, off never.")
+              "template, off never (an expect line naming [chat] still runs them).")
 @click.option("--max-new-tokens", "max_new_tokens", type=click.IntRange(min=1), default=48, show_default=True,
               metavar="N", help="Longest chat reply (it also ends with the assistant's turn) and longest free "
               "generation of the generate protocol's fact checks, in tokens.")
@@ -44,7 +44,8 @@ def verify_command(spec, artifact, backend, no_edit, protocol, chat, max_new_tok
     forget, preserve and fluency, each under a named protocol (compare, teacher_forced,
     generate, logprob, chat) printed next to its number; totals are never averaged across
     protocols.  On an instruct model (a tokenizer with a chat template) the fact checks also run
-    as chat, shown beside the default protocol (an `expect` line reads the default protocol).
+    as chat, shown beside the default protocol; an `expect` line reads the default protocol
+    unless it names one (`efficacy[chat] >= 0.9`).
     The unedited model's outputs are computed once and cached.  Exit 0 when every `expect`
     line and preserve budget holds, 1 when one fails, 2 when verification could not run.
 
@@ -53,6 +54,8 @@ def verify_command(spec, artifact, backend, no_edit, protocol, chat, max_new_tok
       editspec verify specs/examples/capitals.edit --artifact build/capitals.rome
       editspec verify specs/examples/capitals.edit --backend memit --set layers=4..8
       editspec verify specs/examples/capitals.edit --no-edit --junit verify.xml
+      editspec verify facts.edit --artifact build/facts.memit --json      # chat replies of both models inside
+      editspec verify facts.edit --artifact build/facts.memit --protocol generate --max-new-tokens 64
       editspec verify facts.edit --artifact build/facts.retrieval --upstream http://127.0.0.1:8000/v1
     """
     from editspec.verify.report import junit as junit_xml, markdown as markdown_text, terminal, to_json
