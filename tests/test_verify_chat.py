@@ -115,6 +115,9 @@ UNEDITED = {
     ({"What is the capital of France?": "It is Madrid."}, {"efficacy": False}),
     ({"Steve Jobs founded": "He founded Pixar, in Rome."}, {"locality/1": False}),             # new object crept in
     ({"Steve Jobs founded": "Apple, I think."}, {"locality/1": False}),                      # Pixar gone: changed
+    ({"Steve Jobs founded": "Hm. He founded Pixar."}, {"locality/1": False}),                  # not in the first sentence
+    ({"What is the capital of France?": "Paris. Some say Rome."}, {"efficacy": False}),       # the answer comes too late
+    ({"What is the capital of France?": "Rome! It was Paris before 2024."}, {"efficacy": False}),
     ({"What is the capital of Italy?": "Italy's capital is Rome."}, {"locality/0": True}),
     ({"What is the capital of Italy?": "Milan."}, {"locality/0": False}),
     ({"The Eiffel Tower is located in": "Rome, Italy."}, {"portability": True}),
@@ -221,10 +224,11 @@ def test_chat_results_are_the_fact_checks_under_chat_only(monkeypatch, spec):
 
 @pytest.mark.parametrize("text, passed", [
     (" Rome. It has been the capital since 2024.", True),
-    (" Rome, in Italy, some would say. Paris, say others.", True),       # the old object after the first sentence
+    (" Rome, in Italy, some would say. Paris, say others.", False),      # taken back after the first sentence
     (" Rome... no, Paris. Sorry.", False),                                # taken back in the same sentence
     (" Paris. Some say Rome.", False),                                    # the new object only later
-    (" Rome. No wait, Paris is the capital.", True),                      # judged on the first sentence alone
+    (" Rome. No wait, Paris is the capital.", False),                     # taken back in the next sentence
+    (" Rome. It is in Italy, near Naples.", True),
     (" the city of St. Rome, of course.", True),                          # "St." does not end the sentence
 ])
 def test_generate_judges_the_first_sentence_of_a_free_generation(monkeypatch, spec, text, passed):

@@ -21,6 +21,9 @@ can check by hand:
   "basketball").  Without that either, there is no key entity and the whole normalised first
   sentence stands in for it.
 
+A generative fact check passes when the first sentence gives the answer and no part of the
+reply gives the `was` object (`judge_reply`); locality compares first sentences (`judge_kept`).
+
 Example::
 
     first_sentence("Rome. No wait, Paris.")                        # 'Rome.'
@@ -168,42 +171,51 @@ def _without(text: str, answers: Sequence[str]) -> str:
 
 def judge_reply(reply: str, answers: Sequence[str], foils: Sequence[str] = (), *,
                 protocol: str = "chat") -> ProtocolResult:
-    """`reply` gives an answer (or alias) and none of `foils` (an edit's `was` object), outside the answers.
+    """The reply's first sentence gives an answer (or alias), and no part of it gives a foil.
+
+    Foils are an edit's `was` object; an occurrence inside an answer ("York" in "New York")
+    does not count.  So "Paris. Some say Rome." fails (the answer comes too late) and so does
+    "Rome. No wait, Paris." (the answer is taken back).
 
     >>> judge_reply("Rome, not Paris.", ["Rome"], ["Paris"]).passed
     False
     """
-    hit = contains_answer(reply, answers)
-    rest = _without(reply, answers)
-    old = next((f for f in foils if normalise(f) and f" {normalise(f)} " in rest), None)
+    sentence = first_sentence(reply)
+    hit = contains_answer(sentence, answers)
+    old = _first_in(reply, foils, answers)
     passed = hit is not None and old is None
-    return ProtocolResult(protocol, passed, float(passed), got=reply, scores={"matched": hit, "old_object": old})
+    return ProtocolResult(protocol, passed, float(passed), got=reply,
+                          scores={"matched": hit, "old_object": old, "sentence": sentence})
+
+
+def _first_in(reply: str, needles: Sequence[str], answers: Sequence[str]) -> str | None:
+    rest = _without(reply, answers)
+    return next((n for n in needles if normalise(n) and f" {normalise(n)} " in rest), None)
 
 
 def judge_kept(reply: str, unedited: str, answers: Sequence[str], new_objects: Sequence[str], question: str, *,
                protocol: str = "chat") -> ProtocolResult:
     """Locality on free text: `reply` still says what the unedited reply said, and no new object crept in.
 
-    "What it said" is the keep answer when the unedited reply contained it, else the unedited
-    reply's key entity, else its whole normalised first sentence.  A new object counts only when
-    the unedited reply did not already contain it.
+    "What it said" is read in the first sentences: the keep answer when the unedited reply's
+    first sentence contained it, else that sentence's key entity, else the whole normalised
+    sentence.  A new object counts anywhere in the reply, unless the unedited reply had it too.
 
     >>> judge_kept("It is in Berlin.", "Berlin, Germany.", ["Berlin"], ["Rome"], "Where is it?").passed
     True
     """
-    if contains_answer(unedited, answers):
-        kept, basis = contains_answer(reply, answers), "keep answer"
-        needle = kept
-    elif (entity := key_entity(unedited, question)) is not None:
-        kept, basis, needle = contains_answer(reply, [entity]), "key entity", entity
+    sentence, before = first_sentence(reply), first_sentence(unedited)
+    if contains_answer(before, answers):
+        kept, basis = contains_answer(sentence, answers), "keep answer"
+        needle = answers[0]
+    elif (entity := key_entity(before, question)) is not None:
+        kept, basis, needle = contains_answer(sentence, [entity]), "key entity", entity
     else:
-        needle, basis = normalise(first_sentence(unedited)), "first sentence"
-        said = normalise(reply)
+        needle, basis = normalise(before), "first sentence"
+        said = normalise(sentence)
         kept = needle if (needle in said if needle else not said) else None
-    rest = _without(reply, answers)
-    crept = next((o for o in new_objects if normalise(o) and f" {normalise(o)} " in rest
-                  and not contains_answer(unedited, [o])), None)
+    crept = _first_in(reply, [o for o in new_objects if not contains_answer(unedited, [o])], answers)
     passed = kept is not None and crept is None
     return ProtocolResult(protocol, passed, float(passed), got=reply,
-                          scores={"kept": basis, "needle": needle if basis != "keep answer" else answers[0],
-                                  "still_there": kept is not None, "new_object": crept})
+                          scores={"kept": basis, "needle": needle, "still_there": kept is not None,
+                                  "new_object": crept, "sentence": sentence})

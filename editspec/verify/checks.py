@@ -18,7 +18,8 @@ judges the first sentence (WILD-style: an answer that appears and is then taken 
 `chat=True` (the engine sets it when the tokenizer has a chat template) runs every fact check
 a second time under the `chat` protocol,
 *alongside* the default one: the relation's `question` templates where it has them, else the
-prompts themselves, sent as a user turn.  Alongside checks have ids `<node>/<metric>/chat/<i>`
+prompts themselves, sent as a user turn, the reply judged as free generation is.
+Alongside checks have ids `<node>/<metric>/chat/<i>`
 and are measured and reported, but an unqualified expectation (`efficacy >= 0.9`) keeps its
 meaning and reads only the default protocol; `efficacy[chat] >= 0.9` reads the chat checks.
 

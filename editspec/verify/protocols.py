@@ -8,12 +8,13 @@ Editing papers score edits in incompatible ways; each verifier check names the o
   gold previous tokens (zsRE); the check passes when every token is.
 - ``generate``: greedy generation contains the answer or an alias after normalisation
   (lower case, punctuation, articles and extra whitespace removed).  The protocol for API models.
-  A fact check generates ``max_new_tokens`` freely and judges the *first sentence*, which must
-  also leave out the ``was`` object (WILD-style: "Rome ... no, Paris" fails), see
+  A fact check generates ``max_new_tokens`` freely: the *first sentence* must give the answer and
+  no part of the generation the ``was`` object (WILD-style: "Paris. Some say Rome." and
+  "Rome ... no, Paris" fail), see
   `editspec.verify.answers`; a forget check generates a little past its strings, judged whole.
 - ``chat``: the prompt (or the relation's ``question``) is sent as a user message through the
-  tokenizer's chat template; the greedy reply, up to the end of the turn or ``max_new_tokens``,
-  must contain the answer or an alias and must not contain the ``was`` object
+  tokenizer's chat template; the greedy reply (up to the end of the turn or ``max_new_tokens``)
+  is judged as ``generate``'s: the answer in its first sentence, the ``was`` object nowhere
   (`editspec.verify.answers`).  Only for models whose tokenizer has a chat template.
 - ``logprob``: the whole answer's probability ``P = exp(sum of token log-probs)`` against a
   threshold such as ``p >= 1/5`` (Hewitt et al.'s "example" normalisation).

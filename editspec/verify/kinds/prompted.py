@@ -72,7 +72,7 @@ def protocol_result(check: Check, seen: dict, tokenizer, base: dict | None = Non
         return protocols.teacher_forced(_scored(check, seen, check.answers), decode)
     if check.protocol == "logprob":
         return protocols.logprob(_scored(check, seen, check.answers), check.comparator, check.threshold)
-    if check.protocol == "chat":
+    if check.protocol == "chat":  # the first sentence answers; nothing in the reply takes it back
         if check.agree:  # locality: what the unedited reply said is still said, and no new object crept in
             unedited = (base or seen)["generated"]
             return answers.judge_kept(seen["generated"], unedited, check.answers, check.foils, check.prompt)
@@ -82,11 +82,8 @@ def protocol_result(check: Check, seen: dict, tokenizer, base: dict | None = Non
             result = protocols.generate(seen["generated"], check.answers)
             return protocols.ProtocolResult("generate", not result.passed, 1.0 - result.score, result.got,
                                             result.scores)
-        # WILD-style: the first sentence of a free generation gives the answer and not the old object
-        sentence = _read(check, seen["generated"])
-        result = answers.judge_reply(sentence, check.answers, check.foils, protocol="generate")
-        return protocols.ProtocolResult("generate", result.passed, result.score, seen["generated"],
-                                        dict(result.scores, sentence=sentence))
+        # WILD-style: the first sentence of a free generation answers, and nothing after takes it back
+        return answers.judge_reply(seen["generated"], check.answers, check.foils, protocol="generate")
     raise ValueError(f"no protocol {check.protocol!r}")
 
 
