@@ -6,6 +6,7 @@ byte-level BPE (GPT-2 style: a leading space is part of a token) trained on a fe
 """
 from __future__ import annotations
 
+import copy
 import functools
 import zlib
 
@@ -74,12 +75,18 @@ def tiny_model(model_type: str = "llama", *, seed: int = 0, dtype=torch.float64,
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
 def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with `VOCAB` entries, trained on `SENTENCES`.
 
     With `bos`, it prepends ``<|endoftext|>`` to every encoding, like Llama tokenizers do.
+    Each call returns its own copy (trained once), so a test that sets, say, a chat template
+    on its tokenizer changes no other test's.
     """
+    return copy.deepcopy(_trained_tokenizer(bos))
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -132,8 +139,6 @@ CHAT_TEMPLATE = (
 
 def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
     """`tiny_tokenizer()` with `CHAT_TEMPLATE`: an "instruct" tokenizer for the chat protocol."""
-    import copy
-
-    tok = copy.deepcopy(tiny_tokenizer())
+    tok = tiny_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     return tok
