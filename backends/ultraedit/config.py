@@ -4,12 +4,13 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from editspec.build.backend import Capabilities
+from editspec.model.chat import ChatSettings
 
 # Edits only: canonical and forget blocks get a warning at their line.
 CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
-class UltraEditConfig(BaseModel):
+class UltraEditConfig(ChatSettings):
     """UltraEdit (Gu et al. 2025) settings; defaults are [heuristic] values for SmolLM2-135M (docs/methods/ultraedit.md)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -6,12 +6,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from editspec.build.backend import Capabilities
+from editspec.model.chat import ChatSettings
 
 # A memory of edited facts: canonical and forget blocks are left out (with a warning).
 CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
-class WiseConfig(BaseModel):
+class WiseConfig(ChatSettings):
     """WISE (Wang et al. 2024): a side copy of one value projection, routed by how much it would change it."""
 
     model_config = ConfigDict(extra="forbid")
