@@ -127,3 +127,23 @@ def test_raw_and_chat_rows_weigh_half_each_in_the_target_nll():
     assert row_weights(prep) == pytest.approx([1 / 6, 1 / 6, 1 / 6, 0.5])
     (plain,) = prepare_requests(tok, [FACT], [["{}"], ["Therefore. {}", "I said. {}"]], chat=False)
     assert row_weights(plain) == pytest.approx([1 / 3] * 3)
+
+
+def test_memit_maps_the_chat_key_to_its_own_target():
+    from editspec.backends.memit import MemitConfig, memit_deltas
+    from editspec.families.locate import request_key_matrix, template_keys
+    from editspec.model.deltas import apply_deltas
+
+    model, tok = tiny_model("llama"), tiny_chat_tokenizer()
+    layout = layout_for(model)
+    config = MemitConfig(layers=(1,), mom2_update_weight=1e-6, v_num_grad_steps=6, context_template_counts=())
+    (prep,) = prepare_requests(tok, [FACT], [["{}"]], chat=True)
+    keys, before = template_keys(model, layout, [prep], [1], pad=0, block_layer=1, every_row=True)
+    assert request_key_matrix(keys[1], [prep]).shape[0] == 2   # the raw key, then the chat row's
+    result = memit_deltas(model, tok, [FACT], config, templates=[["{}"]])
+    shift = result.facts[0]["target"] - before[0][0]         # the fact's δ at the bare prompt
+    with apply_deltas(model, result.deltas):
+        _, after = template_keys(model, layout, [prep], [1], pad=0, block_layer=1, every_row=True)
+    # The chat row's residual moved by the same δ: its own column of the solve delivered it there.
+    assert torch.allclose(after[0][1] - before[0][1], shift, atol=1e-4 * float(shift.norm()))
+    assert torch.allclose(after[0][0], result.facts[0]["target"], atol=1e-4 * float(shift.norm()))

@@ -55,12 +55,13 @@ def _last_path(layout: ModelLayout, layers: Sequence[int], block_layer: int | No
 
 def template_keys(
     model, layout: ModelLayout, prepared: Sequence[PreparedRequest], layers: Sequence[int], *,
-    pad: int, block_layer: int | None = None, batch_size: int = 64,
-) -> tuple[dict[int, list[torch.Tensor]], torch.Tensor | None]:
+    pad: int, block_layer: int | None = None, batch_size: int = 64, every_row: bool = False,
+) -> tuple[dict[int, list[torch.Tensor]], torch.Tensor | list[torch.Tensor] | None]:
     """Keys at every layer in `layers` for every rewriting row, cut at the subject's last token.
 
     Returns ``({layer: [per request: [rows, d_k]]}, block)``, where `block` [n, d_model] is the
-    output of block `block_layer` at the bare prompt's subject token (MEMIT's ``h^L``), or None.
+    output of block `block_layer` at the bare prompt's subject token (MEMIT's ``h^L``), or None;
+    with `every_row`, per request at every row's subject token ([rows, d_model] each).
     """
     seqs, pos, owner = [], [], []
     for i, prep in enumerate(prepared):
@@ -77,7 +78,9 @@ def template_keys(
     owner_t = torch.tensor(owner)
     keys = {l: [got[layout.mlp_out_at(l)][owner_t == i] for i in range(len(prepared))] for l in layers}
     block = None
-    if block_layer is not None:
+    if block_layer is not None and every_row:
+        block = [got[layout.block_at(block_layer)][owner_t == i] for i in range(len(prepared))]
+    elif block_layer is not None:
         first_rows = torch.tensor([int((owner_t == i).nonzero()[0]) for i in range(len(prepared))])
         block = got[layout.block_at(block_layer)][first_rows]  # row 0 of each request is the bare prompt
     return keys, block
