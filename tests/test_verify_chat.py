@@ -7,6 +7,7 @@ from editspec.verify import derive_checks, verify
 from editspec.verify import observers as observe_module
 from editspec.verify.answers import first_sentence, judge_kept, judge_reply, key_entity
 from editspec.verify.protocols import chat_prompt_ids, generate_texts
+from editspec.verify.report import terminal
 from tiny import tiny_chat_tokenizer, tiny_model, tiny_tokenizer
 
 SPEC = '''relation capital {
@@ -144,6 +145,11 @@ def test_chat_replies_are_judged_against_both_models(monkeypatch, spec, edited, 
     # an unqualified expectation reads the default protocol only; the totals show both
     assert {p for (m, p) in report.totals if m == "efficacy"} == {"compare", "chat"}
     assert [t.protocol for t in report.verdicts[0].totals] == ["compare"]
+    text = terminal(report)
+    if not all(r.passed for r in chat):  # a failing chat check no expectation reads is pointed out
+        assert "no expect line reads them" in text and "expect { " in text
+    else:
+        assert "no expect line reads them" not in text
 
 
 def test_plain_models_and_chat_off_keep_todays_checks(spec):

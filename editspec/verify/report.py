@@ -54,6 +54,12 @@ def _total_rows(report: Report) -> list[list[str]]:
     return rows
 
 
+def _unread_failures(report: Report) -> list[str]:
+    """`metric[protocol]` of each failing alongside check (chat) that no expectation reads."""
+    return [f"{r.check.metric}[{r.check.protocol}]" for r in report.results
+            if r.check.alongside and not r.passed and not any(v.reads(r.check) for v in report.verdicts)]
+
+
 def terminal(report: Report, *, show_passed: bool = True) -> str:
     """The report as plain text: checks, totals per metric and protocol, expectations.
 
@@ -82,6 +88,10 @@ def terminal(report: Report, *, show_passed: bool = True) -> str:
                          f" ({seen})")
     else:
         lines += ["", "no expectations in the spec: nothing decides the exit code"]
+    unread = _unread_failures(report)
+    if unread:
+        lines += ["", f"note: {len(unread)} check(s) run alongside fail and no expect line reads them "
+                      f"({', '.join(dict.fromkeys(unread))}); to require them: expect {{ {unread[0]} >= 0.9 }}"]
     lines += ["", ("PASSED" if report.ok else "FAILED")
               + f" in {report.seconds.get('total', 0):.1f} s ({len(report.results)} checks)"]
     return "\n".join(lines)
