@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from editspec.families.locate.target_settings import ResidualTargetSettings
+from editspec.families.locate.target_settings import LayerList, ResidualTargetSettings
 from editspec.build.backend import Capabilities
 
 
@@ -19,7 +19,7 @@ class AlphaEditConfig(ResidualTargetSettings):
     Why each default: docs/methods/alphaedit.md#settings-and-why-the-defaults.
     """
 
-    layers: tuple[int, ...] = Field((4, 5, 6, 7, 8), description="Edited layers (their MLP value projections).")
+    layers: LayerList = Field((4, 5, 6, 7, 8), description="Edited layers (their MLP value projections).")
     nullspace_threshold: float = Field(
         2e-2, gt=0, description="Eigenvalues of C below this count as null directions (see `threshold_mode`).")
     threshold_mode: Literal["absolute", "relative"] = Field(
@@ -27,9 +27,3 @@ class AlphaEditConfig(ResidualTargetSettings):
         "`relative`: with threshold × the largest eigenvalue, robust to the statistics' scale.")
     l2: float = Field(10.0, ge=0, description="α: ridge on the projected solve (keeps it well posed).")
 
-    @field_validator("layers")
-    @classmethod
-    def _sorted_unique(cls, layers):
-        if not layers or sorted(set(layers)) != list(layers) or layers[0] < 0:
-            raise ValueError("layers must be a non-empty increasing list of layer indices (0 or more) without repeats")
-        return layers

@@ -1,9 +1,9 @@
 """MEMIT's settings (torch-free, so `editspec check` validates them without loading torch)."""
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from editspec.families.locate.target_settings import ResidualTargetSettings
+from editspec.families.locate.target_settings import LayerList, ResidualTargetSettings
 from editspec.build.backend import Capabilities
 
 
@@ -23,7 +23,7 @@ class MemitConfig(ResidualTargetSettings):
     Why each default: docs/methods/memit.md#settings-and-why-the-defaults.
     """
 
-    layers: tuple[int, ...] | None = Field(
+    layers: LayerList | None = Field(
         (4, 5, 6, 7, 8), description="Edited layers (their MLP value projections); None picks ~14% of depth, 5 layers.")
     mom2_update_weight: float = Field(
         1000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; higher keeps more of the "
@@ -33,9 +33,3 @@ class MemitConfig(ResidualTargetSettings):
         1.0, gt=0, description="Adam learning rate for the residual target δ; higher needs fewer δ steps, too low "
         "leaves facts short of their target (docs/benchmarks.md).")
 
-    @field_validator("layers")
-    @classmethod
-    def _sorted_unique(cls, layers):
-        if layers is not None and (not layers or sorted(set(layers)) != list(layers) or layers[0] < 0):
-            raise ValueError("layers must be a non-empty increasing list of layer indices (0 or more) without repeats")
-        return layers

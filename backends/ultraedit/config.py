@@ -1,9 +1,10 @@
 """UltraEdit's settings (torch-free, so `editspec check` validates them without loading torch)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from editspec.build.backend import Capabilities
+from editspec.families.locate.target_settings import LayerList
 from editspec.model.chat import ChatSettings
 
 # Edits only: canonical and forget blocks get a warning at their line.
@@ -15,7 +16,7 @@ class UltraEditConfig(ChatSettings):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: tuple[int, ...] = Field(
+    layers: LayerList = Field(
         (10, 11, 12, 13, 14), description="Edited layers (their MLP value projections); every one gets its own "
         "closed-form update from the same forward-backward pass.")
     step: float = Field(
@@ -39,9 +40,3 @@ class UltraEditConfig(ChatSettings):
     preserve_tokens: int = Field(64, ge=1, description="Tokens of each preserved document whose keys enter the solve.")
     batch_size: int = Field(32, ge=1, description="Texts per forward-backward batch (memory, not results).")
 
-    @field_validator("layers")
-    @classmethod
-    def _sorted_unique(cls, layers):
-        if not layers or sorted(set(layers)) != list(layers) or layers[0] < 0:
-            raise ValueError("layers must be a non-empty increasing list of layer indices (0 or more) without repeats")
-        return layers

@@ -4,10 +4,23 @@ Kept free of torch so that `editspec check` can validate backend settings quickl
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from editspec.model.chat import ChatSettings
 
+
+
+
+def _increasing_layers(layers: tuple[int, ...]) -> tuple[int, ...]:
+    if not layers or sorted(set(layers)) != list(layers) or layers[0] < 0:
+        raise ValueError("layers must be a non-empty increasing list of layer indices (0 or more) without repeats")
+    return layers
+
+
+# The layers a multi-layer method edits: increasing, no repeats (memit, alphaedit, ultraedit).
+LayerList = Annotated[tuple[int, ...], AfterValidator(_increasing_layers)]
 
 
 class StatisticsSettings(BaseModel):
