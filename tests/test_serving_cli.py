@@ -21,7 +21,13 @@ def test_serve_needs_an_artifact_and_an_http_upstream(tmp_path):
 
 
 def test_serve_refuses_a_white_box_artifact(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "backend": {"name": "rome"}}))
+    from editspec.backends.rome.config import CAPABILITIES
+
+    manifest = {"schema_version": 1, "editspec_version": "test", "seed": 0, "edits": [], "model": None,
+                "spec": {"source": "x.edit", "files": [], "ir_hash": "0"},
+                "backend": {"name": "rome", "config": {}, "capabilities": CAPABILITIES.model_dump()},
+                "payload": {"files": [], "hash": "0"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     code, out = run("serve", str(tmp_path), "--upstream", "http://127.0.0.1:1/v1")
     assert code == 2 and "white-box" in out
 
