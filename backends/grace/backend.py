@@ -17,9 +17,9 @@ from editspec.build.backend import Backend, CompileJob, CompileResult
 from editspec.families.memory.codebook import Codebook
 from editspec.errors import EditspecError
 from editspec.model.hooks import _hidden, _with_hidden, record_outputs
-from editspec.model.layout import layout_for, module_at
+from editspec.model.layout import module_at
 from editspec.families.memory.backend import (
-    HookAttachment, edit_keys, fit, key_queries, per_edit_losses, radii, require_edits,
+    HookAttachment, edit_keys, fit, key_queries, per_edit_losses, radii, require_edits, value_projection_at,
 )
 
 from .config import CAPABILITIES, GraceConfig
@@ -29,12 +29,7 @@ CODEBOOK = "codebook.safetensors"
 
 def grace_layer(model, layer) -> str:
     """The value projection GRACE wraps (`auto`: 80% of the depth)."""
-    layout = layout_for(model)
-    count = layout.num_layers(model)
-    index = int(0.8 * count) if layer == "auto" else layer
-    if index >= count:
-        raise EditspecError(f"layer {index} does not exist: the model has {count} layers (0..{count - 1})")
-    return layout.mlp_out_at(index)
+    return value_projection_at(model, layer, 0.8)
 
 
 def replace_hook(book: Codebook, values):

@@ -22,9 +22,9 @@ from editspec.build.backend import Backend, CompileJob, CompileResult
 from editspec.families.memory.codebook import KeyedText, activations
 from editspec.errors import EditspecError
 from editspec.model.hooks import _hidden, _with_hidden, blocks_below, raw_outputs, replaying
-from editspec.model.layout import layout_for, module_at, output_head
+from editspec.model.layout import module_at, output_head
 from editspec.families.memory.backend import (
-    HookAttachment, edit_keys, per_edit_losses, reference_activations, require_edits,
+    HookAttachment, edit_keys, per_edit_losses, reference_activations, require_edits, value_projection_at,
 )
 
 from .config import CAPABILITIES, WiseConfig
@@ -35,12 +35,8 @@ REFERENCE_TOKENS = 128
 
 
 def wise_layer(model, layer) -> str:
-    layout = layout_for(model)
-    count = layout.num_layers(model)
-    index = int(0.75 * count) if layer == "auto" else layer
-    if index >= count:
-        raise EditspecError(f"layer {index} does not exist: the model has {count} layers (0..{count - 1})")
-    return layout.mlp_out_at(index)
+    """The value projection WISE keeps its side memory at (`auto`: 75% of the depth)."""
+    return value_projection_at(model, layer, 0.75)
 
 
 class WiseBackend(Backend):

@@ -36,6 +36,22 @@ class HookAttachment(Attachment):
         self.reverted = True
 
 
+def value_projection_at(model: nn.Module, layer, auto_depth: float) -> str:
+    """The MLP value projection a memory sits at: `layer`, or `auto` at that share of the depth.
+
+    >>> value_projection_at(model, "auto", 0.8)   # doctest: +SKIP
+    'model.layers.24.mlp.down_proj'
+    """
+    from editspec.model.layout import layout_for
+
+    layout = layout_for(model)
+    count = layout.num_layers(model)
+    index = int(auto_depth * count) if layer == "auto" else layer
+    if index >= count:
+        raise EditspecError(f"layer {index} does not exist: the model has {count} layers (0..{count - 1})")
+    return layout.mlp_out_at(index)
+
+
 def require_edits(job: CompileJob, backend: str) -> None:
     """A memory stores edited facts: a spec with none is an error (canonical and forget blocks get
     the shared warning of `editspec.build.support`, since memories do not compile them)."""
