@@ -65,8 +65,12 @@ def test_two_facts_take_and_unrelated_prompts_stay(loaded, spec_file, tmp_path, 
     unrelated = [_greedy(loaded, prompt) for prompt in UNRELATED]
     for prompt, new, old in PROBES:
         assert _logprob(loaded, prompt, old) > _logprob(loaded, prompt, new), prompt  # the model knows the old
+    # Raw-prompt editing, as this test was written for: with chat rows (`chat auto`, the default
+    # on instruct models) the unrelated greedy continuation of "Michael Jordan plays the sport
+    # of" changes after these two edits (" the devil." -> " the last."), an open locality cost
+    # of chat-form editing (issue 16); chat locality is checked by test_chat_edits_real.
     artifact = editspec.compile_spec(spec_file, backend, model=loaded, out=tmp_path / backend,
-                                     overrides={"mom2_samples": "500"})
+                                     overrides={"mom2_samples": "500", "chat": "off"})
     with editspec.load_edited(loaded, artifact):
         for prompt, new, old in PROBES:
             assert _logprob(loaded, prompt, new) > _logprob(loaded, prompt, old), (backend, prompt)
