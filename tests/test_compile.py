@@ -252,6 +252,47 @@ def test_cli_compile_builds_on_the_locked_artifact_when_edits_were_only_added(se
     assert [e["stage"] for e in read_artifact(out).manifest["edits"]] == [1, 1, 1]
 
 
+def test_verify_and_bench_build_on_the_locked_artifact_like_compile(setup, monkeypatch):
+    """verify --backend and bench compile elsewhere, but on top of `compile`'s locked artifact."""
+    from editspec.bench.runner import run_bench
+    from editspec.gitflow.lock import lock_status
+
+    monkeypatch.chdir(setup["tmp"])
+    settings = "\n".join(f"  {key} {value}" for key, value in setup["overrides"]("alphaedit").items()
+                         if key != "mom2_corpus")
+    block = f'\nbackend alphaedit {{\n{settings}\n  mom2_corpus "{setup["tmp"] / "corpus.txt"}"\n}}\n'
+    setup["spec"].write_text(SPEC + block)
+    runner = CliRunner()
+    spec, folder = str(setup["spec"]), str(setup["folder"])
+    assert runner.invoke(main, ["compile", spec, "--model", folder]).exit_code == 0   # build/facts.alphaedit
+    setup["spec"].write_text(SPEC + MORE + block)
+    locked = lock_status(setup["tmp"] / "editspec.lock")
+    verify = runner.invoke(main, ["verify", spec, "--backend", "alphaedit", "--model", folder])
+    assert verify.exit_code in (0, 1), verify.output
+    assert "build/facts.alphaedit is current except for added edits" in verify.output
+    fresh = runner.invoke(main, ["verify", spec, "--backend", "alphaedit", "--model", folder, "--fresh"])
+    assert fresh.exit_code in (0, 1) and "compiling only those" not in fresh.output, fresh.output
+
+    result = run_bench(spec, ["alphaedit"], model=setup["model"], out="bench")
+    (run,) = result.runs
+    assert run.built_on is not None and run.built_on.endswith("build/facts.alphaedit"), run.reason
+    assert [e["stage"] for e in read_artifact(run.artifact).manifest["edits"]] == [1, 1, 2]
+    assert run_bench(spec, ["alphaedit"], model=setup["model"], out="bench2", incremental=False).runs[0].built_on is None
+    # Neither touched the locked artifact: the lock still says to build on it.
+    assert [s.to_dict() for s in lock_status(setup["tmp"] / "editspec.lock")] == [s.to_dict() for s in locked]
+
+
+def test_model_options_are_one_value_or_the_loose_keywords():
+    from editspec.model.loading import ModelOptions
+
+    assert ModelOptions.of(device="cpu") == ModelOptions("cpu")
+    assert ModelOptions.of(ModelOptions(dtype="bfloat16")) == ModelOptions(dtype="bfloat16")
+    with pytest.raises(EditspecError, match="not both"):
+        ModelOptions.of(ModelOptions(dtype="bfloat16"), device="cpu")
+    with pytest.raises(EditspecError, match="not both"):
+        compile_spec(SPEC, "rome", model_options=ModelOptions("cpu"), dtype="float16")
+
+
 def test_compile_messages_count_what_the_backend_trained():
     from editspec.build.compiler import contents
 

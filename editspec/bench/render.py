@@ -40,6 +40,10 @@ def _notes(result: BenchResult) -> list[str]:
              f"verify s: white-box = the edited pass ({baseline}); black-box = unedited and edited passes "
              f"through the API ({result.upstream or 'the model served in-process'}, generate protocol)",
              result.memory_note]
+    built = [f"{r.backend} on {r.built_on}" for r in result.runs if r.built_on]
+    if built:
+        lines.append("compile s of an incremental compile (the lock showed only added edits) is of the added edits: "
+                     + ", ".join(built) + " (--fresh compiles every edit)")
     skipped = [f"{r.backend} {r.skipped_checks}" for r in result.runs if r.skipped_checks]
     if skipped:
         lines.append("checks an API cannot run (likelihood, preserve, fluency), left out: " + ", ".join(skipped))

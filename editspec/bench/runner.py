@@ -25,6 +25,7 @@ from typing import Callable, Mapping, Sequence
 
 from editspec.errors import EditspecError, did_you_mean
 from editspec.ir import Spec
+from editspec.model.loading import ModelOptions
 
 MEMORY_NOTE = ("peak MB: the most resident memory (RSS) this process held during the backend's compile and "
                "verify, above its level just before; sampled every 20 ms, with the shared model already loaded")
@@ -46,6 +47,7 @@ class BackendRun:
     verify_s: float | None = None
     peak_mb: float | None = None
     skipped_checks: int = 0
+    built_on: str | None = None    # the locked artifact an incremental compile built on (compile_s is of the added edits)
 
     def value(self, protocol: str, metric: str) -> float | None:
         """The mean score of `metric` under `protocol`, or None when this backend did not measure it."""
@@ -185,16 +187,20 @@ def run_bench(spec: str | os.PathLike | Spec, backends: Sequence[str], *, model=
               out: str | os.PathLike | None = None, overrides: Mapping[str, str] | None = None, seed: int = 0,
               protocol: str | None = None, upstream: str | None = None, api_model: str = "default",
               device: str | None = None, device_map: str | None = None, dtype: str | None = None,
-              progress: Callable[[str], None] | None = None) -> BenchResult:
+              progress: Callable[[str], None] | None = None, incremental: bool = True,
+              model_options: ModelOptions | None = None) -> BenchResult:
     """Compile and verify `spec` with each of `backends`; artifacts go to `out/<backend>`.
 
     `model` is a name, a path, a loaded `LoadedModel` or None (the spec's `model`, else the
     default).  `overrides` are `--set` pairs (see `split_overrides`).  `protocol` applies to
     white-box backends; black-box ones are always verified with `generate`.  With `upstream`
     (an OpenAI-compatible base URL, model name `api_model`) black-box plugins are verified
-    against that API instead of the local model.
+    against that API instead of the local model.  When `incremental` and the lock beside the
+    spec shows that `editspec compile`'s artifact of a backend is current except for added edits,
+    that backend compiles only those, on top of it (its row says `built on`), as `compile` would.
+    `model_options` (or the `device` / `device_map` / `dtype` keywords) say how the model loads.
     """
-    from editspec.model.loading import LoadedModel, ModelOptions, load_model_for
+    from editspec.model.loading import LoadedModel, load_model_for
     from editspec.build.registry import get_backend
     from editspec.lang.resolve import load_spec
 
@@ -208,7 +214,7 @@ def run_bench(spec: str | os.PathLike | Spec, backends: Sequence[str], *, model=
     settings = split_overrides(overrides or {}, backends)
     out = Path(out) if out is not None else Path("build") / "bench" / Path(spec.source).stem
 
-    options = ModelOptions(device, device_map, dtype)
+    options = ModelOptions.of(model_options, device=device, device_map=device_map, dtype=dtype)
 
     def load() -> LoadedModel:
         return load_model_for(spec, model, options, say)
@@ -226,7 +232,7 @@ def run_bench(spec: str | os.PathLike | Spec, backends: Sequence[str], *, model=
             say(f"{tag}: compiling")
             before = weights_fingerprint(loaded.model) if loaded is not None and white[name] else None
             run = _run_one(spec, name, white[name], loaded, out / name, settings[name], seed, protocol, api,
-                           lambda message, tag=tag: say(f"{tag}: {message}"))
+                           lambda message, tag=tag: say(f"{tag}: {message}"), incremental)
             if before is not None and weights_fingerprint(loaded.model) != before:
                 run.status, run.reason = "error", ("the shared model's weights changed during this backend's compile "
                                                    "or verify (an edit leaked); the model was reloaded for the rest")
@@ -262,15 +268,19 @@ def _api(stack: contextlib.ExitStack, loaded, upstream: str | None, api_model: s
 
 
 def _run_one(spec: Spec, name: str, white_box: bool, loaded, out: Path, overrides: dict, seed: int,
-             protocol: str | None, api, say) -> BackendRun:
-    from editspec.build.compiler import compile_spec
+             protocol: str | None, api, say, incremental: bool = True) -> BackendRun:
+    from editspec.build.compiler import compile_spec, default_output
 
     run = BackendRun(backend=name, white_box=white_box)
     try:
         with PeakMemory() as memory:
             mark = time.perf_counter()
-            artifact = compile_spec(spec, name, model=loaded, out=out, overrides=overrides, seed=seed, progress=say)
+            artifact = compile_spec(spec, name, model=loaded, out=out, overrides=overrides, seed=seed, progress=say,
+                                    incremental=incremental,
+                                    locked_at=default_output(spec, name) if spec.source else None)
             run.compile_s, run.artifact = time.perf_counter() - mark, str(artifact.path)
+            based_on = artifact.manifest.based_on
+            run.built_on = based_on.path if based_on is not None else None
             say("verifying")
             mark = time.perf_counter()
             report = _verify(spec, artifact, loaded, seed, protocol, api, white_box)
@@ -307,4 +317,5 @@ def _summary(run: BackendRun) -> str:
     if run.status == "error":
         return "could not run: " + run.reason.splitlines()[0]
     memory = f", peak +{run.peak_mb:.0f} MB" if run.peak_mb is not None else ""
-    return f"{run.status} (compile {run.compile_s:.1f} s, verify {run.verify_s:.1f} s{memory})"
+    built = f", built on {run.built_on}" if run.built_on else ""
+    return f"{run.status} (compile {run.compile_s:.1f} s{built}, verify {run.verify_s:.1f} s{memory})"

@@ -16,13 +16,19 @@ PROVENANCE = "editspec-artifact.json"
 
 
 def write_edited_checkpoint(artifact, output: str | os.PathLike, *, model=None, device=None, device_map=None,
-                            dtype=None, progress: Callable[[str], None] | None = None) -> Path:
+                            dtype=None, progress: Callable[[str], None] | None = None,
+                            model_options=None) -> Path:
     """Load the artifact's model, fold the artifact in, and save it to `output` atomically.
 
     `output` must not be the base model's directory; the base model's files are only read.
+    `model_options` (an `editspec.model.loading.ModelOptions`) or the `device` / `device_map` /
+    `dtype` keywords say how the model loads.
     """
     from editspec.cache import atomic_dir
     from editspec.build.attach import backend_of, load_artifact_model
+    from editspec.model.loading import ModelOptions
+
+    options = ModelOptions.of(model_options, device=device, device_map=device_map, dtype=dtype)
 
     say = progress or (lambda message: None)
     artifact = read_artifact(artifact)
@@ -33,7 +39,7 @@ def write_edited_checkpoint(artifact, output: str | os.PathLike, *, model=None, 
     output = Path(output)
     _refuse_to_overwrite(output)
     say(f"loading {artifact.model['name']}")
-    loaded = load_artifact_model(artifact, model, device=device, device_map=device_map, dtype=dtype)
+    loaded = load_artifact_model(artifact, model, **options.kwargs())
     if output.resolve() == Path(loaded.path).resolve():
         raise EditspecError("the output is the base model's directory; the base model is never modified",
                             hint="choose a new directory with -o")

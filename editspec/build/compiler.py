@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,11 +27,15 @@ from editspec.build.support import left_out, unsupported_parts
 from editspec.errors import Diagnostic, EditspecError, did_you_mean, error_at
 from editspec.ir import BackendSettings, Range, Spec
 
+if TYPE_CHECKING:
+    from editspec.model.loading import ModelOptions
+
 
 def compile_spec(
     spec: Spec | str | os.PathLike, backend: str | None = None, *, model: Any = None,
     out: str | os.PathLike | None = None, overrides: Mapping[str, str] | None = None, seed: int = 0,
     on: str | os.PathLike | Artifact | None = None, incremental: bool = True,
+    locked_at: str | os.PathLike | None = None, model_options: ModelOptions | None = None,
     device: str | None = None, device_map: str | None = None, dtype: str | None = None,
     progress: Callable[[str], None] | None = None, warn: Callable[[Diagnostic], None] | None = None,
 ) -> Artifact:
@@ -44,8 +48,12 @@ def compile_spec(
     only edits it lacks are compiled, on top of it (on its model, unless `model` is given), and
     the new artifact holds both.  Without `on`, when `incremental` and `editspec.lock` beside the
     spec shows that the artifact at `out` is current except for added edits, that artifact is
-    built on the same way.  `out` defaults to `build/<spec>.<backend>`.  Spec parts the backend
-    does not compile reach `warn` as warnings at their line (default: `progress`).
+    built on the same way.  `out` defaults to `build/<spec>.<backend>`.  `locked_at` is the
+    artifact path looked up in the lock instead of `out` (verify and bench compile elsewhere,
+    on top of the artifact `editspec compile` keeps at the default path).  `model_options`
+    (an `editspec.model.loading.ModelOptions`) says where and how the model is loaded; the
+    `device` / `device_map` / `dtype` keywords are the same, one at a time.  Spec parts the
+    backend does not compile reach `warn` as warnings at their line (default: `progress`).
     """
     from editspec.cache import atomic_dir
     from editspec.build.registry import get_backend
@@ -53,7 +61,7 @@ def compile_spec(
 
     from editspec.model.loading import ModelOptions, load_model_for
 
-    options = ModelOptions(device, device_map, dtype)
+    options = ModelOptions.of(model_options, device=device, device_map=device_map, dtype=dtype)
     say = progress or (lambda message: None)
     warn = warn or (lambda diagnostic: say(diagnostic.render()))
     timings: dict[str, float] = {}
@@ -65,7 +73,7 @@ def compile_spec(
     for diagnostic in unsupported_parts(spec, backend, impl.capabilities):
         warn(diagnostic)
     if on is None and incremental and not overrides:
-        on = _locked_base(spec, backend, out, model, say)
+        on = _locked_base(spec, backend, locked_at if locked_at is not None else out, model, say)
     previous = _previous(on, impl, spec) if on is not None else None
     known = set(previous.edit_ids) if previous else set()
     edits = tuple(edit for edit in spec.edits if edit.id not in known)

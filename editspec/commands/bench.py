@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from editspec.commands.options import compile_options, model_options, parse_settings, progress, require_http_url
+from editspec.commands.options import compile_options, fresh_option, model_options, parse_settings, progress, require_http_url
 
 DEFAULT_BACKENDS = "rome,memit,ft,ike,retrieval"
 
@@ -28,13 +28,16 @@ DEFAULT_BACKENDS = "rome,memit,ft,ike,retrieval"
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), metavar="PNG",
               help="Also draw a bar chart of the metrics and times per backend (needs matplotlib).")
+@fresh_option
 @compile_options
 @model_options
 def bench_command(spec, backend_list, out, protocol, upstream, api_model, as_markdown, as_json, plot,
-                  settings, seed, model, device, device_map, dtype):
+                  fresh, settings, seed, model, device, device_map, dtype):
     """Compile and verify SPEC with each backend and print one comparison table.
 
-    The model is loaded once and shared; every backend compiles from the unedited weights.
+    The model is loaded once and shared; every backend compiles from the unedited weights,
+    except that where editspec.lock shows `editspec compile`'s artifact of a backend current but
+    for added edits, that backend compiles only those, on top of it, and says so (--fresh: all).
     Columns: each verification metric under its protocol (mean score per check; totals are
     never averaged across protocols), compile and verify seconds, and the peak memory the
     backend added to the process.  Black-box backends (ike, retrieval) are verified with the
@@ -54,6 +57,7 @@ def bench_command(spec, backend_list, out, protocol, upstream, api_model, as_mar
       editspec bench facts.edit -b rome,retrieval --plot bench.png --json > bench.json
     """
     from editspec.bench.runner import run_bench
+    from editspec.model.loading import ModelOptions
     from editspec.bench.render import markdown, plot as draw, pyplot, text, to_json
     from editspec.errors import EditspecError
 
@@ -65,8 +69,9 @@ def bench_command(spec, backend_list, out, protocol, upstream, api_model, as_mar
         pyplot()  # refuse a missing matplotlib before minutes of compiling
     names = [name.strip() for name in backend_list.split(",") if name.strip()]
     result = run_bench(spec, names, model=model, out=out, overrides=parse_settings(settings), seed=seed,
-                       protocol=protocol, upstream=upstream, api_model=api_model, device=device,
-                       device_map=device_map, dtype=dtype, progress=progress)
+                       protocol=protocol, upstream=upstream, api_model=api_model,
+                       model_options=ModelOptions(device, device_map, dtype), progress=progress,
+                       incremental=not fresh)
     Path(result.out).mkdir(parents=True, exist_ok=True)
     (Path(result.out) / "bench.json").write_text(to_json(result) + "\n", encoding="utf-8")
     if plot:

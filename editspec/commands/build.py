@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from editspec.commands.options import compile_options, model_options, parse_settings, progress, warn
+from editspec.commands.options import compile_options, fresh_option, model_options, parse_settings, progress, warn
 
 
 @click.command("compile")
@@ -15,8 +15,7 @@ from editspec.commands.options import compile_options, model_options, parse_sett
               help="The artifact directory (default build/<spec>.<backend>). Written whole or not at all.")
 @click.option("--on", "on", type=click.Path(file_okay=False), metavar="PREVIOUS",
               help="An earlier artifact of the same backend: compile only the edits it lacks, on top of it.")
-@click.option("--fresh", is_flag=True,
-              help="Compile from the base model even when the lock says the spec only gained edits.")
+@fresh_option
 @click.option("--no-lock", "no_lock", is_flag=True, help="Do not record the artifact in editspec.lock next to the spec.")
 @compile_options
 @model_options
@@ -40,10 +39,11 @@ def compile_command(spec, backend, output, on, fresh, no_lock, settings, seed, m
     """
     from editspec.build.compiler import compile_spec, contents
     from editspec.gitflow.lock import record_artifact
+    from editspec.model.loading import ModelOptions
 
     overrides = parse_settings(settings)
     artifact = compile_spec(spec, backend, model=model, out=output, overrides=overrides, seed=seed, on=on,
-                            incremental=not fresh, device=device, device_map=device_map, dtype=dtype,
+                            incremental=not fresh, model_options=ModelOptions(device, device_map, dtype),
                             progress=progress, warn=warn)
     backend = artifact.backend
     if not no_lock:
@@ -72,9 +72,10 @@ def apply_command(artifact, output, model, device, device_map, dtype):
       editspec apply build/capitals.rome -o build/smollm2-capitals
     """
     from editspec.build.apply import write_edited_checkpoint
+    from editspec.model.loading import ModelOptions
 
-    path = write_edited_checkpoint(artifact, output, model=model, device=device, device_map=device_map,
-                                   dtype=dtype, progress=progress)
+    path = write_edited_checkpoint(artifact, output, model=model, model_options=ModelOptions(device, device_map, dtype),
+                                   progress=progress)
     click.echo(f"wrote {path}")
 
 

@@ -30,6 +30,13 @@ def compile_options(command):
                         "(e.g. --set layer=7 --set layers=4..8). Repeatable.")(command)
 
 
+def fresh_option(command):
+    """`--fresh`: compile every edit from the base model, whatever the lock says."""
+    return click.option("--fresh", is_flag=True,
+                        help="Compile from the base model even when editspec.lock shows that the spec only "
+                        "gained edits since its artifact (then only the added edits are compiled, on top of it).")(command)
+
+
 def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
     """`("layer=7", "v_lr=0.1")` as a dict; a malformed pair is an error."""
     pairs: dict[str, str] = {}

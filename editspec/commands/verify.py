@@ -5,14 +5,16 @@ from pathlib import Path
 
 import click
 
-from editspec.commands.options import compile_options, model_options, parse_settings, progress
+from editspec.commands.options import compile_options, fresh_option, model_options, parse_settings, progress
 
 
 @click.command("verify")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--artifact", "-a", type=click.Path(file_okay=False), metavar="DIR",
               help="A compiled artifact to verify (its model is loaded unless --model says otherwise).")
-@click.option("--backend", "-b", metavar="B", help="Compile SPEC with backend B first (into a temporary directory).")
+@click.option("--backend", "-b", metavar="B",
+              help="Compile SPEC with backend B first, into a temporary directory: on top of `editspec compile`'s "
+              "artifact when the lock shows the spec only gained edits since (see --fresh).")
 @click.option("--no-edit", "no_edit", is_flag=True, help="Verify the unedited model: the baseline every edit starts from.")
 @click.option("--protocol", type=click.Choice(["compare", "teacher_forced", "generate", "logprob", "chat"]),
               help="Protocol of the fact checks (efficacy, generalization, locality, portability). "
@@ -34,10 +36,11 @@ from editspec.commands.options import compile_options, model_options, parse_sett
               "`ike` or `retrieval` plugin in front of it, with --no-edit the API as it is.")
 @click.option("--api-model", "api_model", default="default", show_default=True, metavar="NAME",
               help="The model name sent to --upstream.")
+@fresh_option
 @compile_options
 @model_options
 def verify_command(spec, artifact, backend, no_edit, protocol, chat, max_new_tokens, as_json, junit, markdown, failures_only,
-                   upstream, api_model, settings, seed, model, device, device_map, dtype):
+                   upstream, api_model, fresh, settings, seed, model, device, device_map, dtype):
     """Verify SPEC: every check it implies, on the edited model, against the unedited one.
 
     Checks: efficacy, generalization, locality, portability, canonical, hard_negatives,
@@ -59,15 +62,16 @@ def verify_command(spec, artifact, backend, no_edit, protocol, chat, max_new_tok
       editspec verify facts.edit --artifact build/facts.retrieval --upstream http://127.0.0.1:8000/v1
     """
     from editspec.verify.report import junit as junit_xml, markdown as markdown_text, terminal, to_json
+    from editspec.model.loading import ModelOptions
     from editspec.verify.session import verify_spec
 
     if upstream:
         report = _verify_through_api(spec, upstream, artifact, backend, no_edit, api_model)
     else:
         report = verify_spec(spec, artifact=artifact, backend=backend, no_edit=no_edit, model=model,
-                             overrides=parse_settings(settings), seed=seed, protocol=protocol, device=device,
-                             device_map=device_map, dtype=dtype, progress=progress, chat=chat,
-                             max_new_tokens=max_new_tokens)
+                             overrides=parse_settings(settings), seed=seed, protocol=protocol,
+                             model_options=ModelOptions(device, device_map, dtype), progress=progress, chat=chat,
+                             max_new_tokens=max_new_tokens, incremental=not fresh)
     if junit:
         Path(junit).write_text(junit_xml(report), encoding="utf-8")
     if markdown:

@@ -160,9 +160,9 @@ def incremental_base(spec: str | os.PathLike, backend: str, out: str | os.PathLi
     lock_path = Path(spec).parent / LOCK_FILE
     if not lock_path.is_file():
         return None
-    wanted = os.path.normpath(out) if out is not None else None
+    wanted = os.path.abspath(out) if out is not None else None
     for status in lock_status(lock_path, {Path(spec).name}):
-        if status.backend == backend and status.build_on and (wanted is None or status.artifact == wanted):
+        if status.backend == backend and status.build_on and (wanted is None or os.path.abspath(status.artifact) == wanted):
             return Path(status.build_on)
     return None
 

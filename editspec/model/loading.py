@@ -92,6 +92,20 @@ class ModelOptions:
     device_map: str | None = None
     dtype: str | None = None
 
+    @classmethod
+    def of(cls, options: "ModelOptions | None" = None, *, device: str | None = None,
+           device_map: str | None = None, dtype: str | None = None) -> "ModelOptions":
+        """`options`, or the loose `device` / `device_map` / `dtype` keywords as one value.
+
+        The API functions take either; giving both is an error rather than a silent choice.
+        """
+        loose = cls(device, device_map, dtype)
+        if options is None:
+            return loose
+        if loose != cls():
+            raise EditspecError("give model_options or device / device_map / dtype, not both")
+        return options
+
     def kwargs(self) -> dict[str, Any]:
         """As `load_model` keyword arguments."""
         return {"device": self.device, "device_map": self.device_map, "dtype": self.dtype}

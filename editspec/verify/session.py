@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 
 from editspec.errors import EditspecError
 from editspec.ir import Spec
+from editspec.model.loading import ModelOptions
 from editspec.verify.checks import CHAT_TOKENS
 from editspec.verify.engine import Report, verify
 
@@ -31,14 +32,19 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
                 overrides: Mapping[str, str] | None = None, seed: int = 0, protocol: str | None = None,
                 device: str | None = None, device_map: str | None = None, dtype: str | None = None,
                 progress: Callable[[str], None] | None = _say, chat: str = "auto",
-                max_new_tokens: int = CHAT_TOKENS) -> Report:
+                max_new_tokens: int = CHAT_TOKENS, incremental: bool = True,
+                model_options: ModelOptions | None = None) -> Report:
     """Verify `spec` with exactly one of `artifact`, `backend` (compile first) or `no_edit`.
 
     `model` is a name, a path or an already loaded `editspec.model.loading.LoadedModel` (reused, so
     the pytest plugin loads each model once).  Default: the artifact's model, else the spec's
     `model`, else smollm2-135m.  `chat` and `max_new_tokens` are `editspec.verify.verify`'s.
+    With `backend`, the compile goes to a temporary directory; when `incremental` and the lock
+    beside the spec shows that `editspec compile`'s artifact (`build/<spec>.<backend>`) is current
+    except for added edits, only those are compiled, on top of it, as `compile` would.
+    `model_options` (or the `device` / `device_map` / `dtype` keywords) say how the model loads.
     """
-    from editspec.model.loading import ModelOptions, load_model_for
+    from editspec.model.loading import load_model_for
     from editspec.lang.resolve import load_spec
 
     say = progress or (lambda message: None)
@@ -49,10 +55,10 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
                             "an artifact, a backend to compile with, or the unedited model"),
                             hint="--artifact DIR, --backend B, or --no-edit")
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    options = dict(device=device, device_map=device_map, dtype=dtype)
+    options = ModelOptions.of(model_options, device=device, device_map=device_map, dtype=dtype)
 
     def load(name):
-        return load_model_for(spec, name, ModelOptions(**options), say)
+        return load_model_for(spec, name, options, say)
 
     common = dict(protocol=protocol, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
     if artifact is not None:
@@ -61,12 +67,13 @@ def verify_spec(spec: str | os.PathLike | Spec, *, artifact: str | os.PathLike |
     if no_edit:
         return verify(spec, loaded.model, loaded.tokenizer, weights_hash=loaded.weights_hash, model_name=loaded.name,
                       edited_name="unedited", **common)
-    from editspec.build.compiler import compile_spec
+    from editspec.build.compiler import compile_spec, default_output
     from editspec.build.attach import load_edited
 
     with tempfile.TemporaryDirectory(prefix="editspec-verify-") as tmp:
         compiled = compile_spec(spec, backend, model=loaded, out=Path(tmp) / "artifact", overrides=overrides or {},
-                                seed=seed, progress=say)
+                                seed=seed, progress=say, incremental=incremental,
+                                locked_at=default_output(spec, backend) if spec.source else None)
         return verify(spec, loaded.model, loaded.tokenizer, attach=lambda _: load_edited(loaded, compiled),
                       weights_hash=loaded.weights_hash, model_name=loaded.name,
                       edited_name=f"compiled with {backend}", **common)
@@ -85,7 +92,7 @@ def _verify_artifact(spec: Spec, artifact, model, *, say, options, common) -> Re
         loaded = model
     else:
         say(f"loading the model of {art.path}")
-        loaded = load_artifact_model(art, model, **options)
+        loaded = load_artifact_model(art, model, **options.kwargs())
     spec_hash = art.manifest.spec.ir_hash
     if spec_hash and spec_hash != spec.content_hash():
         say(f"note: {art.path} was compiled from another spec than {spec.source}; verifying it against this one")
