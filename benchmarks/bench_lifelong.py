@@ -10,8 +10,9 @@ the batches before it.  At each checkpoint, on the default model, every edit so 
 teacher-forced by summed log-probability (CounterFact's compare protocol):
 
 - efficacy: P(new) > P(old) after the edit prompt;
-- generalization: the same after the rephrased prompt (no backend trains on `scope`; wise
-  calibrates its one routing threshold on it, see docs/methods/wise.md);
+- generalization: the same after the rephrased prompt, held out: the specs compiled have no
+  `scope` (wise calibrates its routing threshold on scope prompts and ft can train on them, so
+  a scored rephrasing inside the spec would be seen; `--scope-in-spec` puts them back);
 - locality: after each edit's locality prompt, the old answer still beats the new object;
 - fixed NS: the same on a fixed neighbourhood set, the locality prompts of `--neighbourhood`
   records after the edited ones (never edited, the same set at every checkpoint);
@@ -62,8 +63,9 @@ def run_backend(backend: str, spec, loaded, overrides: dict, folder: Path, args,
     batches, checkpoints, previous = [], [], None
     wanted = set(args.checkpoints) | {len(spec.edits)}
     first = spec.edits[: args.batch]
+    compiled = compiled_spec(spec, args.scope_in_spec)
     for k in range(args.batch, len(spec.edits) + 1, args.batch):
-        partial = spec.model_copy(update={"edits": spec.edits[:k]})
+        partial = compiled.model_copy(update={"edits": compiled.edits[:k]})
         started = time.perf_counter()
         artifact = compile_spec(partial, backend, model=loaded, out=folder / f"{backend}-{k}", overrides=overrides,
                                 on=previous, incremental=False)
@@ -84,13 +86,20 @@ def run_backend(backend: str, spec, loaded, overrides: dict, folder: Path, args,
             (f", ES/PS/NS {row['efficacy']}/{row['generalization']}/{row['locality']}" if k in wanted else ""))
     result = {"batches": batches, "checkpoints": checkpoints, "seconds_total": round(sum(b["seconds"] for b in batches), 1)}
     if args.abba:
-        result["abba"] = abba(backend, spec, loaded, overrides, folder, previous, args.abba)
+        result["abba"] = abba(backend, compiled, loaded, overrides, folder, previous, args.abba)
     with load_edited(loaded, previous) as edited:
         result["overhead"] = round(forward_seconds(edited.model, loaded.tokenizer, fixed) /
                                    forward_seconds(loaded.model, loaded.tokenizer, fixed), 3)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     shutil.rmtree(previous)
     return result
+
+
+def compiled_spec(spec, scope_in_spec: bool):
+    """The spec the backends compile: without the scope prompts that generalization is scored on."""
+    if scope_in_spec:
+        return spec
+    return spec.model_copy(update={"edits": tuple(e.model_copy(update={"scope": ()}) for e in spec.edits)})
 
 
 def abba(backend, spec, loaded, overrides, folder, previous, count) -> dict:
@@ -212,6 +221,9 @@ def main(argv=None) -> int:
     parser.add_argument("--abba", type=int, default=20, help="first-batch edits edited back to their old answer (0: skip)")
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded default)")
     parser.add_argument("--set", action="append", default=[], metavar="BACKEND:KEY=VALUE")
+    parser.add_argument("--scope-in-spec", action="store_true",
+                        help="compile the rephrasings that generalization is scored on into the spec (default: held "
+                        "out, so no method has seen them)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.limit % args.batch:
