@@ -56,6 +56,39 @@ def test_router_routes_paraphrases_and_leaves_keep_prompts_alone(tmp_path):
         assert plugin.route(outside)[0] == [], outside
 
 
+class CountingEmbedder(HashEmbedder):
+    """The hashing embedder, counting the request texts it embeds."""
+
+    def __init__(self):
+        self.queried: list[str] = []
+
+    def encode_query(self, texts):
+        self.queried += list(texts)
+        return self.encode(texts)
+
+
+@pytest.mark.parametrize("threshold", [1.2, 0.6])
+def test_texts_no_edit_can_reach_are_not_embedded_and_route_alike(tmp_path, threshold):
+    plugin = make_plugin(tmp_path, threshold=threshold)
+    counting = CountingEmbedder()
+    plugin.embedder = counting
+    texts = ["Bananas are yellow", "The capital of Romania is", "capital city capital of is",
+             "Ruritania", "What is Ruritania's capital city?", "freedonia's capital city is", "FREEDONIA bananas"]
+    for text in texts:
+        # Every record's score, computed in full: the shortcut must decide as this does.
+        scores, mentioned = plugin.router.scores(counting.encode([text])[0], text)
+        full = plugin.router.matches(scores, mentioned, plugin.top_k)
+        counting.queried.clear()
+        assert plugin.route(text)[0] == full, text
+        embedded = bool(counting.queried)
+        assert embedded == plugin.may_apply(text)
+        if threshold > 1.0:
+            # A cosine is at most 1: only a text naming an edited subject can reach 1.2.
+            assert embedded == bool(mentioned), text
+        else:
+            assert embedded, text
+
+
 def test_calibration_is_recorded(tmp_path):
     make_plugin(tmp_path)
     import json

@@ -56,11 +56,17 @@ class Plugin:
 
         `vectors` are `query_vectors(embedder, [text])[0]` when the caller already has them.
         """
-        if not len(self.memory) or not text.strip():
+        if not self.may_apply(text):
             return [], None
         vectors = query_vectors(self.embedder, [text], fast=True)[0] if vectors is None else vectors
         scores, mentioned = self.router.scores(vectors, text)
         return self.router.matches(scores, mentioned, self.top_k), scores
+
+    def may_apply(self, text: str) -> bool:
+        """Whether an edit could apply to `text` at all; False means `route` finds nothing
+        without embedding it (no edits, a blank text, or one that names no edited subject while
+        the threshold needs the mention bonus: `ScopeRouter.can_match`)."""
+        return bool(len(self.memory)) and bool(text.strip()) and self.router.can_match(text)
 
     def augment(self, text: str, vectors: np.ndarray | None = None) -> tuple[str, list[Match]] | None:
         """The prompt that carries the applicable edits for `text`, or None when none applies.

@@ -30,6 +30,9 @@ from editspec.families.plugin.memory import EditMemory, record_keys
 
 _MAX_SUBJECT_WORDS = 12
 _CANDIDATES = 32
+# The largest cosine similarity of two unit vectors, with room for float32 rounding (which
+# stays within 1e-6 of 1 here: both sides are normalised in float32).
+MAX_SIMILARITY = 1.0 + 1e-3
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?\"”])\s+|\n+")
@@ -117,6 +120,21 @@ class ScopeRouter:
             best = best.copy()
             best[list(mentioned)] += self.mention_bonus
         return best, mentioned
+
+    def can_match(self, text: str) -> bool:
+        """Whether any edit could reach the threshold for `text`, whatever its embedding.
+
+        A score is a cosine (at most 1) plus the mention bonus for a named subject, so with a
+        threshold above 1 a text that names no edited subject can match nothing: it need not
+        be embedded at all.  Exact, not a heuristic: `matches` would find nothing either.
+
+        >>> ScopeRouter(memory, threshold=1.01, mention_bonus=0.5).can_match("What is 2 plus 2?")  # doctest: +SKIP
+        False
+        """
+        if self.threshold <= MAX_SIMILARITY:
+            return True
+        bonus = max(self.mention_bonus, 0.0) if self.subjects.mentioned(text) else 0.0
+        return self.threshold <= MAX_SIMILARITY + bonus
 
     def matches(self, scores: np.ndarray, mentioned: set[int], limit: int | None = None) -> list[Match]:
         """The records whose score reaches the threshold, best first (at most `limit`)."""
