@@ -164,6 +164,26 @@ def test_upstream_timeout_is_a_clear_api_error(plugin):
     assert len(upstream.seen) == 2
 
 
+async def _cut_answer(scope, receive, send):
+    """An upstream whose JSON answer stops at 12 of the 1,000 bytes it announced."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        return await send({"type": "lifespan.shutdown.complete"})
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")]})
+    await send({"type": "http.response.body", "body": b'{"id": "cut"', "more_body": False})
+
+
+def test_an_answer_cut_halfway_is_a_clean_502(plugin):
+    with serving(_cut_answer) as upstream_url, serving(create_proxy_app(plugin, upstream_url, retries=0)) as proxy:
+        client = openai.OpenAI(base_url=proxy, api_key="x", max_retries=0, timeout=30)
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.completions.create(model="fake", prompt="Bananas")
+    assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_dropped"
+
+
 class Recorder:
     """Stands in for an openai endpoint: returns the keyword arguments it was called with."""
 

@@ -7,7 +7,13 @@ request (`GET /v1/models`, ...) is forwarded unchanged.  Responses, streamed one
 come back as the upstream sent them, with `x-editspec-edits` naming the edits applied: a
 `stream: true` request an edit applies to is streamed by the upstream as it was asked
 (server-sent events, the usage chunk when `stream_options.include_usage` asks for it).
-The caller's Authorization header is forwarded and never logged or stored.
+The caller's Authorization header is forwarded and never logged or stored.  An answer that
+is not an event stream and has a known length under 1 MiB is read whole before it is passed
+on, so an upstream that breaks off in the middle of it is a clean 502 (`upstream_dropped`).
+
+Only a request an edit could apply to is embedded (`Plugin.may_apply`); those arriving
+together are embedded in one batch (`Batcher`), in a worker thread.  Small bodies are
+parsed on the event loop, larger ones in a thread.
 
 The proxy's own guard (`ProxyLimits`) refuses before anything is embedded or forwarded: a
 body over the limit (413), a line of waiting requests too long (503 with Retry-After), a
@@ -29,11 +35,13 @@ from editspec.serve.guard import Guard, ProxyLimits, deadline, timed_out
 from editspec.serve.http import EXCEPTION_HANDLERS, ApiError, parse_json, sse
 from editspec.serve.runtime import ServerState, ops_routes
 from editspec.serve.telemetry import ServerMetrics
-from editspec.serve.upstream import Upstream, forwarded, returned
+from editspec.serve.upstream import Upstream, UpstreamDropped, forwarded, returned
 
 EDITS_HEADER = "x-editspec-edits"
 _ROUTED = {"chat/completions": "rewrite_chat", "completions": "rewrite_completion"}
 _PROBE_SECONDS = 1.0      # /healthz asks the upstream at most once a second
+_INLINE_BYTES = 64 << 10  # bodies up to this are parsed on the event loop (about 0.1 ms)
+_WHOLE_BYTES = 1 << 20    # answers up to this (not streamed, of known length) are read whole
 
 
 def check_budget(body: dict, cap: int | None) -> None:
@@ -55,6 +63,17 @@ def routed_body(path: str, raw: bytes, cap: int | None) -> dict | None:
         return None
     check_budget(body, cap)
     return body
+
+
+def plan(plugin, path: str, raw: bytes, cap: int | None) -> tuple[dict | None, str | None, bool]:
+    """What a request needs: its routed body (`routed_body`), the one text it is routed by
+    (`Plugin.routed_text`; None when it has none, e.g. a list of prompts), and whether that
+    text must be embedded (False when no edit could apply to it: `Plugin.may_apply`)."""
+    body = routed_body(path, raw, cap)
+    if body is None:
+        return None, None, False
+    text = plugin.routed_text(body, chat=path == "chat/completions")
+    return body, text, text is not None and plugin.may_apply(text)
 
 
 def rewrite(plugin, path: str, body: dict, raw: bytes, vectors=None) -> tuple[bytes, list[str]]:
@@ -121,7 +140,7 @@ def create_proxy_app(plugin, upstream_url: str, *, timeout: float = 120.0, retri
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import StreamingResponse
+    from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
     limits = limits or ProxyLimits()
@@ -144,15 +163,18 @@ def create_proxy_app(plugin, upstream_url: str, *, timeout: float = 120.0, retri
         path = request.path_params["path"]
         raw = await request.body()
         applied: list[str] = []
-        body = None
         if request.method == "POST":
-            # Parsing up to --max-body-bytes and embedding are CPU work: off the event loop.
-            body = await run_in_threadpool(routed_body, path, raw, limits.max_completion_tokens)
-        if body is not None:
             loaded = held["plugin"]
-            text = loaded.routed_text(body, chat=path == "chat/completions")
-            vectors = await batcher.vectors(text) if text and text.strip() and len(loaded.memory) else None
-            raw, applied = await run_in_threadpool(rewrite, loaded, path, body, raw, vectors)
+            # Parsing a body of up to --max-body-bytes (and finding the subjects it names) is CPU
+            # work: a large one off the event loop; a small one costs less than the thread hop.
+            args = (loaded, path, raw, limits.max_completion_tokens)
+            body, text, embed = plan(*args) if len(raw) <= _INLINE_BYTES else await run_in_threadpool(plan, *args)
+            if embed:
+                vectors = await batcher.vectors(text)
+                raw, applied = await run_in_threadpool(rewrite, loaded, path, body, raw, vectors)
+            elif body is not None and text is None:
+                # Not routed by one text (a list of prompts, ...): the plugin embeds what it needs.
+                raw, applied = await run_in_threadpool(rewrite, loaded, path, body, raw)
         until = deadline(request)
         response = await upstream.send(request.method, path, raw, forwarded(request.headers),
                                        params=request.query_params, until=until)
@@ -161,14 +183,34 @@ def create_proxy_app(plugin, upstream_url: str, *, timeout: float = 120.0, retri
             headers[EDITS_HEADER] = ",".join(applied)
             edited.inc()
             edits.inc(len(applied))
+        if _whole(response):
+            return Response(await _read(response, until), status_code=response.status_code, headers=headers)
         return StreamingResponse(_relay(response, until), status_code=response.status_code, headers=headers,
                                  background=BackgroundTask(response.aclose))
 
-    async def _relay(response, until: float):
-        import httpx2
+    def _whole(response) -> bool:
+        """A small answer of known length that is not an event stream: read whole, then sent
+        with its length (cheaper than relaying it, and a broken read can still be a clean error)."""
+        length = response.headers.get("content-length", "")
+        return (length.isdigit() and int(length) <= _WHOLE_BYTES
+                and "text/event-stream" not in response.headers.get("content-type", ""))
 
+    async def _read(response, until: float) -> bytes:
+        try:
+            async with asyncio.timeout(None if until == math.inf else until - time.monotonic()):
+                return b"".join([chunk async for chunk in response.chunks()])
+        except TimeoutError:
+            raise timed_out(limits.request_timeout) from None
+        except UpstreamDropped as error:
+            trouble.inc(kind="stream_dropped")
+            raise ApiError(f"the upstream API dropped the connection mid-answer ({error})", status=502,
+                           kind="upstream_error", code="upstream_dropped") from None
+        finally:
+            await response.aclose()
+
+    async def _relay(response, until: float):
         streamed = "text/event-stream" in response.headers.get("content-type", "")
-        chunks = response.aiter_raw()
+        chunks = response.chunks()
         while True:
             try:
                 async with asyncio.timeout(None if until == math.inf else until - time.monotonic()):
@@ -177,10 +219,10 @@ def create_proxy_app(plugin, upstream_url: str, *, timeout: float = 120.0, retri
                 return
             except TimeoutError:
                 problem = timed_out(limits.request_timeout)
-            except httpx2.TransportError as error:
+            except UpstreamDropped as error:
                 # Too late to retry: the caller already has part of the answer.
                 trouble.inc(kind="stream_dropped")
-                problem = ApiError(f"the upstream API dropped the stream ({type(error).__name__})",
+                problem = ApiError(f"the upstream API dropped the stream ({error})",
                                    status=502, kind="upstream_error", code="upstream_dropped")
             else:
                 yield chunk
