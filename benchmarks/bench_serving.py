@@ -11,8 +11,10 @@ that answers after `--upstream-delay` seconds and can be told to refuse, fail wi
 hang, or die in the middle of a stream.
 
 Cases, each bounded in requests and seconds: N concurrent clients (mixed edited and unedited
-requests) direct to the fake upstream and through the proxy (the difference of the medians
-is the proxy's added latency) and through the proxy to the model; the upstream refused /
+requests; one aiohttp session, the same for both runs) direct to the fake upstream and through
+the proxy (the difference of the medians is the proxy's added latency; that proxy runs with
+`--max-concurrent 256`, room for every client at once) and through the proxy to the model,
+each with the CPU time every process spent on it per request; the upstream refused /
 5xx / slow / killed mid-stream; bodies over the limits, malformed JSON, prompts over the
 context, max_tokens over the cap.  Reported: requests by outcome, p50/p95 latency, peak RSS
 of each server against its idle RSS, and for every refusal the exception the `openai`
@@ -145,14 +147,27 @@ def percentile(values: list[float], q: float) -> float:
 
 def outcome_of(response) -> str:
     """`200`, `503`, ... for a JSON answer; `non-API: ...` for anything an API client could not parse."""
-    if response.status_code == 200:
+    return outcome_from(response.status_code, response.content)
+
+
+def outcome_from(status: int, content: bytes) -> str:
+    if status == 200:
         return "200"
     try:
-        error = response.json()["error"]
+        error = json.loads(content)["error"]
         assert isinstance(error["message"], str)
     except Exception:  # noqa: BLE001 - anything unparseable is what we are counting
-        return f"non-API: {response.status_code} without a JSON error"
-    return str(response.status_code)
+        return f"non-API: {status} without a JSON error"
+    return str(status)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def question(n: int) -> str:
@@ -164,15 +179,22 @@ def question(n: int) -> str:
 async def load(url: str, clients: int, per_client: int, chat_model: str, max_tokens: int, seconds: float,
                stagger: float = 0.0) -> dict:
     """`clients` concurrent clients, each starting within `stagger` s (seeded) and sending
-    `per_client` chat requests in turn, one in four edited."""
+    `per_client` chat requests in turn, one in four edited.
+
+    The clients share one aiohttp session (a connection each): at 200 clients an httpx client
+    spent 2.1-2.6 ms of CPU a request against aiohttp's 0.2-0.4 ms, on the same two cores as
+    the servers it measures (docs/benchmarks.md, serving).  `cpu_ms_per_request` is the load
+    generator's own CPU time per request.
+    """
     import random
 
-    import httpx2
+    import aiohttp
 
     latencies, outcomes = [], Counter()
     starts = random.Random(0)
-    limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx2.AsyncClient(timeout=300, limits=limits, trust_env=False) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    cpu = time.process_time()
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as http:
         async def client(index: int):
             await asyncio.sleep(starts.uniform(0, stagger))
             for turn in range(per_client):
@@ -181,10 +203,11 @@ async def load(url: str, clients: int, per_client: int, chat_model: str, max_tok
                         "max_tokens": max_tokens, "temperature": 0}
                 started = time.perf_counter()
                 try:
-                    response = await http.post(f"{url}/chat/completions", json=body)
-                    outcomes[outcome_of(response)] += 1
-                    outcomes["(of which edited)"] += "x-editspec-edits" in response.headers
-                except httpx2.HTTPError as error:
+                    async with http.post(f"{url}/chat/completions", json=body) as response:
+                        content = await response.read()
+                        outcomes[outcome_from(response.status, content)] += 1
+                        outcomes["(of which edited)"] += "x-editspec-edits" in response.headers
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                     outcomes[f"non-API: {type(error).__name__}"] += 1
                     continue
                 latencies.append(time.perf_counter() - started)
@@ -195,9 +218,10 @@ async def load(url: str, clients: int, per_client: int, chat_model: str, max_tok
         except asyncio.TimeoutError:
             answered = sum(v for k, v in outcomes.items() if not k.startswith("("))
             outcomes["unfinished at the time bound"] += clients * per_client - answered
+    requests = clients * per_client
     return {"outcomes": dict(outcomes), "p50_ms": percentile(latencies, 0.5) * 1000,
             "p95_ms": percentile(latencies, 0.95) * 1000, "seconds": time.perf_counter() - started,
-            "requests": clients * per_client}
+            "requests": requests, "cpu_ms_per_request": {"load generator": (time.process_time() - cpu) * 1000 / requests}}
 
 
 def openai_refusal(call) -> str:
@@ -231,6 +255,9 @@ def main(argv=None) -> int:
     parser.add_argument("--per-client", type=int, default=2, help="requests each client sends in turn")
     parser.add_argument("--upstream-delay", type=float, default=1.0, help="seconds the fake upstream takes")
     parser.add_argument("--case-seconds", type=float, default=90.0, help="time bound of each load case")
+    parser.add_argument("--proxy-concurrent", type=int, default=256,
+                        help="--max-concurrent of the proxy in front of the fake upstream: room for every client "
+                        "at once (at the default 128, 72 of 200 clients wait a turn of one upstream answer)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args(argv)
     if args.command == "upstream":
@@ -256,8 +283,8 @@ def run(args) -> int:
     fake_port = int(fake.url.rsplit(":", 1)[1].split("/")[0])
     model = ServerProcess(["serve-model"], start_timeout=300).__enter__()
     proxy = ServerProcess(["serve", str(artifact.path), "--upstream", model.url], start_timeout=300).__enter__()
-    front = ServerProcess(["serve", str(artifact.path), "--upstream", fake.url, "--retries", "1", "--timeout", "3"],
-                          start_timeout=300).__enter__()
+    front = ServerProcess(["serve", str(artifact.path), "--upstream", fake.url, "--retries", "1", "--timeout", "3",
+                           "--max-concurrent", str(args.proxy_concurrent)], start_timeout=300).__enter__()
     servers = {"serve-model": model, "serve (model)": proxy, "serve (fake)": front}
     watch = RssWatch({name: server.process.pid for name, server in servers.items()})
 
@@ -265,6 +292,17 @@ def run(args) -> int:
         nonlocal fake
         fake.stop()
         fake = ServerProcess(["upstream", "--delay", str(args.upstream_delay)], script=script, port=fake_port).__enter__()
+
+    def measured(url: str, clients: int, rounds: int, chat_model: str, max_tokens: int, stagger: float = 0.0) -> dict:
+        """`load(...)`, with the CPU time each process spent on it per request."""
+        pids = {"fake upstream": fake.process.pid, **{name: s.process.pid for name, s in servers.items()}}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        outcome = asyncio.run(load(url, clients, rounds, chat_model, max_tokens, args.case_seconds, stagger=stagger))
+        for name, pid in pids.items():
+            used = cpu_seconds(pid) - before[name]
+            if used > 0:
+                outcome["cpu_ms_per_request"][name] = used * 1000 / outcome["requests"]
+        return outcome
 
     def control(**state):
         httpx2.post(fake.root + "/control", json=state, timeout=10)
@@ -290,15 +328,15 @@ def run(args) -> int:
         for clients in [1] + [int(c) for c in args.clients.split(",")]:
             rounds = 10 if clients == 1 else args.per_client
             # Clients start spread over one upstream answer time, as independent callers do.
-            direct = asyncio.run(load(fake.url, clients, rounds, "fake", 4, args.case_seconds, stagger=delay))
+            direct = measured(fake.url, clients, rounds, "fake", 4, stagger=delay)
             case(f"{clients} clients, fake upstream direct", direct)
-            through = asyncio.run(load(front.url, clients, rounds, "fake", 4, args.case_seconds, stagger=delay))
+            through = measured(front.url, clients, rounds, "fake", 4, stagger=delay)
             through["added_p50_ms"] = through["p50_ms"] - direct["p50_ms"]
             through["added_p95_ms"] = through["p95_ms"] - direct["p95_ms"]
             case(f"{clients} clients, proxy -> fake upstream", through)
             if clients > 1:
                 case(f"{clients} clients, proxy -> serve-model (max_tokens 1)",
-                     asyncio.run(load(proxy.url, clients, 1, "m", 1, args.case_seconds)))
+                     measured(proxy.url, clients, 1, "m", 1))
 
         api = openai.OpenAI(base_url=front.url, api_key="x", max_retries=0, timeout=60)
         chat = dict(model="fake", messages=[{"role": "user", "content": EDITED}], max_tokens=4)
@@ -350,18 +388,27 @@ def run(args) -> int:
 def report(results: dict) -> None:
     idle = results["idle_rss_mib"]
     print("\nidle RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in idle.items()))
-    print("\n| case | requests by outcome | p50 ms | p95 ms | peak RSS / idle |")
-    print("|---|---|---|---|---|")
+    print("\n| case | requests by outcome | p50 ms | p95 ms | peak RSS / idle | CPU ms per request |")
+    print("|---|---|---|---|---|---|")
     for name, outcome in results["cases"].items():
         peaks = outcome.get("peak_rss_mib", {})
         ratio = ", ".join(f"{k} {peaks.get(k, 0) / idle[k]:.2f}x" for k in idle if idle[k])
         if "outcomes" in outcome:
             added = (f" (proxy adds {outcome['added_p50_ms']:.1f} ms at p50, {outcome['added_p95_ms']:.1f} at p95)"
                      if "added_p50_ms" in outcome else "")
-            print(f"| {name} | {outcome['outcomes']}{added} | {outcome['p50_ms']:.1f} | {outcome['p95_ms']:.1f} | {ratio} |")
+            cpu = ", ".join(f"{k} {v:.2f}" for k, v in outcome["cpu_ms_per_request"].items() if v >= 0.05)
+            print(f"| {name} | {outcome['outcomes']}{added} | {outcome['p50_ms']:.1f} | {outcome['p95_ms']:.1f} | {ratio} "
+                  f"| {cpu} |")
         else:
             answers = "; ".join(f"{k}: {v}" for k, v in outcome.items() if k != "peak_rss_mib")
-            print(f"| {name} | {answers} | | | {ratio} |")
+            print(f"| {name} | {answers} | | | {ratio} | |")
+    print(f"\nCPU the load cases needed ({os.cpu_count()} cores on this machine, shared with whatever else runs):")
+    for name, outcome in results["cases"].items():
+        if "cpu_ms_per_request" in outcome and "fake upstream" in name:
+            rate = outcome["requests"] / outcome["seconds"]
+            busy = sum(outcome["cpu_ms_per_request"].values()) / 1000 * rate
+            print(f"  {name}: {rate:.0f} requests/s over the case x {sum(outcome['cpu_ms_per_request'].values()):.2f} "
+                  f"ms of CPU each = {busy:.2f} cores busy")
     print(f"\nnon-API errors: {results['non_api_errors']}; alive at the end: {results['alive_at_end']}")
 
 
