@@ -2,6 +2,8 @@
 
     python benchmarks/bench_serving.py                 # everything, a few minutes
     python benchmarks/bench_serving.py --clients 50,200 --upstream-delay 1.0
+    python benchmarks/bench_serving.py --load-only --clients 200 --edited-every 0   # the HTTP path alone
+    python benchmarks/bench_serving.py --load-only --clients 200 --stagger 4        # 200 clients over 4 s
 
 Every server runs in its own process under `ulimit -v` (tests/serving_helpers.py), so a
 server a case breaks dies alone and the run reports it.  Processes: the real default model
@@ -170,16 +172,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def question(n: int) -> str:
-    """Request `n`'s text: one in four inside the edit's scope, each text different."""
-    pool = IN_SCOPE if n % 4 == 0 else OUT_OF_SCOPE
+def question(n: int, edited_every: int = 4) -> str:
+    """Request `n`'s text: one in `edited_every` (0: none) inside the edit's scope, naming its
+    subject; the others name no edited subject.  Each text different."""
+    pool = IN_SCOPE if edited_every and n % edited_every == 0 else OUT_OF_SCOPE
     return pool[(n // 4) % len(pool)].format(n=n, m=n % 7 + 2)
 
 
 async def load(url: str, clients: int, per_client: int, chat_model: str, max_tokens: int, seconds: float,
-               stagger: float = 0.0) -> dict:
+               stagger: float = 0.0, edited_every: int = 4) -> dict:
     """`clients` concurrent clients, each starting within `stagger` s (seeded) and sending
-    `per_client` chat requests in turn, one in four edited.
+    `per_client` chat requests in turn, one in `edited_every` edited.
 
     The clients share one aiohttp session (a connection each): at 200 clients an httpx client
     spent 2.1-2.6 ms of CPU a request against aiohttp's 0.2-0.4 ms, on the same two cores as
@@ -198,7 +201,7 @@ async def load(url: str, clients: int, per_client: int, chat_model: str, max_tok
         async def client(index: int):
             await asyncio.sleep(starts.uniform(0, stagger))
             for turn in range(per_client):
-                text = question(index * per_client + turn)
+                text = question(index * per_client + turn, edited_every)
                 body = {"model": chat_model, "messages": [{"role": "user", "content": text}],
                         "max_tokens": max_tokens, "temperature": 0}
                 started = time.perf_counter()
@@ -251,13 +254,19 @@ def main(argv=None) -> int:
     up = sub.add_parser("upstream", help="(internal) run the fake upstream")
     up.add_argument("--port", type=int, default=0)
     up.add_argument("--delay", type=float, default=1.0)
-    parser.add_argument("--clients", default="50,200", help="concurrent clients per load case")
+    parser.add_argument("--clients", default="50,200", help="concurrent clients per load case (repeats allowed)")
     parser.add_argument("--per-client", type=int, default=2, help="requests each client sends in turn")
     parser.add_argument("--upstream-delay", type=float, default=1.0, help="seconds the fake upstream takes")
     parser.add_argument("--case-seconds", type=float, default=90.0, help="time bound of each load case")
     parser.add_argument("--proxy-concurrent", type=int, default=256,
                         help="--max-concurrent of the proxy in front of the fake upstream: room for every client "
                         "at once (at the default 128, 72 of 200 clients wait a turn of one upstream answer)")
+    parser.add_argument("--stagger", type=float, default=None,
+                        help="seconds over which the clients start (default: --upstream-delay, one answer time)")
+    parser.add_argument("--edited-every", type=int, default=4,
+                        help="one request in N names the edited subject (0: none does, so none is embedded)")
+    parser.add_argument("--load-only", action="store_true",
+                        help="only the load cases against the fake upstream (no model, no faults): about a minute")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args(argv)
     if args.command == "upstream":
@@ -281,11 +290,14 @@ def run(args) -> int:
 
     fake = ServerProcess(["upstream", "--delay", str(args.upstream_delay)], script=script).__enter__()
     fake_port = int(fake.url.rsplit(":", 1)[1].split("/")[0])
-    model = ServerProcess(["serve-model"], start_timeout=300).__enter__()
-    proxy = ServerProcess(["serve", str(artifact.path), "--upstream", model.url], start_timeout=300).__enter__()
+    model = proxy = None
+    if not args.load_only:
+        model = ServerProcess(["serve-model"], start_timeout=300).__enter__()
+        proxy = ServerProcess(["serve", str(artifact.path), "--upstream", model.url], start_timeout=300).__enter__()
     front = ServerProcess(["serve", str(artifact.path), "--upstream", fake.url, "--retries", "1", "--timeout", "3",
                            "--max-concurrent", str(args.proxy_concurrent)], start_timeout=300).__enter__()
-    servers = {"serve-model": model, "serve (model)": proxy, "serve (fake)": front}
+    servers = {name: server for name, server in (("serve-model", model), ("serve (model)", proxy), ("serve (fake)", front))
+               if server is not None}
     watch = RssWatch({name: server.process.pid for name, server in servers.items()})
 
     def restart_fake():
@@ -297,19 +309,29 @@ def run(args) -> int:
         """`load(...)`, with the CPU time each process spent on it per request."""
         pids = {"fake upstream": fake.process.pid, **{name: s.process.pid for name, s in servers.items()}}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        outcome = asyncio.run(load(url, clients, rounds, chat_model, max_tokens, args.case_seconds, stagger=stagger))
+        outcome = asyncio.run(load(url, clients, rounds, chat_model, max_tokens, args.case_seconds, stagger=stagger,
+                                   edited_every=args.edited_every))
         for name, pid in pids.items():
             used = cpu_seconds(pid) - before[name]
             if used > 0:
                 outcome["cpu_ms_per_request"][name] = used * 1000 / outcome["requests"]
         return outcome
 
+    def finish() -> int:
+        results["alive_at_end"] = {name: server.process.poll() is None for name, server in servers.items()}
+        results["non_api_errors"] = sum(
+            count for outcome in results["cases"].values() for key, count in outcome.get("outcomes", {}).items()
+            if key.startswith("non-API")) + sum(
+            1 for name in ("upstream faults (proxy -> fake)", "oversized and malformed bodies")
+            for value in results["cases"].get(name, {}).values() if isinstance(value, str) and value.startswith("non-API"))
+        return 0
+
     def control(**state):
         httpx2.post(fake.root + "/control", json=state, timeout=10)
 
     try:
         # Warm up (first requests allocate caches), then take idle RSS.
-        for server in (model, proxy):
+        for server in (model, proxy) if model else ():
             for n in (0, 1):
                 httpx2.post(server.url + "/chat/completions", timeout=120, json={
                     "model": "m", "messages": [{"role": "user", "content": question(n)}], "max_tokens": 4})
@@ -321,10 +343,12 @@ def run(args) -> int:
 
         def case(name: str, outcome: dict) -> None:
             outcome["peak_rss_mib"] = watch.reset()
+            repeat = sum(1 for known in results["cases"] if known.split(" (run ")[0] == name)
+            name += f" (run {repeat + 1})" if repeat else ""      # --clients 200,200: the same case again
             results["cases"][name] = outcome
             print(f"{name}: {json.dumps(outcome)}", file=sys.stderr)
 
-        delay = args.upstream_delay
+        delay = args.upstream_delay if args.stagger is None else args.stagger
         for clients in [1] + [int(c) for c in args.clients.split(",")]:
             rounds = 10 if clients == 1 else args.per_client
             # Clients start spread over one upstream answer time, as independent callers do.
@@ -334,10 +358,12 @@ def run(args) -> int:
             through["added_p50_ms"] = through["p50_ms"] - direct["p50_ms"]
             through["added_p95_ms"] = through["p95_ms"] - direct["p95_ms"]
             case(f"{clients} clients, proxy -> fake upstream", through)
-            if clients > 1:
+            if clients > 1 and not args.load_only:
                 case(f"{clients} clients, proxy -> serve-model (max_tokens 1)",
                      measured(proxy.url, clients, 1, "m", 1))
 
+        if args.load_only:
+            return finish()
         api = openai.OpenAI(base_url=front.url, api_key="x", max_retries=0, timeout=60)
         chat = dict(model="fake", messages=[{"role": "user", "content": EDITED}], max_tokens=4)
         faults = {}
@@ -368,21 +394,17 @@ def run(args) -> int:
                                     headers={"content-type": "application/json"}, timeout=60)
             hostile[f"{label}: malformed JSON"] = outcome_of(malformed) + " " + str(malformed.json()["error"]["type"])
         case("oversized and malformed bodies", hostile)
-
-        results["alive_at_end"] = {name: server.process.poll() is None for name, server in servers.items()}
-        results["non_api_errors"] = sum(
-            count for outcome in results["cases"].values() for key, count in outcome.get("outcomes", {}).items()
-            if key.startswith("non-API")) + sum(
-            1 for name in ("upstream faults (proxy -> fake)", "oversized and malformed bodies")
-            for value in results["cases"][name].values() if isinstance(value, str) and value.startswith("non-API"))
+        return finish()
     finally:
         watch.stop.set()
         for server in (front, proxy, model, fake):
-            server.stop()
-    report(results)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 0
+            if server is not None:
+                server.stop()
+        if "alive_at_end" in results:
+            report(results)
+            if args.json:
+                print(json.dumps(results, indent=2))
+
 
 
 def report(results: dict) -> None:
