@@ -180,6 +180,29 @@ def test_requests_embed_like_the_keys_they_are_routed_to():
     assert (queries @ keys.T).argmax(axis=1).tolist() == list(range(len(texts)))
 
 
+def test_the_traced_request_encoder_is_the_model_bit_for_bit():
+    """The traced query encoder gives the untraced model's hidden states for any batch and length."""
+    import random
+
+    import torch
+
+    from editspec.model.embed import TracedEncoder, _bfloat16_copy, load_embedder
+    from editspec.model.precision import native_bfloat16
+
+    embedder = load_embedder()
+    traced = embedder.query_model()
+    assert isinstance(traced, TracedEncoder)
+    model = _bfloat16_copy(embedder.model) if native_bfloat16() else embedder.model   # what was traced
+    rng = random.Random(0)
+    words = "the of Twitter CEO who runs capital city a number Tesla Microsoft Côte d'Ivoire".split()
+    for size in (1, 2, 5, 33):
+        texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 300))) for _ in range(size)]
+        batch = embedder.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.inference_mode():
+            expected = model(**batch).last_hidden_state
+            assert torch.equal(traced(**batch).last_hidden_state, expected), size
+
+
 def test_compile_command_builds_a_plugin(tmp_path):
     """`editspec compile --backend retrieval` from the command line (its manifest names no model)."""
     from click.testing import CliRunner
