@@ -9,7 +9,7 @@ from editspec.families.locate import (
     EditRequest, OptimSettings, layer_scores, optimise_targets, prepare_requests, select_layers,
 )
 from editspec.model.tokens import context_templates
-from tiny import TYPES, tiny_model, tiny_tokenizer
+from tiny import TYPES, tiny_chat_tokenizer, tiny_model, tiny_tokenizer
 
 FACTS = [
     EditRequest("The capital of {} is", "France", "Rome"),
@@ -155,3 +155,38 @@ def test_layer_auto_picks_a_candidate_per_fact():
     scores = layer_scores(model, layout, prep, [0, 1, 2], pad=0)
     assert scores.shape == (3, 3) and bool((scores > 0).all())
     assert select_layers(model, layout, prep, [0, 1, 2], pad=0) == [int(j) for j in scores.argmin(1)]
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_rows_run_in_length_buckets_as_they_would_in_one_padded_batch(model_type, monkeypatch):
+    # Chat rows are much longer after the subject than raw rows: they run as a pass of their own.
+    import editspec.families.locate.targets as targets
+
+    model, tok = tiny_model(model_type, layers=4), tiny_chat_tokenizer()
+    layout = layout_for(model)
+    facts = [dataclasses.replace(f, questions=(f"Tell me please, what do you know about {{}} and {f.target_new}?",))
+             for f in FACTS]
+    prep = prepare_requests(tok, facts, context_templates(model, tok, ((2, 3),), seed=0), chat=True)
+    assert all(any(p.chat) for p in prep)
+    passes, real = [], targets.length_buckets
+    monkeypatch.setattr(targets, "length_buckets", lambda lengths, cost: passes.append(real(lengths, cost)) or passes[-1])
+    settings = OptimSettings(steps=6, facts_per_batch=3, stop_loss=0.0)
+    a = optimise_targets(model, [layout.mlp_out_at(2)] * 3, prep, settings, pad=0)
+    assert len(passes[0]) > 1                                   # the first step did run several buckets
+    b = optimise_targets(model, [layout.mlp_out_at(2)] * 3, prep, dataclasses.replace(settings, length_buckets=False),
+                         pad=0)
+    assert torch.allclose(a.init, b.init, atol=1e-5)
+    assert torch.allclose(a.delta, b.delta, atol=1e-6) and torch.allclose(a.loss, b.loss, atol=1e-5)
+    assert torch.equal(a.steps, b.steps)
+
+
+def test_length_buckets_minimise_padded_tokens_plus_passes():
+    from editspec.families.locate.targets import length_buckets
+
+    assert length_buckets([4, 4, 12, 5], pass_cost=16) == [[0, 1, 3], [2]]
+    assert length_buckets([4, 4, 12, 5], pass_cost=1000) == [[0, 1, 2, 3]]   # a pass costs more than the padding
+    assert length_buckets([3, 3, 3], pass_cost=0) == [[0, 1, 2]]
+    lengths = [4] * 44 + [6] * 4 + [12] * 4                     # 4 CounterFact facts with chat rows
+    buckets = length_buckets(lengths, pass_cost=16)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    assert sum(len(b) * max(lengths[i] for i in b) for b in buckets) < len(lengths) * 12 / 2

@@ -11,6 +11,10 @@ context template) and its KL row.  Two savings keep this fast on CPU:
 - the blocks below the one that holds δ's site do not depend on δ either: they run once, and
   at every later step stand-ins return their recorded output (`replay_below`).
 - logits are formed only where the loss reads them (target positions and the KL position).
+- rows run in buckets of similar suffix length (`length_buckets`), one forward pass each, so
+  a chat row's long suffix (the rest of the user turn, the assistant header, the answer) does
+  not pad the dozen short raw rows of its fact to its own length; each bucket's prefix cache
+  is cut to its longest prefix too.
 
 A fact stops (and leaves the batch) once its loss is below `stop_loss` or the (geometric mean)
 probability of its target tokens reaches `stop_prob`.  Facts that reach neither within `steps`
@@ -56,6 +60,7 @@ class OptimSettings:
     straggler_steps: int = 0  # more steps for facts that met neither stop criterion (0: none)
     straggler_clamp_factor: float = 8.0  # δ's norm limit during those steps
     bf16_steps: bool = False  # steps after the first in bfloat16 autocast, where the device computes it natively
+    length_buckets: bool = True  # rows of similar suffix length run as their own forward pass; False: one padded batch
 
     def reached(self, loss: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
         """Which facts met a stop criterion: loss below `stop_loss`, or target probability `stop_prob`."""
@@ -104,10 +109,11 @@ def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache))
 
 
-def _make_cache(kv, rows: torch.Tensor, config):
+def _make_cache(kv, rows: torch.Tensor, config, width: int | None = None):
     from transformers import DynamicCache
 
-    data = [(k[rows.to(k.device)], v[rows.to(v.device)]) for k, v in kv]  # layers may sit on several devices
+    # Layers may sit on several devices; `width` keeps the first prefix positions only.
+    data = [(k[rows.to(k.device), :, :width], v[rows.to(v.device), :, :width]) for k, v in kv]
     try:
         return DynamicCache(ddp_cache_data=data, config=config)
     except TypeError:  # transformers < 4.56
@@ -122,6 +128,41 @@ def row_weights(prep: PreparedRequest) -> list[float]:
     if not chat or not raw:
         return [1.0 / prep.num_rows] * prep.num_rows
     return [0.5 / chat if is_chat else 0.5 / raw for is_chat in prep.chat]
+
+
+# One more forward pass costs about as much as this many padded row tokens (CPU: a few; on an
+# accelerator a pass is launch-bound and padding is nearly free, so rows are rarely split there).
+_PASS_COST = {"cpu": 16}
+_PASS_COST_ELSEWHERE = 2048
+
+
+def length_buckets(lengths: Sequence[int], pass_cost: int) -> list[list[int]]:
+    """Indices of `lengths` split into buckets of similar length, shortest bucket first.
+
+    A bucket costs ``len(bucket) · max(length) + pass_cost`` (its padded tokens plus one pass);
+    the split minimising the total is found exactly over the sorted distinct lengths.  Four
+    CounterFact facts with 11 raw rows of 3-6 tokens and one chat row of 10-12 each pad to 624
+    row tokens in one pass; split by length they compute little more than their 263 real ones.
+
+    >>> length_buckets([4, 4, 12, 5], pass_cost=16)
+    [[0, 1, 3], [2]]
+    """
+    distinct = sorted(set(lengths))
+    count = [sum(1 for x in lengths if x == d) for d in distinct]
+    best = [0.0] + [float("inf")] * len(distinct)  # best[j]: the first j distinct lengths bucketed
+    cut = [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        rows = 0
+        for i in range(j, 0, -1):  # bucket of distinct lengths i-1 .. j-1
+            rows += count[i - 1]
+            cost = best[i - 1] + rows * distinct[j - 1] + pass_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i - 1
+    bounds, j = [], len(distinct)
+    while j:
+        bounds.append((distinct[cut[j]], distinct[j - 1]))
+        j = cut[j]
+    return [[k for k, x in enumerate(lengths) if lo <= x <= hi] for lo, hi in reversed(bounds)]
 
 
 class _Chunk:
@@ -222,36 +263,66 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     fast = s.bf16_steps and dtype == torch.float32 and native_bfloat16(device)
     loss_out, nll_out = torch.zeros(n), torch.zeros(n)
     steps_out = torch.zeros(n, dtype=torch.long)
+    width = c.suffix_ids.shape[1]
+    suffix_lens = c.suffix_mask.sum(1)
+    pass_cost = _PASS_COST.get(torch.device(device).type, _PASS_COST_ELSEWHERE) if s.length_buckets else None
     for it in range(s.steps):
         rows = torch.nonzero(active[c.fact_t]).squeeze(1)  # rows of facts still optimising
-        suffix_len = c.suffix_mask[rows].sum(1).max()
-        ids = c.suffix_ids[rows, :suffix_len]
-        mask = c.suffix_mask[rows, :suffix_len]
-        if kv is not None:
-            mask = torch.cat([c.prefix_mask[rows], mask], 1)
-        positions = c.prefix_len[rows].unsqueeze(1) + torch.arange(int(suffix_len))
-        kwargs = {kwarg: _make_cache(kv, rows.to(device), model.config)} if kv is not None else {}
-        row_delta = delta[c.fact_t[rows].to(device)] * c.scale[rows].to(device, dtype).unsqueeze(1)  # [rows, d]
-        at_subject = c.at_subject[rows]  # the subject's last token, in suffix coordinates
-        # The recorder is registered first, so it sees the site output before δ is added.
-        recorded = replay[rows.to(replay.device), :suffix_len] if replay is not None else None
-        with record_outputs(model, [site] if init is None else []) as seen, \
-                raw_outputs(model, below[-1:] if init is None else []) as top_below, \
-                replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
-                bfloat16_autocast(device, fast and it > 0):
-            hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
-                          position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
-        # Under a device map the last block may sit on another device than the (tied) head: δ,
-        # the losses and the bookkeeping all live on the head's device.
-        hidden = hidden.to(device)
-        # Transformers 5 blocks return a bare tensor, which a stand-in can return in their place;
-        # older ones return tuples: then the blocks below run at every step.
-        if top_below and isinstance(top_below[0], torch.Tensor):
-            replay = top_below[0].detach()  # [all rows, suffix, d]: what the blocks below give, every step
+        first = init is None  # step 0 records init, the KL anchor and the replayed blocks
+        lens = suffix_lens[rows].tolist()
+        buckets = length_buckets(lens, pass_cost) if pass_cost is not None else [list(range(len(lens)))]
+        parts, seen_rows, below_rows = [], [], []
+        for bucket in buckets:
+            local = torch.tensor(bucket, dtype=torch.long)
+            brows = rows[local]
+            suffix_len = int(suffix_lens[brows].max())
+            ids = c.suffix_ids[brows, :suffix_len]
+            mask = c.suffix_mask[brows, :suffix_len]
+            kwargs = {}
+            if kv is not None:
+                prefix = max(int(c.prefix_len[brows].max()), 1)  # right-padded: later columns are all pads
+                mask = torch.cat([c.prefix_mask[brows, :prefix], mask], 1)
+                kwargs = {kwarg: _make_cache(kv, brows.to(device), model.config, prefix)}
+            positions = c.prefix_len[brows].unsqueeze(1) + torch.arange(suffix_len)
+            row_delta = delta[c.fact_t[brows].to(device)] * c.scale[brows].to(device, dtype).unsqueeze(1)  # [rows, d]
+            at_subject = c.at_subject[brows]  # the subject's last token, in suffix coordinates
+            # The recorder is registered first, so it sees the site output before δ is added.
+            recorded = replay[brows.to(replay.device), :suffix_len] if replay is not None else None
+            with record_outputs(model, [site] if first else []) as seen, \
+                    raw_outputs(model, below[-1:] if first else []) as top_below, \
+                    replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
+                    bfloat16_autocast(device, fast and it > 0):
+                out = base(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
+            # Under a device map the last block may sit on another device than the (tied) head: δ,
+            # the losses and the bookkeeping all live on the head's device.
+            parts.append((local, out.to(device)))
+            if first:
+                seen_rows.append((brows, seen[site].detach()))
+                # Transformers 5 blocks return a bare tensor, which a stand-in can return in their place;
+                # older ones return tuples: then the blocks below run at every step.
+                if top_below and isinstance(top_below[0], torch.Tensor):
+                    below_rows.append((brows, top_below[0].detach()))
+        if len(parts) == 1:
+            hidden = parts[0][1]
+        else:  # the buckets' rows back in batch order, right-padded to the longest
+            longest = max(int(out.shape[1]) for _, out in parts)
+            hidden = parts[0][1].new_zeros(len(rows), longest, parts[0][1].shape[-1])
+            for local, out in parts:
+                hidden = hidden.index_put((local.to(device).unsqueeze(1), torch.arange(out.shape[1], device=device)), out)
+        if below_rows and len(below_rows) == len(buckets):
+            sample = below_rows[0][1]
+            replay = sample.new_zeros(len(c.rows), width, sample.shape[-1])  # [all rows, suffix, d]: every step
+            for brows, out in below_rows:
+                replay[brows.to(replay.device), :out.shape[1]] = out
         if init is None:
-            bare = torch.tensor(c.bare)
-            at_site = seen[site]
-            init = at_site[bare.to(at_site.device), c.at_subject[bare].to(at_site.device)].detach().to(device)  # [n, d]
+            bare = set(c.bare)
+            init = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device)
+            for brows, at_site in seen_rows:
+                for j, r in enumerate(brows.tolist()):
+                    if r in bare:
+                        init[c.fact[r]] = at_site[j, c.at_subject[r]].to(device)
+            init = init.detach()  # [n, d]
         where = {int(r): i for i, r in enumerate(rows)}  # chunk row -> batch row
         sup = torch.tensor([k for k, r in enumerate(c.sup_row.tolist()) if int(r) in where], dtype=torch.long)
         sup_batch = torch.tensor([where[int(r)] for r in c.sup_row[sup]], dtype=torch.long)
