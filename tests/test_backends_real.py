@@ -67,8 +67,11 @@ def test_two_facts_take_and_unrelated_prompts_stay(loaded, spec_file, tmp_path, 
         assert _logprob(loaded, prompt, old) > _logprob(loaded, prompt, new), prompt  # the model knows the old
     # Raw-prompt editing, as this test was written for: with chat rows (`chat auto`, the default
     # on instruct models) the unrelated greedy continuation of "Michael Jordan plays the sport
-    # of" changes after these two edits (" the devil." -> " the last."), an open locality cost
-    # of chat-form editing (issue 16); chat locality is checked by test_chat_edits_real.
+    # of" changes after these two edits (" the devil." -> " the last."). The unedited model has
+    # " devil" only 0.10 nats above " last", and rome flips it under auto at the same KL as off;
+    # but chat rows do move these prompts more for memit and alphaedit (KL 2-6x, measured in
+    # docs/benchmarks.md, "Edits made for chat"), an open locality cost of chat-form editing
+    # (issue 16); chat locality is checked by test_chat_edits_real.
     artifact = editspec.compile_spec(spec_file, backend, model=loaded, out=tmp_path / backend,
                                      overrides={"mom2_samples": "500", "chat": "off"})
     with editspec.load_edited(loaded, artifact):
