@@ -24,7 +24,7 @@ FACT = EditRequest("The {} is located in", "Eiffel Tower", "Rome", questions=("W
 def test_chat_setting_is_declared_once_and_follows_the_tokenizer():
     configs = [RomeConfig, MemitConfig, AlphaEditConfig, FtConfig, SenseConfig, GraceConfig, MeloConfig]
     assert all(issubclass(c, ChatSettings) for c in configs)
-    # the training family defaults to off (its KL anchors are raw text: ft moved keep facts under auto)
+    # the training family defaults to off: ft moved keep facts under auto, also with chat-form KL anchors
     assert [c().chat for c in configs] == ["auto"] * 3 + ["off"] * 2 + ["auto"] * 2
     declared = {k.__name__ for c in configs for k in c.__mro__
                 if k is not ChatSettings and "chat" in k.__dict__.get("__annotations__", {})}

@@ -39,7 +39,7 @@ class TrainingBackend(Backend):
                                chat=chat_enabled(job.model.tokenizer, job.config.chat))
 
     def prepare(self, job: CompileJob) -> dict[str, Any]:
-        from editspec.families.training.tuning import reference_anchors, unedited_text_reference
+        from editspec.families.training.tuning import chat_anchors, reference_anchors, unedited_text_reference
 
         loaded, config = job.model, job.config
         objectives = self.objectives(job)
@@ -49,8 +49,15 @@ class TrainingBackend(Backend):
             from editspec.model.corpus import load_corpus
 
             general = load_corpus(config.kl_corpus).sample(config.kl_samples)
-        # The keep facts of what is trained now come first; earlier edits' keep facts last.
-        groups = [objectives.anchors, anchored, general, objectives.held]
+        # The keep facts of what is trained now come first; earlier edits' keep facts last.  Trained
+        # in chat form, the keep facts are anchored in chat form too (their questions as user turns,
+        # the unedited model's replies), each beside its raw text.
+        own, held = list(objectives.anchors), list(objectives.held)
+        if objectives.chat_anchors or objectives.held_chat:
+            job.progress(f"unedited chat replies to {len(objectives.chat_anchors) + len(objectives.held_chat)} keep question(s)")
+            own = _alternate(own, chat_anchors(loaded.model, loaded.tokenizer, objectives.chat_anchors, limit=32))
+            held = _alternate(held, chat_anchors(loaded.model, loaded.tokenizer, objectives.held_chat, limit=16))
+        groups = [own, anchored, general, held]
         job.progress(f"KL reference on {sum(map(len, groups))} anchor text(s)")
         anchors = reference_anchors(loaded.model, loaded.tokenizer, groups)
         budget = unedited_text_reference(loaded.model, loaded.tokenizer, watched, objectives.budget)
@@ -91,6 +98,13 @@ class TrainingBackend(Backend):
                 "objectives": dict(sorted(kinds.items())), "trained": dict(sorted(objectives.sources.items())),
                 "anchors": len(job.prepared["anchors"]) if job.prepared["anchors"] is not None else 0,
                 "budget_watched": len(job.prepared["watched"]) if job.prepared["budget"] is not None else 0}
+
+
+def _alternate(first: Sequence, second: Sequence) -> list:
+    """One of each in turn while both last, then the rest: [a0, b0, a1, b1, a2, ...]."""
+    merged = [x for pair in zip(first, second) for x in pair]
+    shorter = min(len(first), len(second))
+    return merged + list(first[shorter:]) + list(second[shorter:])
 
 
 @contextlib.contextmanager

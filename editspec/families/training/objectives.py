@@ -8,7 +8,7 @@ Torch-free: this only decides *what* is trained, from the IR.
 | canonical `example p -> a` | `good` on the example |
 | canonical `... over b` | `contrast`: `softplus(NLL(a) - NLL(b))`, the answer beats the contrast |
 | `forget { prompt p; never x }` | `bad`: `x` after `p` pushed below a probability threshold |
-| edit and canonical `keep` | anchors: KL to the unedited model on `prompt + answer` (`held`: those of edits not trained now) |
+| edit and canonical `keep` | anchors: KL to the unedited model on `prompt + answer` (`held`: those of edits not trained now); with `chat`, also each keep question as a user turn (`chat_anchors`, `held_chat`) |
 | `preserve` texts and files | anchors (KL), and the `budget` the trainer must stay within, watched on a held-out share (`split_preserve`) |
 
     >>> objectives = spec_objectives(spec, spec.edits)          # doctest: +SKIP
@@ -56,6 +56,10 @@ class Objectives:
     budget: ir.Budget | None = None
     sources: dict[str, str] = field(default_factory=dict)  # source id -> "edit" / "canonical" / "forget"
     held: tuple[str, ...] = ()
+    # With `chat`: the keep facts as they are asked in chat (user messages; the unedited model's
+    # reply to each is anchored), those of what is trained now and those of the other edits.
+    chat_anchors: tuple[str, ...] = ()
+    held_chat: tuple[str, ...] = ()
 
 
 def edit_targets(edit: ir.Edit, *, scope: bool = False, chat: bool = False) -> list[Target]:
@@ -83,6 +87,24 @@ def fact_texts(facts: Sequence[ir.Fact]) -> list[str]:
     return [f"{prompt.rstrip()} {fact.answer.strip()}" for fact in facts for prompt in fact.prompts]
 
 
+def fact_questions(fact: ir.Fact, relations: dict[str, ir.Relation]) -> list[str]:
+    """The user messages a keep fact is asked by in chat, as verify's `chat` protocol asks them:
+    its relation's `question` templates filled in, else its prompts.
+
+    >>> fact_questions(fact, {"capital": relation})          # doctest: +SKIP
+    ['What is the capital of Canada?']
+    """
+    relation = relations.get(fact.relation) if getattr(fact, "relation", None) else None
+    questions = [q.replace("{subject}", fact.subject) for q in relation.questions] \
+        if relation is not None and getattr(fact, "subject", None) is not None else []
+    return list(dict.fromkeys(q for q in questions if q.strip())) or list(dict.fromkeys(fact.prompts))
+
+
+def chat_fact_messages(facts: Sequence[ir.Fact], relations: dict[str, ir.Relation]) -> list[str]:
+    """Every chat question of every fact, in order (see `fact_questions`)."""
+    return [question for fact in facts for question in fact_questions(fact, relations)]
+
+
 def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = False,
                     whole_spec: bool = True, rehearsed: Sequence[ir.Edit] = (), chat: bool = False) -> Objectives:
     """The objectives for compiling `edits` of `spec`.
@@ -90,21 +112,28 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
     With `whole_spec` (a first compile) canonical examples and `forget` blocks are trained too;
     a sequential compile (`--on`) trains only the new edits, and keeps every anchor.
     `rehearsed` earlier edits are trained again beside the new ones (see `rehearsal`).
-    `chat` adds every edit's chat-form targets (`edit_targets`).
+    `chat` adds every edit's chat-form targets (`edit_targets`) and the keep facts' chat
+    questions as anchors (`chat_anchors`, `held_chat`): trained to answer in chat, the model must
+    also go on answering its neighbours in chat as it did.
     """
     targets: list[Target] = []
     sources: dict[str, str] = {}
     anchors: list[str] = []
+    relations = {r.name: r for r in getattr(spec, "relations", ())} if chat else {}
+    messages: list[str] = []
     for edit in edits:
         targets += edit_targets(edit, scope=scope, chat=chat)
         sources[edit.id] = "edit"
         anchors += fact_texts(edit.keep)
+        messages += chat_fact_messages(edit.keep, relations) if chat else []
     for edit in rehearsed:
         targets += edit_targets(edit, scope=scope, chat=chat)
         sources[edit.id] = "rehearsed"
         anchors += fact_texts(edit.keep)
+        messages += chat_fact_messages(edit.keep, relations) if chat else []
     for example in spec.canonical:
         anchors += fact_texts(example.keep)
+        messages += chat_fact_messages(example.keep, relations) if chat else []
         if whole_spec:
             targets.append(Target(example.prompt, example.answer, "good", example.id))
             if example.over:
@@ -122,7 +151,13 @@ def spec_objectives(spec: ir.Spec, edits: Sequence[ir.Edit], *, scope: bool = Fa
     own = set(anchors)
     earlier = (text for edit in spec.edits if edit.id not in sources for text in fact_texts(edit.keep))
     held = [text for text in dict.fromkeys(earlier) if text not in own]
-    return Objectives(tuple(targets), tuple(anchors), tuple(preserve), budget, sources, tuple(held))
+    messages = list(dict.fromkeys(messages))
+    asked = set(messages)
+    earlier_asked = (m for edit in spec.edits if edit.id not in sources and chat
+                     for m in chat_fact_messages(edit.keep, relations))
+    held_chat = [m for m in dict.fromkeys(earlier_asked) if m not in asked]
+    return Objectives(tuple(targets), tuple(anchors), tuple(preserve), budget, sources, tuple(held),
+                      tuple(messages), tuple(held_chat))
 
 
 def rehearsal(spec: ir.Spec, new: Sequence[ir.Edit], count: int, seed: int) -> list[ir.Edit]:

@@ -14,12 +14,13 @@ class TrainingSettings(ChatSettings):
     model_config = ConfigDict(extra="forbid")
 
     # The one place a family departs from ChatSettings' default: trained in chat form, ft moved
-    # its keep facts (two-fact capitals spec: locality 0/3 under auto, 3/3 under off), because
-    # its KL anchors are raw text only (docs/benchmarks.md, "Edits made for chat").
+    # its keep facts (two-fact capitals spec: locality 0/3 under auto, 3/3 under off), and still
+    # does with the keep questions anchored in chat form too (docs/benchmarks.md, "Edits made for chat").
     chat: ChatMode = Field(
         "off", description="`auto`: also train each edit as the reply to its questions (else its prompt) asked "
-        "as a user turn, when the tokenizer has a chat template; `off` (the default for training backends): "
-        "raw prompts only. Under `auto` the KL anchors stay raw text, so keep facts can move.")
+        "as a user turn, and anchor each keep fact's questions the same way (the unedited model's reply), when "
+        "the tokenizer has a chat template; `off` (the default for training backends): raw prompts only. "
+        "Under `auto` keep facts can still move.")
 
     lr: float | None = Field(None, gt=0, description="Adam learning rate; unset: the backend's default for its method.")
     steps: int = Field(40, ge=1, description="Most optimisation steps (each scores every target once).")

@@ -19,12 +19,12 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from editspec.model.chat import answer_ids, user_turn
+from editspec.model.chat import answer_ids, chat_prompt_ids, user_turn
 from editspec.errors import EditspecError
 from editspec.families.training.objectives import Target
 from editspec.model.tokens import pad_id, right_pad, target_token_ids
 
-ANCHOR_TOKENS = 32  # anchor texts are cut into windows of this many tokens
+ANCHOR_TOKENS = 32  # anchor texts are cut into windows of this many tokens; chat replies are this long at most
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,18 @@ class Encoded:
     foil: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class ChatAnchor:
+    """A keep question as a user turn with the unedited model's own reply: one anchor window, whole.
+
+    `ids` are the templated turn and the reply; the KL counts only the positions from `start`
+    on, those that predict the reply (the template and the question are not the model's to say).
+    """
+
+    ids: tuple[int, ...]
+    start: int
+
+
 @dataclass
 class Anchors:
     """Anchor windows and the unedited model's next-token log-probs on them (float16, CPU)."""
@@ -44,6 +56,7 @@ class Anchors:
     ids: torch.Tensor  # [n, width]
     mask: torch.Tensor  # [n, width]
     reference: torch.Tensor  # [n, width, vocab] log-probs
+    counted: torch.Tensor | None = None  # [n, width]: the positions whose KL counts (None: every unpadded one)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -91,13 +104,37 @@ def _device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def anchor_windows(tokenizer, groups: Sequence[Sequence[str]], limit: int) -> list[list[int]]:
+@torch.no_grad()
+def chat_anchors(model, tokenizer, messages: Sequence[str], *, limit: int = 64,
+                 reply_tokens: int = ANCHOR_TOKENS) -> list[ChatAnchor]:
+    """Each of (at most `limit`) `messages` as a user turn and the unedited `model`'s greedy reply.
+
+    The reply is generated as verify's `chat` protocol generates it (greedy, ending with the
+    assistant's turn, here after at most `reply_tokens`), each message alone, so the anchor
+    holds the very answer the chat locality check compares with.
+    """
+    device, found = _device(model), []
+    eos = tokenizer.eos_token_id
+    for message in list(dict.fromkeys(messages))[:limit]:
+        prompt = chat_prompt_ids(tokenizer, message)
+        ids = torch.tensor([prompt], device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=reply_tokens,
+                             do_sample=False, top_k=None, top_p=None, temperature=None,
+                             pad_token_id=pad_id(tokenizer), eos_token_id=eos)
+        reply = out[0, len(prompt):].tolist()
+        if reply:
+            found.append(ChatAnchor(tuple(prompt + reply), len(prompt) - 1))
+    return found
+
+
+def anchor_windows(tokenizer, groups: Sequence[Sequence[str | ChatAnchor]], limit: int) -> list[list[int] | ChatAnchor]:
     """At most `limit` windows of at most `ANCHOR_TOKENS` tokens from `groups` of texts, in priority order.
 
     The first group (the keep facts of what is trained now) comes first, up to half the limit;
     then one window from each group that has any left, round after round, so that no group
     crowds out the others: a sequential compile of the 200th edit anchors that edit's own keep
     facts and general text, not only the first edits' keep facts.  Within a group, text order.
+    A `ChatAnchor` in a group is one window, kept whole.
     """
     per_group = [_windows(tokenizer, texts, limit) for texts in groups]
     if not per_group:
@@ -112,9 +149,14 @@ def anchor_windows(tokenizer, groups: Sequence[Sequence[str]], limit: int) -> li
     return chosen
 
 
-def _windows(tokenizer, texts: Sequence[str], limit: int) -> list[list[int]]:
-    windows: list[list[int]] = []
+def _windows(tokenizer, texts: Sequence[str | ChatAnchor], limit: int) -> list[list[int] | ChatAnchor]:
+    windows: list[list[int] | ChatAnchor] = []
     for text in texts:
+        if isinstance(text, ChatAnchor):
+            windows.append(text)
+            if len(windows) >= limit:
+                break
+            continue
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         for start in range(0, max(len(ids) - 1, 1), ANCHOR_TOKENS):
             window = ids[start:start + ANCHOR_TOKENS]
@@ -126,29 +168,36 @@ def _windows(tokenizer, texts: Sequence[str], limit: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def reference_anchors(model, tokenizer, groups: Sequence[Sequence[str]], *, limit: int = 64) -> Anchors | None:
+def reference_anchors(model, tokenizer, groups: Sequence[Sequence[str | ChatAnchor]], *, limit: int = 64) -> Anchors | None:
     """The unedited `model`'s log-probs on windows of the texts in `groups` (None when there is no text).
 
-    Groups share the `limit` fairly (`anchor_windows`)."""
+    Groups share the `limit` fairly (`anchor_windows`); a `ChatAnchor` counts from its reply on."""
     windows = anchor_windows(tokenizer, groups, limit)
     if not windows:
         return None
-    ids, mask = right_pad(windows, pad_id(tokenizer))
+    ids, mask = right_pad([list(w.ids) if isinstance(w, ChatAnchor) else w for w in windows], pad_id(tokenizer))
+    counted = None
+    if any(isinstance(w, ChatAnchor) for w in windows):
+        counted = mask.clone()
+        for row, window in enumerate(windows):
+            if isinstance(window, ChatAnchor):
+                counted[row, : window.start] = 0
     refs = []
     for start in range(0, len(windows), 8):
         chunk = slice(start, start + 8)
         logits = model(input_ids=ids[chunk].to(_device(model)), attention_mask=mask[chunk].to(_device(model))).logits
         refs.append(torch.log_softmax(logits.float(), dim=-1).to(torch.float16).cpu())
-    return Anchors(ids, mask, torch.cat(refs))
+    return Anchors(ids, mask, torch.cat(refs), counted)
 
 
 def anchor_kl(model, anchors: Anchors, rows: torch.Tensor) -> torch.Tensor:
-    """``KL(p_unedited ‖ p_model)`` summed over the positions of `rows`, averaged over them."""
+    """``KL(p_unedited ‖ p_model)`` summed over the counted positions of `rows`, averaged over them."""
     device = _device(model)
     ids, mask = anchors.ids[rows].to(device), anchors.mask[rows].to(device)
+    counted = mask if anchors.counted is None else anchors.counted[rows].to(device)
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
     ref = anchors.reference[rows].to(device=device, dtype=torch.float32)
-    per_position = (ref.exp() * (ref - logp)).sum(-1) * mask
+    per_position = (ref.exp() * (ref - logp)).sum(-1) * counted
     return per_position.sum() / len(rows)
 
 
