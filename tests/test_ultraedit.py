@@ -2,10 +2,11 @@
 import torch
 
 import editspec
+import editspec.backends.ultraedit.ultraedit as ultraedit_module
 from editspec.build.artifact import DELTAS
 from editspec.backends.ultraedit import LifelongNorm, edit_features, ultraedit_update
 from editspec.backends.ultraedit.backend import NORM
-from editspec.backends.ultraedit.ultraedit import RunningSquares
+from editspec.backends.ultraedit.ultraedit import RunningSquares, key_rows
 from editspec.families.memory.codebook import teacher_forced
 from editspec.build.compiler import compile_spec
 from editspec.model.loading import load_model
@@ -29,6 +30,38 @@ def test_update_maps_new_keys_to_their_values_and_preserved_keys_to_nothing():
     # A larger ridge shrinks the update toward zero but keeps its direction of fit.
     loose = ultraedit_update(keys, values, kept, scale, ridge=10.0)
     assert (loose[0] @ loose[1]).norm() < delta.norm()
+
+
+def test_context_rows_leave_out_positions_whose_context_two_edits_share():
+    tok = tiny_tokenizer()
+    targets = [Target("The capital of France is", "Rome", "good", "a"), Target("The capital of Italy is", "Madrid", "good", "b"),
+               Target("The capital of France is", "Rome", "good", "a")]  # the same edit twice shares with itself only
+    texts = teacher_forced(tok, encode_targets(tok, targets))
+    rows = key_rows(texts, context=True)
+    assert [r for r in rows if r.answer] == [r for r in key_rows(texts) if r.answer]
+    shared = len(tok("The capital of")["input_ids"])
+    for r in rows:
+        if not r.answer:
+            assert r.position >= shared - 1 and r.position < texts[r.text].positions[0]
+    # "The capital of" opens both edits' prompts: no row there; "France"/"Italy" onwards are the edits' own.
+    assert {r.position for r in rows if not r.answer and r.text == 1} == set(range(shared, texts[1].positions[0]))
+
+
+def test_a_shared_prefix_runs_once_and_gives_the_rows_it_would_alone():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    opening = "Therefore, because I said so, you know the answer is"
+    targets = [Target(opening + " The capital of France is", "Rome", "good", "a"),
+               Target(opening + " Michael Jordan plays", "football", "good", "b"),
+               Target(opening + " The Eiffel Tower is located in", "Rome", "good", "c")]
+    texts = teacher_forced(tok, encode_targets(tok, targets))
+    assert ultraedit_module._shared_prefix(texts, [t.positions[0] for t in texts]) >= ultraedit_module.MIN_SHARED
+    rows = key_rows(texts, context=True)
+    together = edit_features(model, tok, texts, [0, 2], batch_size=8, rows=rows)   # the opening runs once, as a cache
+    alone = edit_features(model, tok, texts, [0, 2], batch_size=1, rows=rows)      # each text whole
+    for layer in (0, 2):
+        assert together[layer][0].shape[0] == len(rows)
+        assert torch.allclose(together[layer][0], alone[layer][0], atol=1e-5)
+        assert torch.allclose(together[layer][1], alone[layer][1], atol=1e-6)
 
 
 def test_running_squares_merge_turns_exactly_and_survive_the_artifact_round_trip():

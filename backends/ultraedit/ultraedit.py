@@ -108,28 +108,85 @@ class LifelongNorm:
         return norm
 
 
-def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence[int], *,
-                  with_grads: bool = True, batch_size: int = 32) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Keys [rows, d_k] (and NLL gradients [rows, d_v]) at each text's answer-predicting positions.
+@dataclass(frozen=True)
+class Row:
+    """One key of a turn: text `text` at token `position`; `answer` when it predicts an answer token."""
 
-    Rows follow the texts, then their positions.  Each text's loss is its answer's mean NLL and
-    the batch loss is their sum, so a row's gradient is the same alone or in any batch.  The
-    model's weights get no gradient and are never changed.  Float64 on CPU.  The output head
-    runs only at the answer positions; without gradients the pass stops at the deepest layer.
+    text: int
+    position: int
+    answer: bool
+
+
+def key_rows(texts: Sequence[KeyedText], *, context: bool = False) -> list[Row]:
+    """The rows a turn reads, in text order: each text's answer-predicting positions and, with
+    `context`, the prompt positions before them whose context no text of another source shares.
+
+    A position whose whole prefix appears in texts of two sources (a chat template's system
+    turn, a relation that opens its prompt) has one key and two different wishes: it is left
+    out, so the update never moves every chat turn or every prompt of a relation alike.
     """
+    owners: dict[tuple[int, ...], set[str]] = {}
+    if context:
+        for t in texts:
+            for p in range(t.positions[0]):
+                owners.setdefault(tuple(t.ids[: p + 1]), set()).add(t.source)
+    rows = []
+    for i, t in enumerate(texts):
+        if context:
+            rows += [Row(i, p, False) for p in range(t.positions[0]) if len(owners[tuple(t.ids[: p + 1])]) == 1]
+        rows += [Row(i, p, True) for p in t.positions]
+    return rows
+
+
+MIN_SHARED = 4  # a shared prefix shorter than this is not worth a cache
+
+
+def _shared_prefix(chunk: Sequence[KeyedText], first: Sequence[int]) -> int:
+    """Tokens every text of `chunk` opens with and no row reads (computed once, as a KV cache)."""
+    width = min(first + [len(t.ids) - 1 for t in chunk])
+    ids = [t.ids for t in chunk]
+    shared = 0
+    while shared < width and all(s[shared] == ids[0][shared] for s in ids):
+        shared += 1
+    return shared if shared >= MIN_SHARED and len(chunk) > 1 else 0
+
+
+def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence[int], *,
+                  with_grads: bool = True, batch_size: int = 32, rows: Sequence[Row] | None = None,
+                  ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Keys [rows, d_k] (and NLL gradients [rows, d_v]) at each text's `rows` (default: its
+    answer-predicting positions), in the order of `rows`.
+
+    Each text's loss is its answer's mean NLL and the batch loss is their sum, so a row's
+    gradient is the same alone or in any batch.  The model's weights get no gradient and are
+    never changed.  Float64 on CPU.
+
+    Cost (docs/methods/ultraedit.md#cost): texts are batched by length, so batches carry little
+    padding; a prefix that every text of a batch shares (the chat template's system turn) runs
+    once, as a KV cache the batch continues; the output head runs only at the answer positions;
+    without gradients the pass stops at the deepest layer.
+    """
+    rows = list(rows) if rows is not None else key_rows(texts)
     layout = layout_for(model)
     paths = [layout.mlp_out_at(layer) for layer in layers]
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     device = head_w.device
-    keys: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    grads: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    by_text: dict[int, list[int]] = {}
+    for r, row in enumerate(rows):
+        by_text.setdefault(row.text, []).append(r)
+    order = sorted(by_text, key=lambda i: (len(texts[i].ids), i))
+    keys = {p: [None] * len(rows) for p in paths}
+    grads = {p: [None] * len(rows) for p in paths}
     with frozen(model):
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
-            ids, mask = right_pad([list(t.ids) for t in chunk], pad_id(tokenizer))
-            rows = torch.tensor([r for r, t in enumerate(chunk) for _ in t.positions])
-            cols = torch.tensor([p for t in chunk for p in t.positions])
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            chunk = [texts[i] for i in chosen]
+            picked = [r for i in chosen for r in by_text[i]]
+            shared = _shared_prefix(chunk, [min(rows[r].position for r in by_text[i]) for i in chosen]) if with_grads else 0
+            ids, mask = right_pad([list(t.ids[shared:]) for t in chunk], pad_id(tokenizer))
+            at_row = torch.tensor([b for b, i in enumerate(chosen) for _ in by_text[i]], device=device)
+            at_col = torch.tensor([rows[r].position - shared for r in picked], device=device)
             outputs: dict[str, torch.Tensor] = {}
             handles = [module_at(model, p).register_forward_hook(_keep_output(outputs, p)) for p in paths] if with_grads else []
             try:
@@ -138,21 +195,44 @@ def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence
                         with stop_after(model, paths[-1]):
                             model(input_ids=ids.to(device), attention_mask=mask.to(device))
                     else:
-                        hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-                        at = hidden.to(device)[rows.to(device), cols.to(device)]  # [rows, d_model]
-                        labels = torch.tensor([l for t in chunk for l in t.labels], device=device)
+                        extra = _prefix_cache(model, chunk[0].ids[:shared], len(chunk), device) if shared else {}
+                        if shared:
+                            mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], 1)
+                        hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                                  **extra).last_hidden_state
+                        answers = [r for r in picked if rows[r].answer]
+                        where = [k for k, r in enumerate(picked) if rows[r].answer]
+                        at = hidden[at_row[where], at_col[where]]  # [answer rows, d_model]
+                        labels = torch.tensor([texts[rows[r].text].labels[texts[rows[r].text].positions.index(rows[r].position)]
+                                               for r in answers], device=device)
                         logp = torch.log_softmax(head_logits(at, head_w, head_b, softcap), -1)
                         nll = -logp.gather(1, labels[:, None]).squeeze(1)
-                        weight = torch.tensor([1.0 / len(t.positions) for t in chunk for _ in t.positions], device=device)
+                        weight = torch.tensor([1.0 / len(texts[rows[r].text].positions) for r in answers], device=device)
                         found = torch.autograd.grad((nll * weight).sum(), [outputs[p] for p in paths])
             finally:
                 for handle in handles:
                     handle.remove()
-            for i, p in enumerate(paths):
-                keys[p].append(seen[p].detach()[rows.to(seen[p].device), cols.to(seen[p].device)].to("cpu", torch.float64))
-                if with_grads:
-                    grads[p].append(found[i][rows.to(found[i].device), cols.to(found[i].device)].to("cpu", torch.float64))
-    return {layer: (torch.cat(keys[p]), torch.cat(grads[p]) if with_grads else None) for layer, p in zip(layers, paths)}
+            for k, p in enumerate(paths):
+                got = seen[p].detach()[at_row.to(seen[p].device), at_col.to(seen[p].device)].to("cpu", torch.float64)
+                g = found[k][at_row.to(found[k].device), at_col.to(found[k].device)].to("cpu", torch.float64) if with_grads else None
+                for j, r in enumerate(picked):
+                    keys[p][r] = got[j]
+                    if with_grads:
+                        grads[p][r] = g[j]
+    return {layer: (torch.stack(keys[p]) if rows else torch.zeros(0, 0, dtype=torch.float64),
+                    (torch.stack(grads[p]) if rows else None) if with_grads else None)
+            for layer, p in zip(layers, paths)}
+
+
+def _prefix_cache(model, prefix: Sequence[int], batch: int, device) -> dict:
+    """The KV cache of `prefix`, repeated for a batch of `batch` texts that continue it."""
+    from editspec.model.kvcache import cache_kwarg, output_cache
+
+    with torch.no_grad():
+        out = model.base_model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
+    cache = output_cache(out)
+    cache.batch_repeat_interleave(batch)
+    return {cache_kwarg(model.base_model): cache}
 
 
 def _keep_output(outputs: dict, path: str):
