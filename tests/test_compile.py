@@ -34,9 +34,9 @@ TINY = {
     "memit": {"layers": "0..1", "v_num_grad_steps": "8", "context_template_counts": "[[2, 4]]", "mom2_update_weight": "1"},
     "alphaedit": {"layers": "0..1", "v_num_grad_steps": "8", "context_template_counts": "[[2, 4]]",
                   "threshold_mode": "relative", "nullspace_threshold": "0.5", "l2": "0.1"},
-    "ultraedit": {"layers": "1..2", "step": "2.0", "ridge": "0.01", "passes": "2"},
+    "ultraedit": {"layers": "1..2", "step": "2.0", "ridge": "0.01", "passes": "2", "mom2_weight": "1", "keep_weight": "1"},
 }
-STATISTICS = {"rome", "memit", "alphaedit"}  # backends that read second moments C
+STATISTICS = {"rome", "memit", "alphaedit", "ultraedit"}  # backends that read second moments C
 BACKENDS = list(TINY)
 
 
@@ -45,7 +45,8 @@ def setup(tmp_path, tmp_cache):
     folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     return {"model": load_model(folder), "folder": folder, "spec": spec, "tmp": tmp_path,
             "overrides": lambda backend: {**TINY[backend], **({"mom2_samples": "20", "mom2_corpus": str(corpus)}
-                                                              if backend in STATISTICS else {"preserve_corpus": str(corpus)})}}
+                                                              if backend in STATISTICS else {}),
+                                          **({"preserve_corpus": str(corpus)} if backend == "ultraedit" else {})}}
 
 
 def _compile(setup, backend, out="art", **kw):

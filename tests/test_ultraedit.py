@@ -1,4 +1,5 @@
 """UltraEdit's algebra on tiny seeded models: the ridge solve, lifelong statistics, gradients, long `--on` chains."""
+import pytest
 import torch
 
 import editspec
@@ -6,7 +7,7 @@ import editspec.backends.ultraedit.ultraedit as ultraedit_module
 from editspec.build.artifact import DELTAS
 from editspec.backends.ultraedit import LifelongNorm, edit_features, ultraedit_update
 from editspec.backends.ultraedit.backend import NORM
-from editspec.backends.ultraedit.ultraedit import RunningSquares, key_rows
+from editspec.backends.ultraedit.ultraedit import RunningSquares, key_rows, stats_update
 from editspec.families.memory.codebook import teacher_forced
 from editspec.build.compiler import compile_spec
 from editspec.model.loading import load_model
@@ -30,6 +31,24 @@ def test_update_maps_new_keys_to_their_values_and_preserved_keys_to_nothing():
     # A larger ridge shrinks the update toward zero but keeps its direction of fit.
     loose = ultraedit_update(keys, values, kept, scale, ridge=10.0)
     assert (loose[0] @ loose[1]).norm() < delta.norm()
+
+
+def test_stats_update_maps_new_keys_to_their_values_and_spares_general_text():
+    keys, values, kept = _random(5, 64, 0), _random(5, 32, 1), _random(7, 64, 2)
+    general = _random(400, 64, 5) * torch.linspace(0.1, 3.0, 64, dtype=torch.float64)  # anisotropic keys
+    moment = general.T @ general / len(general)
+    left, right = stats_update(keys, values, kept, moment, weight=1e-8)
+    delta = left @ right
+    assert left.shape == (32, 5) and right.shape == (5, 64)            # rank = the edit rows
+    assert torch.allclose(keys @ delta.T, values, atol=1e-5)
+    assert (kept @ delta.T).norm() < 1e-4 * values.norm()
+    # Weighing general text in: the update costs general keys less (per unit of fit) than an
+    # unweighted ridge of the same strength does, and it never fits the edits better.
+    weighted = stats_update(keys, values, None, moment, weight=50.0)
+    plain = stats_update(keys, values, None, torch.eye(64, dtype=torch.float64) * moment.diagonal().mean(), weight=50.0)
+    cost = [float((general @ (l @ r).T).norm() / (keys @ (l @ r).T).norm()) for l, r in (weighted, plain)]
+    assert cost[0] < cost[1]
+    assert ((keys @ (weighted[0] @ weighted[1]).T) - values).norm() > ((keys @ delta.T) - values).norm()
 
 
 def test_context_rows_leave_out_positions_whose_context_two_edits_share():
@@ -100,26 +119,34 @@ FACTS = [("capital", "France", "Rome", "Paris"), ("plays", "Michael Jordan", "fo
          ("plays", "Lionel Messi", "basketball", "football"), ("capital", "Germany", "Paris", "Berlin")]
 
 
-def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exactly(tmp_path, tmp_cache):
+@pytest.mark.parametrize("solve", ["ridge", "stats"])
+def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exactly(tmp_path, tmp_cache, solve):
     folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     loaded = load_model(folder)
     model, tok = loaded.model, loaded.tokenizer
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = {"layers": "1..2", "step": "2.0", "ridge": "0.01", "passes": "2", "preserve_corpus": str(corpus),
                 "preserve_docs": "2", "preserve_tokens": "4"}
-    text, previous, sizes = SPEC, None, []
+    # The paper's ridge at the answer positions, or the statistics solve with the context rows.
+    settings.update({"mom2_weight": "0", "context_rows": "false"} if solve == "ridge" else
+                    {"mom2_weight": "10", "mom2_corpus": str(corpus), "mom2_samples": "20"})
+    turn_texts = [teacher_forced(tok, encode_targets(tok, [Target(f"The capital of {subject} is" if relation == "capital"
+                                                                  else f"{subject} plays", new, "good", "x")]))
+                  for relation, subject, new, _ in FACTS]
+    rows = [len(key_rows(texts, context=solve == "stats")) for texts in turn_texts]
+    text, previous, sizes, delta_sizes = SPEC, None, [], []
     for i, (relation, subject, new, old) in enumerate(FACTS):
         text += f'edit {relation}("{subject}") -> "{new}" {{ was "{old}" }}\n'
         spec.write_text(text)
         artifact = compile_spec(spec, "ultraedit", model=loaded, out=tmp_path / f"turn{i}", overrides=settings, on=previous)
         previous = artifact.path
         sizes.append((artifact.path / NORM).stat().st_size)
+        delta_sizes.append((artifact.path / DELTAS).stat().st_size)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # compiling changed nothing
     assert len(set(sizes)) == 1                                  # the running statistics do not grow
     from editspec.backends.ultraedit.backend import read_norm
 
-    assert read_norm(editspec.build.artifact.read_artifact(previous)).grads[1].count == sum(
-        len(tok(" " + new)["input_ids"]) for _, _, new, _ in FACTS)
+    assert read_norm(editspec.build.artifact.read_artifact(previous)).grads[1].count == sum(rows)
     last = FACTS[-1]
     old = target_logprob(model, tok, "The capital of Germany is", last[2])
     with editspec.load_edited(loaded, previous) as edited:
@@ -128,6 +155,34 @@ def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exa
     from editspec.model.deltas import load_deltas
 
     deltas, _ = load_deltas(previous / DELTAS)
-    assert len(deltas) == len(FACTS) * 2 * 2                     # turns × layers × passes, all low-rank
-    answer_tokens = [len(tok(" " + new)["input_ids"]) for _, _, new, _ in FACTS]
-    assert [d.rank for d in deltas] == [n for n in answer_tokens for _ in range(4)]  # rank = the turn's answer tokens
+    per_module: dict[str, list] = {}
+    for d in deltas:
+        per_module.setdefault(d.module, []).append(d)
+    assert len(per_module) == 2                                   # the two layers
+    d_v = deltas[0].left.shape[0]
+    for group in per_module.values():
+        if sum(rows) * 2 <= d_v:                                  # still small: one low-rank delta per turn and pass
+            assert [d.rank for d in group] == [n for n in rows for _ in range(2)]  # rank = the turn's rows
+        else:                                                     # merged once dense was smaller: it stops growing
+            assert len(group) == 1 and group[0].rank == d_v
+    if sum(rows) * 2 > d_v:
+        assert delta_sizes[-1] == delta_sizes[-2]
+    if solve == "ridge":
+        assert rows == [len(tok(" " + new)["input_ids"]) for _, _, new, _ in FACTS]  # the answer tokens
+
+
+def test_consolidated_merges_a_module_once_its_factors_outgrow_the_dense_update():
+    from editspec.backends.ultraedit.backend import consolidated
+    from editspec.model.deltas import Delta
+
+    small = [Delta("a", _random(8, 2, i), _random(2, 16, 10 + i)) for i in range(3)]      # rank 6 <= d_v 8
+    big = [Delta("b", _random(8, 5, 20 + i), _random(5, 16, 30 + i)) for i in range(3)]   # rank 15 > 8
+    mixed = [small[0], big[0], small[1], big[1], small[2], big[2]]
+    found = consolidated(mixed)
+    assert [d.module for d in found] == ["a", "b", "a", "a"]       # small ones untouched, in order
+    assert all(f is s for f, s in zip([found[0], found[2], found[3]], small))
+    merged = found[1]
+    assert merged.rank == 8 and torch.allclose(merged.dense(), sum(d.dense() for d in big), atol=1e-12)
+    assert consolidated([merged, big[0]])[0].rank == 8 and consolidated([merged])[0] is merged  # and stays merged
+    wide = Delta("c", _random(8, 12, 40), _random(12, 16, 41))                            # one turn of rank 12 > 8
+    assert consolidated([wide])[0].rank == 8

@@ -1,31 +1,33 @@
-"""UltraEdit's update math: keys and value gradients from one pass, lifelong normalisation, a ridge solve.
+"""UltraEdit's update math: keys and value gradients from one pass, lifelong normalisation, a closed-form solve.
 
-For each edit, the texts are the edit prompt followed by the new answer (teacher-forced).  One
-forward-backward pass over them records, at every edited value projection and at each position
-that predicts an answer token, the projection's input k (the key) and the gradient g of the
-answer's NLL with respect to the projection's output.  No subject position, no optimisation
-loop: the update is closed-form.
+For each edit, the texts are the edit prompt followed by the new answer (teacher-forced), raw and
+in chat form.  One forward-backward pass over them records, at every edited value projection,
+the projection's input k (the key) and the gradient g of the answer's NLL with respect to the
+projection's output, at the rows `key_rows` picks: the positions that predict an answer token
+and (`context_rows`) the prompt positions before them that no other edit's text shares, the
+subject's among them, found without knowing where the subject is.  No optimisation loop.
 
 Lifelong normalisation: per layer, the running per-feature mean square of every key and every
-gradient seen so far, over all `--on` turns (merged exactly, like a running mean).  Keys are
-divided by their running RMS before the solve, gradients before they become value shifts, so
-the step size and the ridge mean the same thing in turn 1 and turn 100 while the edited model
-drifts.  Each feature's RMS is shrunk toward the mean over features, as if `prior_rows` rows had
-shown that mean, so the scales become per-feature only as evidence accumulates.  We scale and do not centre: a centred gradient would erase a lone edit, and a centred
-key would need a bias the value projection does not have.
+gradient seen so far, over all `--on` turns (merged exactly, like a running mean).  Gradients
+are divided by their running RMS before they become value shifts ``V = −η·g/rms_g``, so the
+step means the same thing in turn 1 and turn 100 while the edited model drifts.  Each feature's
+RMS is shrunk toward the mean over features, as if `prior_rows` rows had shown that mean.  We
+scale and do not centre: a centred gradient would erase a lone edit.
 
-The solve (``K`` the normalised keys as rows, ``V = −η·g/rms_g`` the value shifts, keep-fact
-keys in ``K`` with a zero shift):
+The solve, by default (`mom2_weight` > 0, `stats_update`): MEMIT's least-squares update for one
+layer, with C = E[kkᵀ] the unedited model's keys on general text standing for `mom2_weight`
+tokens and the keep facts' keys pinned at zero:
 
-    ΔW̃ = Vᵀ [(K Kᵀ + λI)⁻¹ K]_edit rows        ΔW = ΔW̃ · diag(1/rms_k)
+    ΔW = Vᵀ K (KᵀK + w·PᵀP + λ·C)⁻¹
 
-the ridge regression that maps each edit key to its shift and each kept key to nothing.  It is
-solved in its dual form (one [n, n] system), so a turn costs the same whatever the key width,
-and the update comes out as factors of rank n (the edit rows): `Delta(left=Vᵀ, right=…)`.
+With `mom2_weight` 0, the paper's ridge in running-RMS-normalised key space (`ultraedit_update`,
+a dual [n, n] system).  Either way the update comes out as factors ``Delta(left=Vᵀ, right=…)``
+of rank n, the rows; the backend merges a module's factors into one dense delta once they are
+larger than it (docs/methods/ultraedit.md).  `passes` > 1 steps again from the edited model.
 
     norm = LifelongNorm()
     for batch in turns:
-        deltas, norm, logs = ultraedit_deltas(model, tok, batch_texts, keep_texts, config, norm)
+        deltas, norm, logs = ultraedit_deltas(model, tok, batch_texts, keep_texts, config, norm, stats)
         apply_deltas(model, deltas)
 """
 from __future__ import annotations
@@ -263,13 +265,36 @@ def ultraedit_update(keys: torch.Tensor, values: torch.Tensor, preserved: torch.
     return values.to(torch.float64).T.contiguous(), right.contiguous()
 
 
+def stats_update(keys: torch.Tensor, values: torch.Tensor, preserved: torch.Tensor | None,
+                 moment: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors ``(left [d_v, n], right [n, d_k])`` of the update that maps `keys` [n, d_k] to
+    `values` [n, d_v] at the least cost to general text:
+
+        ΔW = Vᵀ K (KᵀK + PᵀP + weight·C)⁻¹
+
+    `moment` C = E[kkᵀ] of the unedited model's keys on general text, `weight` how many such
+    tokens it stands for; `preserved` keys [m, d_k] pinned like those tokens.  MEMIT's solve
+    for one layer, with UltraEdit's one-step values.  Float64; a [d_k, d_k] system, however many
+    keys.  With weight → 0 and independent keys, ``left @ right @ k_i = v_i`` exactly.
+    """
+    k = keys.to(torch.float64)
+    system = weight * moment.to(torch.float64) + k.T @ k
+    if preserved is not None and preserved.numel():
+        p = preserved.to(torch.float64)
+        system = system + p.T @ p
+    right = torch.linalg.solve(system, k.T).T  # [n, d_k]: the system is symmetric
+    return values.to(torch.float64).T.contiguous(), right.contiguous()
+
+
 def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequence[KeyedText],
                      config: UltraEditConfig = UltraEditConfig(), norm: LifelongNorm | None = None,
+                     stats: dict[int, torch.Tensor] | None = None,
                      ) -> tuple[list[Delta], LifelongNorm, list[dict]]:
     """This turn's deltas (one per layer and pass), the updated normalisation, per-layer logs.
 
     `texts` are the edits' teacher-forced prompts; `keep` texts whose keys must map to nothing.
-    The model is left as it was.
+    `stats` the unedited model's key second moments by layer, needed when `config.mom2_weight`
+    is above 0.  The model is left as it was.
     """
     layout = layout_for(model)
     layers = list(config.layers)
@@ -277,13 +302,16 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
     if layers[-1] >= count:
         from editspec.errors import EditspecError
         raise EditspecError(f"layer {layers[-1]} does not exist: the model has {count} layers (0..{count - 1})")
+    if config.mom2_weight > 0 and (stats is None or any(layer not in stats for layer in layers)):
+        raise ValueError("mom2_weight > 0 needs the key statistics of every edited layer")
     norm = LifelongNorm(dict((norm or LifelongNorm()).keys), dict((norm or LifelongNorm()).grads))
     kept = edit_features(model, tokenizer, keep, layers, with_grads=False, batch_size=config.batch_size) \
         if keep and config.preserve_keep else {}
+    rows = key_rows(texts, context=config.context_rows)
     deltas, handles, logs = [], [], []
     try:
         for turn in range(config.passes):
-            features = edit_features(model, tokenizer, texts, layers, batch_size=config.batch_size)
+            features = edit_features(model, tokenizer, texts, layers, batch_size=config.batch_size, rows=rows)
             if turn == 0:  # each edit (and kept key) counts once in the lifelong statistics
                 for layer, (k, g) in features.items():
                     d_k, d_v = k.shape[1], g.shape[1]
@@ -293,14 +321,21 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
             stage = []
             for layer, (k, g) in features.items():
                 values = -config.step * g / norm.grads[layer].rms(config.prior_rows)
-                left, right = ultraedit_update(k, values, kept[layer][0] if layer in kept else None,
-                                               norm.keys[layer].rms(config.prior_rows), config.ridge)
+                preserved = kept[layer][0] if layer in kept else None
+                if config.mom2_weight > 0:
+                    if preserved is not None:
+                        preserved = preserved * config.keep_weight ** 0.5
+                    left, right = stats_update(k, values, preserved, stats[layer], config.mom2_weight)
+                else:
+                    left, right = ultraedit_update(k, values, preserved, norm.keys[layer].rms(config.prior_rows),
+                                                   config.ridge)
                 path = layout.mlp_out_at(layer)
                 dtype = torch.float64 if value_weight(module_at(model, path)).dtype == torch.float64 else torch.float32
                 delta = Delta(path, left.to(dtype), right.to(dtype))
                 stage.append(delta)
                 dense = delta.dense()
                 logs.append({"layer": layer, "pass": turn + 1, "keys": int(k.shape[0]),
+                             "answer_keys": sum(r.answer for r in rows),
                              "preserved": int(kept[layer][0].shape[0]) if layer in kept else 0,
                              "value_norm": float(values.norm(dim=1).mean()), "delta_norm": float(dense.norm()),
                              "fit": float((k @ dense.T - values).norm() / values.norm().clamp(min=EPS))})
