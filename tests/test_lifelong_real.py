@@ -51,12 +51,14 @@ def _chain(setup, backend, overrides):
 
 # (backend, settings, margins): efficacy must gain at least its margin over the unedited model,
 # generalization and locality may fall at most theirs, perplexity may grow at most by its factor.
-# Measured here (2026-12-03, loaded): efficacy 0.24 -> 0.42, rephrasings 0.30 -> 0.32, keep facts
-# 0.74 -> 0.72, perplexity 30.3 -> 32.0 on 4 paragraphs.  The perplexity factor catches a
-# collapse (65,000 in tuning), not the 2% goal, which ultraedit does not meet at 100 edits.
+# Measured here (2026-12-04, loaded) at the defaults (statistics solve, context rows, two
+# passes): efficacy 0.24 -> 0.96, rephrasings 0.30 -> 0.64, keep facts 0.74 -> 0.62, perplexity
+# 30.3 -> 30.8 on 4 paragraphs.  The keep facts fall more than under the paper's ridge (0.72, at
+# efficacy 0.42; one pass of the statistics solve: 0.66 at 0.56): the locality margin states
+# that cost (docs/methods/ultraedit.md), it does not hide it.
 # wise is not in this test: its 50-edit chain did not finish in the time this session had.
 CASES = [
-    ("ultraedit", {}, {"efficacy": 0.1, "generalization": 0.05, "locality": 0.05, "ppl": 3.0}),
+    ("ultraedit", {}, {"efficacy": 0.5, "generalization": 0.05, "locality": 0.15, "ppl": 1.05}),
 ]
 
 
