@@ -3,6 +3,7 @@ keep their record counts."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from editspec.cli import main
 from editspec.lang.fmt import format_text
 from editspec.importers import import_file
-from editspec.importers.factual import COUNTERFACT_QUESTIONS
+from editspec.importers.factual import CONTRADICTS, COUNTERFACT_QUESTIONS
 from editspec.importers.writer import EditRecord, FactRecord, SpecBuilder
 from editspec.lang.literals import quote
 from editspec.lang.resolve import load_spec
@@ -39,20 +40,21 @@ def _written(tmp_path: Path, kind: str, file: str, limit: int):
     result = CliRunner().invoke(main, ["import", kind, str(DATA / file), "-o", str(out), "--limit", str(limit)])
     assert result.exit_code == 0, result.output
     assert f"{limit} records" in result.stderr
-    return out, load_spec(out)
+    return out, load_spec(out), result.stderr
 
 
 @needs_data
 @pytest.mark.parametrize("kind,file,limit", SLICES, ids=[f"{k}:{Path(f).name}" for k, f, _ in SLICES])
 def test_slice_checks_clean_and_is_formatted(tmp_path, kind, file, limit):
-    out, spec = _written(tmp_path, kind, file, limit)
+    out, spec, summary = _written(tmp_path, kind, file, limit)
     text = out.read_text(encoding="utf-8")
     assert format_text(text, str(out)) == text
     if kind == "canonical":
         assert len(spec.canonical) == limit and not spec.edits
         assert all(c.checks and c.keep for c in spec.canonical)
     elif kind != "mquake":
-        assert len(spec.edits) == limit  # one edit per record
+        contradicting = re.search(rf"left out (\d+) {re.escape(CONTRADICTS)}", summary)
+        assert len(spec.edits) == limit - (int(contradicting[1]) if contradicting else 0)  # one edit per record
         assert all(e.scope and e.keep and e.old for e in spec.edits)
 
 
@@ -80,6 +82,27 @@ def test_every_counterfact_relation_has_a_question():
 
 
 @needs_data
+def test_zsre_keeps_one_rewrite_of_a_fact_asked_twice(tmp_path):
+    """Two wordings of one fact rewritten to different objects cannot both hold: the first stays."""
+    records = [
+        {"subject": "Toodyay Fire Station", "src": "What architect designed Toodyay Fire Station?",
+         "alt": "Wyndham Lewis", "answers": ["Ken Duncan"], "rephrase": "", "loc": "", "loc_ans": ""},
+        {"subject": "Toodyay Fire Station", "src": "Who is the architect of Toodyay Fire Station?",
+         "alt": "Kohn Pedersen Fox", "answers": ["Ken Duncan"], "rephrase": "", "loc": "", "loc_ans": ""},
+        {"subject": "Toodyay Fire Station", "src": "Who was the architect of Toodyay Fire Station?",
+         "alt": "Wyndham Lewis", "answers": ["Ken Duncan"], "rephrase": "", "loc": "", "loc_ans": ""},
+        {"subject": "Toodyay Fire Station", "src": "In which town is Toodyay Fire Station?",
+         "alt": "Perth", "answers": ["Toodyay"], "rephrase": "", "loc": "", "loc_ans": ""},
+    ]
+    source = tmp_path / "zsre.json"
+    source.write_text(json.dumps(records))
+    result = import_file("zsre", source)
+    spec = load_spec("x.edit", text=result.text)
+    assert sorted(e.target for e in spec.edits) == ["Perth", "Wyndham Lewis", "Wyndham Lewis"]
+    assert result.left_out == {CONTRADICTS: 1}
+    assert len({r.name for r in spec.relations}) == 3   # no relation left without an edit
+
+
 def test_zsre_portability_becomes_implies():
     record = json.loads((DATA / "zsre/zsre_mend_eval_portability_gpt4.json").read_text())[0]
     spec = load_spec("x.edit", text=import_file("zsre", DATA / "zsre/zsre_mend_eval_portability_gpt4.json", limit=1).text)

@@ -174,16 +174,28 @@ def _counterfact_flat(path: Path, records: list[dict]) -> Imported:
     ])
 
 
+CONTRADICTS = "records that rewrite an earlier record's fact (same subject and old answer, another question) to another object"
+
+
 def zsre(path: Path, limit: int | None) -> Imported:
     """zsRE in MEND's field names; `portability` (when present) becomes `implies`."""
     records = read_json_list(path, limit)
     builder = SpecBuilder()
+    rewritten: dict[tuple[str, str], str] = {}   # (subject, old answer) -> the first record's new object
     for i, record in enumerate(records):
+        answers = record.get("answers") or []
+        # zsRE asks one fact in several wordings, each its own relation here, and some records
+        # rewrite it to different objects ("What architect designed X?" -> A, "Who is the
+        # architect of X?" -> B, both was C): no model can say both, so only the first is kept.
+        fact = (record.get("subject"), answers[0]) if answers else None
+        if (fact is not None and _template(record.get("src") or "", fact[0] or "") is not None
+                and rewritten.setdefault(fact, record.get("alt")) != record.get("alt")):
+            builder.left_out[CONTRADICTS] += 1
+            continue
         named = _relation_of(builder, record, "src", "q", path, i, asks=True)
         if named is None:
             continue
         subject, relation = named
-        answers = record.get("answers") or []
         implies = []
         portability = record.get("portability")
         if isinstance(portability, dict) and portability.get("New Question") and portability.get("New Answer"):
@@ -196,7 +208,8 @@ def zsre(path: Path, limit: int | None) -> Imported:
     return Imported(builder, len(records), [
         "zsRE (MEND fields): src -> edit (relation per question template, which is also its `question`),",
         "alt -> new object, answers[0] -> was,",
-        "rephrase -> scope, loc -> keep, portability New Question -> implies.",
+        "rephrase -> scope, loc -> keep, portability New Question -> implies;",
+        "a record giving an earlier record's subject and old answer another new object is left out.",
     ])
 
 
