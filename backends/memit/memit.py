@@ -14,7 +14,7 @@ import torch
 from editspec.model.chat import chat_enabled
 from editspec.model.layout import layout_for
 from editspec.families.locate import (
-    EditRequest, EditResult, StatsSource, optimise_targets, prepare_requests,
+    EditRequest, EditResult, StatsSource, least_squares_update, optimise_targets, prepare_requests,
     revert_all, second_moment_for, spread_over_layers, templates_for,
 )
 from editspec.model.tokens import pad_id
@@ -29,12 +29,7 @@ def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor |
     ``(left = Rsdᵀ [d_v, n], right = ((λC + KKᵀ)⁻¹ K)ᵀ [n, d_k])`` in float64: the solution of
     ``Δ (λC + KKᵀ) = Rsd Kᵀ``, the least-squares edit that keeps λ·C's keys in place.
     """
-    k = keys.to(torch.float64)
-    d_k = k.shape[1]
-    c = torch.eye(d_k, dtype=torch.float64) if cov is None else cov
-    system = weight * c + k.T @ k  # [d_k, d_k], symmetric
-    right = torch.linalg.solve(system, k.T).T  # [n, d_k]
-    return residual.to(torch.float64).T.contiguous(), right.contiguous()
+    return least_squares_update(keys, residual, cov, weight)
 
 
 def memit_deltas(

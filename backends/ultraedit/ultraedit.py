@@ -41,7 +41,7 @@ from editspec.families.memory.codebook import KeyedText
 from editspec.model.deltas import Delta, apply_deltas
 from editspec.model.hooks import record_inputs, stop_after
 from editspec.model.layout import layout_for, module_at, output_head, value_weight
-from editspec.families.locate import frozen
+from editspec.families.locate import frozen, least_squares_update
 from editspec.families.locate.targets import head_logits
 from editspec.model.tokens import pad_id, right_pad
 
@@ -277,13 +277,7 @@ def stats_update(keys: torch.Tensor, values: torch.Tensor, preserved: torch.Tens
     for one layer, with UltraEdit's one-step values.  Float64; a [d_k, d_k] system, however many
     keys.  With weight → 0 and independent keys, ``left @ right @ k_i = v_i`` exactly.
     """
-    k = keys.to(torch.float64)
-    system = weight * moment.to(torch.float64) + k.T @ k
-    if preserved is not None and preserved.numel():
-        p = preserved.to(torch.float64)
-        system = system + p.T @ p
-    right = torch.linalg.solve(system, k.T).T  # [n, d_k]: the system is symmetric
-    return values.to(torch.float64).T.contiguous(), right.contiguous()
+    return least_squares_update(keys, values, moment, weight, preserved)
 
 
 def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequence[KeyedText],

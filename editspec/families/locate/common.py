@@ -32,6 +32,25 @@ def second_moment_for(stats: StatsSource, layer: int, d_k: int, ridge: float = 0
     return c
 
 
+def least_squares_update(keys: torch.Tensor, values: torch.Tensor, moment: torch.Tensor | None, weight: float,
+                         preserved: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors ``(left = Vᵀ [d_v, n], right [n, d_k])`` of ``ΔW = Vᵀ K (weight·C + KᵀK + PᵀP)⁻¹``.
+
+    The least-squares update that maps `keys` [n, d_k] to `values` [n, d_v] at the least cost
+    to the keys that C = `moment` (None: identity) stands for, `weight` tokens of them, and to
+    `preserved` keys P [m, d_k], pinned at zero shift (docs/methods/memit.md).  Float64; one
+    [d_k, d_k] system however many keys.  memit and ultraedit solve with it.
+    """
+    k = keys.to(torch.float64)
+    c = torch.eye(k.shape[1], dtype=torch.float64) if moment is None else moment.to(torch.float64)
+    system = weight * c + k.T @ k  # [d_k, d_k], symmetric
+    if preserved is not None and preserved.numel():
+        p = preserved.to(torch.float64)
+        system = system + p.T @ p
+    right = torch.linalg.solve(system, k.T).T  # [n, d_k]
+    return values.to(torch.float64).T.contiguous(), right.contiguous()
+
+
 def templates_for(model, tokenizer, templates: Sequence[Sequence[str]] | None,
                   counts: Sequence[tuple[int, int]], seed: int) -> list[list[str]]:
     """The given template groups, or groups sampled from the (unedited) model with `seed`."""
