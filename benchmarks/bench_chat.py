@@ -3,7 +3,9 @@
 N zsRE and N CounterFact records are imported as specs (`editspec import`, which gives each
 relation its `question`), then every backend compiles each spec once on the default model and
 is verified by the shared engine: efficacy / generalization / locality under `compare`,
-`generate` and `chat`, fluency, and compile time per edit.  `rome` inserts the spec's edits one
+`generate` and `chat`, fluency, and compile time per edit.  "chat loc, known" is chat locality
+on the keep facts the unedited model answered right (docs/measurement.md#chat-locality): the
+others are its own made-up replies, which any weight change reshuffles.  `rome` inserts the spec's edits one
 rank-one update at a time; `memit` and `alphaedit` edit the whole spec in one batch; `ike` and
 `retrieval` are verified through the in-process API, as `editspec bench` does.
 
@@ -54,8 +56,10 @@ def row(run, extra_totals, edits: int) -> dict:
             figures[total["protocol"]][total["metric"]] = round(total["value"], 3)
         if total["metric"] == "fluency":
             fluency = round(total["value"], 3)
+    known = run.kept_by_basis.get("keep answer")
     return {"backend": run.backend, "status": run.status, "reason": run.reason.splitlines()[0] if run.reason else "",
-            **{p: figures[p] for p in PROTOCOLS}, "fluency": fluency,
+            **{p: figures[p] for p in PROTOCOLS}, "fluency": fluency, "kept_by_basis": run.kept_by_basis,
+            "chat_loc_known": f"{known[0]}/{known[1]}" if known else "—",
             "s_per_edit": round(run.compile_s / edits, 2) if run.compile_s is not None else None}
 
 
@@ -73,15 +77,16 @@ def generate_totals(spec, run, loaded, seed: int) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """Markdown: a row per backend, columns per protocol and metric."""
     heads = [f"{p[:4]} {m[:3]}" for p in PROTOCOLS for m in METRICS]
-    lines = ["| backend | " + " | ".join(heads) + " | fluency | s/edit |",
-             "|---" * (len(heads) + 3) + "|"]
+    lines = ["| backend | " + " | ".join(heads) + " | chat loc, known | fluency | s/edit |",
+             "|---" * (len(heads) + 4) + "|"]
     for r in rows:
         if r["status"] == "error":
             lines.append(f"| {r['backend']} | could not run: {r['reason']} |")
             continue
         cells = [r[p].get(m) for p in PROTOCOLS for m in METRICS]
         lines.append(f"| {r['backend']} | " + " | ".join("—" if c is None else f"{c:.2f}" for c in cells)
-                     + f" | {r['fluency'] if r['fluency'] is not None else '—'} | {r['s_per_edit']} |")
+                     + f" | {r['chat_loc_known']} | {r['fluency'] if r['fluency'] is not None else '—'}"
+                     f" | {r['s_per_edit']} |")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from editspec.verify import derive_checks, verify
 from editspec.verify import observers as observe_module
 from editspec.verify.answers import first_sentence, judge_kept, judge_reply, key_entity
 from editspec.verify.protocols import chat_prompt_ids, generate_texts
+from editspec.verify.judge import kept_by_basis
 from editspec.verify.report import terminal
 from tiny import tiny_chat_tokenizer, tiny_model, tiny_tokenizer
 
@@ -150,6 +151,22 @@ def test_chat_replies_are_judged_against_both_models(monkeypatch, spec, edited, 
         assert "no expect line reads them" in text and "expect { " in text
     else:
         assert "no expect line reads them" not in text
+
+
+def test_chat_locality_is_split_by_whether_the_unedited_model_knew_the_keep_fact(monkeypatch, spec):
+    # Italy -> Rome was known (the keep answer must stay); "Steve Jobs founded" was not (Pixar must stay)
+    edited = {**UNEDITED, "What is the capital of Italy?": "Italy's capital is Rome.",
+              "Steve Jobs founded": "He founded NeXT."}
+    attachment = _scripted(monkeypatch, {False: UNEDITED, True: edited})
+    model, tok = tiny_model("llama", dtype=torch.float32), tiny_chat_tokenizer()
+    report = verify(spec, model, tok, attach=attachment)
+    assert kept_by_basis(report.results) == {"keep answer": (1, 1), "key entity": (0, 1)}
+    assert report.to_json()["chat_locality_by_basis"] == {"keep answer": {"passed": 1, "count": 1},
+                                                          "key entity": {"passed": 0, "count": 1}}
+    assert "locality[chat] by what the unedited reply said: keep answer 1/1, key entity 0/1" in terminal(report)
+    # a plain model's report has no such line
+    plain = verify(spec, model, tiny_tokenizer())
+    assert kept_by_basis(plain.results) == {} and "by what the unedited reply said" not in terminal(plain)
 
 
 def test_plain_models_and_chat_off_keep_todays_checks(spec):

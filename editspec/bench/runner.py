@@ -48,6 +48,7 @@ class BackendRun:
     peak_mb: float | None = None
     skipped_checks: int = 0
     built_on: str | None = None    # the locked artifact an incremental compile built on (compile_s is of the added edits)
+    kept_by_basis: dict = field(default_factory=dict)  # chat locality {basis: [passed, count]}, verify.judge.kept_by_basis
 
     def value(self, protocol: str, metric: str) -> float | None:
         """The mean score of `metric` under `protocol`, or None when this backend did not measure it."""
@@ -298,6 +299,9 @@ def _run_one(spec: Spec, name: str, white_box: bool, loaded, out: Path, override
     run.failed_expectations = [f"{v.location}: {v.label} {v.comparator} {v.value:g}" for v in report.verdicts
                                if not v.holds]
     run.skipped_checks = int(report.seconds.get("skipped_checks", 0))
+    from editspec.verify.judge import kept_by_basis
+
+    run.kept_by_basis = {basis: list(tally) for basis, tally in kept_by_basis(report.results).items()}
     run.status = "passed" if report.ok else "failed"
     return run
 

@@ -30,7 +30,8 @@ from editspec.cache import atomic_write, cache_dir
 from editspec.ir import stable_hash
 from editspec.errors import EditspecError
 from editspec.verify.checks import CHAT_TOKENS, FACT_METRICS, Check, checks_hash, derive_checks
-from editspec.verify.judge import CheckResult, Verdict, expectation_verdicts, judge, metric_totals
+from editspec.verify.judge import (CheckResult, Verdict, expectation_verdicts, judge, kept_by_basis,
+                                   metric_totals)
 from editspec.verify.kinds import observe_all, references
 from editspec.verify.observers import LocalObserver, Observer
 from editspec.model.chat import chat_enabled, has_chat_template
@@ -71,6 +72,8 @@ class Report:
             "totals": [{"metric": t.metric, "protocol": t.protocol, "value": t.value, "passed": t.passed,
                         "count": t.count} for t in self.totals.values()],
             "expectations": [v.to_json() for v in self.verdicts],
+            "chat_locality_by_basis": {basis: {"passed": passed, "count": count}
+                                       for basis, (passed, count) in kept_by_basis(self.results).items()},
             "checks": [r.to_json() for r in self.results],
         }
 

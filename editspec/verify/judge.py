@@ -110,6 +110,23 @@ def metric_totals(results: list[CheckResult]) -> dict[tuple[str, str], Total]:
             for key, rs in groups.items()}
 
 
+def kept_by_basis(results: list[CheckResult]) -> dict[str, tuple[int, int]]:
+    """Chat locality split by what the unedited reply said: {basis: (passed, count)}.
+
+    "keep answer": the unedited model knew the keep fact; "key entity" and "first sentence":
+    it did not, so what must stay is its own reply's entity or sentence.  A 135M model knows few
+    zsRE keep facts, and a reply it makes up changes with any weight change, edit or not
+    (docs/measurement.md#chat-locality); the split shows which of the two a locality total is.
+    """
+    split: dict[str, list[int]] = {}
+    for r in results:
+        if r.check.protocol == "chat" and r.check.agree and "kept" in r.scores:
+            tally = split.setdefault(r.scores["kept"], [0, 0])
+            tally[0] += int(r.passed)
+            tally[1] += 1
+    return {basis: (passed, count) for basis, (passed, count) in split.items()}
+
+
 def expectation_verdicts(spec: ir.Spec, results: list[CheckResult]) -> list[Verdict]:
     """One verdict per `expect` line and per preserve budget (a budget is an expectation too).
 

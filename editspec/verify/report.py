@@ -15,7 +15,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from editspec.verify.engine import Report
-from editspec.verify.judge import CheckResult
+from editspec.verify.judge import CheckResult, kept_by_basis
 
 _MAX_TEXT = 60
 
@@ -80,6 +80,11 @@ def terminal(report: Report, *, show_passed: bool = True) -> str:
         lines += [f"  {r.check.location}: {r.check.id} ({r.check.metric}, {r.check.protocol}): "
                   f"expected {_short(expected_text(r))}, got {_short(r.got)}" for r in failures]
     lines += ["", "totals (never averaged across protocols):"] + ["  " + x for x in _table(_total_rows(report))]
+    split = kept_by_basis(report.results)
+    if split:
+        lines.append("  locality[chat] by what the unedited reply said: "
+                     + ", ".join(f"{basis} {passed}/{count}" for basis, (passed, count) in split.items())
+                     + " (keep answer: the unedited model knew the fact)")
     if report.verdicts:
         lines += ["", "expectations:"]
         for v in report.verdicts:
