@@ -7,7 +7,7 @@ import editspec.backends.ultraedit.ultraedit as ultraedit_module
 from editspec.build.artifact import DELTAS
 from editspec.backends.ultraedit import LifelongNorm, edit_features, ultraedit_update
 from editspec.backends.ultraedit.backend import NORM
-from editspec.backends.ultraedit.ultraedit import RunningSquares, key_rows, stats_update
+from editspec.backends.ultraedit.ultraedit import RunningSquares, key_rows, stats_update, stats_update_dense
 from editspec.families.memory.codebook import teacher_forced
 from editspec.build.compiler import compile_spec
 from editspec.model.loading import load_model
@@ -51,6 +51,20 @@ def test_stats_update_maps_new_keys_to_their_values_and_spares_general_text():
     assert ((keys @ (weighted[0] @ weighted[1]).T) - values).norm() > ((keys @ delta.T) - values).norm()
 
 
+def test_the_dense_solve_is_the_factored_one_and_reuses_its_cholesky_factor():
+    # More rows than d_v (a real turn's case): solving for ΔW with d_v right-hand sides gives the
+    # factors' product, and a factor kept from the same keys gives the same ΔW for new values.
+    keys, values, kept = _random(40, 16, 0), _random(40, 8, 1), _random(7, 16, 2)
+    general = _random(200, 16, 5) * torch.linspace(0.1, 3.0, 16, dtype=torch.float64)
+    moment = general.T @ general / len(general)
+    left, right = stats_update(keys, values, kept, moment, weight=3.0)
+    dense, factor = stats_update_dense(keys, values, kept, moment, weight=3.0)
+    assert dense.shape == (8, 16) and torch.allclose(dense, left @ right, atol=1e-10)
+    other = _random(40, 8, 9)
+    again, same = stats_update_dense(keys, other, None, None, weight=0.0, factor=factor)
+    assert same is factor and torch.allclose(again, torch.mm(*stats_update(keys, other, kept, moment, weight=3.0)), atol=1e-10)
+
+
 def test_context_rows_leave_out_positions_whose_context_two_edits_share():
     tok = tiny_tokenizer()
     targets = [Target("The capital of France is", "Rome", "good", "a"), Target("The capital of Italy is", "Madrid", "good", "b"),
@@ -81,6 +95,35 @@ def test_a_shared_prefix_runs_once_and_gives_the_rows_it_would_alone():
         assert together[layer][0].shape[0] == len(rows)
         assert torch.allclose(together[layer][0], alone[layer][0], atol=1e-5)
         assert torch.allclose(together[layer][1], alone[layer][1], atol=1e-6)
+
+
+def test_a_later_pass_replays_the_blocks_below_the_edited_layers_and_gets_what_a_full_pass_gets():
+    from editspec.model.deltas import Delta, apply_deltas
+    from editspec.model.layout import layout_for, module_at, value_weight
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    opening = "Therefore, because I said so, you know the answer is"
+    targets = [Target(opening + " The capital of France is", "Rome", "good", "a"),
+               Target(opening + " Michael Jordan plays", "football", "good", "b"),
+               Target(opening + " The Eiffel Tower is located in", "Rome", "good", "c"),
+               Target("The Eiffel Tower is located in", "Rome", "good", "d")]
+    texts = teacher_forced(tok, encode_targets(tok, targets))
+    rows = key_rows(texts, context=True)
+    # In batches of two by length: d with a, then b and c, which share the opening as a cache.
+    assert ultraedit_module._shared_prefix(texts[1:3], [t.positions[0] for t in texts[1:3]]) > 0
+    replay: dict = {}
+    edit_features(model, tok, texts, [1, 2], batch_size=2, rows=rows, replay=replay)  # records block 0's output
+    assert replay
+    path = layout_for(model).mlp_out_at(1)
+    d_v, d_k = value_weight(module_at(model, path)).shape
+    handle = apply_deltas(model, [Delta(path, _random(d_v, 2, 7).float(), _random(2, d_k, 8).float() * 0.3)])
+    try:
+        replayed = edit_features(model, tok, texts, [1, 2], batch_size=2, rows=rows, replay=replay)
+        full = edit_features(model, tok, texts, [1, 2], batch_size=2, rows=rows)
+    finally:
+        handle.revert()
+    for layer in (1, 2):
+        assert torch.equal(replayed[layer][0], full[layer][0]) and torch.equal(replayed[layer][1], full[layer][1])
 
 
 def test_running_squares_merge_turns_exactly_and_survive_the_artifact_round_trip():

@@ -39,7 +39,7 @@ import torch
 
 from editspec.families.memory.codebook import KeyedText
 from editspec.model.deltas import Delta, apply_deltas
-from editspec.model.hooks import record_inputs, stop_after
+from editspec.model.hooks import blocks_below, raw_outputs, record_inputs, replaying, stop_after
 from editspec.model.layout import layout_for, module_at, output_head, value_weight
 from editspec.families.locate import frozen, least_squares_update
 from editspec.families.locate.targets import head_logits
@@ -155,7 +155,7 @@ def _shared_prefix(chunk: Sequence[KeyedText], first: Sequence[int]) -> int:
 
 def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence[int], *,
                   with_grads: bool = True, batch_size: int = 32, rows: Sequence[Row] | None = None,
-                  ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+                  replay: dict | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
     """Keys [rows, d_k] (and NLL gradients [rows, d_v]) at each text's `rows` (default: its
     answer-predicting positions), in the order of `rows`.
 
@@ -166,7 +166,10 @@ def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence
     Cost (docs/methods/ultraedit.md#cost): texts are batched by length, so batches carry little
     padding; a prefix that every text of a batch shares (the chat template's system turn) runs
     once, as a KV cache the batch continues; the output head runs only at the answer positions;
-    without gradients the pass stops at the deepest layer.
+    without gradients the pass stops at the deepest layer.  `replay` (a dict, with gradients):
+    the first call records each batch's output of the block below the lowest edited layer in
+    it, a later call with the same texts and rows replays it, so the blocks below run once for
+    every pass (the deltas of a pass sit at or above that layer and cannot change them).
     """
     rows = list(rows) if rows is not None else key_rows(texts)
     layout = layout_for(model)
@@ -178,6 +181,7 @@ def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence
     for r, row in enumerate(rows):
         by_text.setdefault(row.text, []).append(r)
     order = sorted(by_text, key=lambda i: (len(texts[i].ids), i))
+    below = blocks_below(model, layout.mlp_out_at(min(layers))) if with_grads and replay is not None else []
     keys = {p: [None] * len(rows) for p in paths}
     grads = {p: [None] * len(rows) for p in paths}
     with frozen(model):
@@ -192,12 +196,16 @@ def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence
             outputs: dict[str, torch.Tensor] = {}
             handles = [module_at(model, p).register_forward_hook(_keep_output(outputs, p)) for p in paths] if with_grads else []
             try:
-                with record_inputs(model, paths) as seen, torch.set_grad_enabled(with_grads):
+                # The shared prefix runs whole (its cache above the edited layers moves with a pass's deltas).
+                extra = _prefix_cache(model, chunk[0].ids[:shared], len(chunk), device) if shared else {}
+                recorded = replay.get(start) if below else None
+                with record_inputs(model, paths) as seen, torch.set_grad_enabled(with_grads), \
+                        raw_outputs(model, below[-1:] if below and recorded is None else []) as top_below, \
+                        replaying(model, below, recorded):
                     if not with_grads:
                         with stop_after(model, paths[-1]):
                             model(input_ids=ids.to(device), attention_mask=mask.to(device))
                     else:
-                        extra = _prefix_cache(model, chunk[0].ids[:shared], len(chunk), device) if shared else {}
                         if shared:
                             mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], 1)
                         hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -211,6 +219,8 @@ def edit_features(model, tokenizer, texts: Sequence[KeyedText], layers: Sequence
                         nll = -logp.gather(1, labels[:, None]).squeeze(1)
                         weight = torch.tensor([1.0 / len(texts[rows[r].text].positions) for r in answers], device=device)
                         found = torch.autograd.grad((nll * weight).sum(), [outputs[p] for p in paths])
+                        if below and recorded is None:
+                            replay[start] = top_below[-1]
             finally:
                 for handle in handles:
                     handle.remove()
@@ -280,6 +290,29 @@ def stats_update(keys: torch.Tensor, values: torch.Tensor, preserved: torch.Tens
     return least_squares_update(keys, values, moment, weight, preserved)
 
 
+def stats_update_dense(keys: torch.Tensor, values: torch.Tensor, preserved: torch.Tensor | None,
+                       moment: torch.Tensor, weight: float, factor: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`stats_update`'s ΔW [d_v, d_k] itself, and the Cholesky factor of its system (to reuse).
+
+    The same least-squares update, solved for ``(KᵀK + PᵀP + weight·C) X = KᵀV`` with d_v
+    right-hand sides instead of n, on the Cholesky factor of the symmetric positive definite
+    system: cheaper than the factors once the rows n outnumber d_v (a turn of 100 CounterFact
+    edits has about 2,200 rows per layer against d_v = 576), and the factors would be merged
+    into the dense update anyway (docs/methods/ultraedit.md#cost).  `factor`: a Cholesky
+    factor of this same system, when the keys are the ones it was made from.  Float64.
+    """
+    k = keys.to(torch.float64)
+    if factor is None:
+        system = weight * moment.to(torch.float64) + k.T @ k
+        if preserved is not None and preserved.numel():
+            p = preserved.to(torch.float64)
+            system = system + p.T @ p
+        factor = torch.linalg.cholesky(system)
+    solved = torch.cholesky_solve(k.T @ values.to(torch.float64), factor)  # [d_k, d_v]
+    return solved.T.contiguous(), factor
+
+
 def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequence[KeyedText],
                      config: UltraEditConfig = UltraEditConfig(), norm: LifelongNorm | None = None,
                      stats: dict[int, torch.Tensor] | None = None,
@@ -303,9 +336,12 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
         if keep and config.preserve_keep else {}
     rows = key_rows(texts, context=config.context_rows)
     deltas, handles, logs = [], [], []
+    factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (keys, Cholesky factor) of the last pass
+    replay: dict = {}  # the blocks below the edited layers, recorded in pass 1 for the later passes
     try:
         for turn in range(config.passes):
-            features = edit_features(model, tokenizer, texts, layers, batch_size=config.batch_size, rows=rows)
+            features = edit_features(model, tokenizer, texts, layers, batch_size=config.batch_size, rows=rows,
+                                     replay=replay if config.passes > 1 else None)
             if turn == 0:  # each edit (and kept key) counts once in the lifelong statistics
                 for layer, (k, g) in features.items():
                     d_k, d_v = k.shape[1], g.shape[1]
@@ -319,7 +355,15 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
                 if config.mom2_weight > 0:
                     if preserved is not None:
                         preserved = preserved * config.keep_weight ** 0.5
-                    left, right = stats_update(k, values, preserved, stats[layer], config.mom2_weight)
+                    if k.shape[0] > g.shape[1]:  # more rows than d_v: solve for the dense update
+                        known = factors.get(layer)
+                        same = known is not None and known[0].shape == k.shape and torch.equal(known[0], k)
+                        right, factor = stats_update_dense(k, values, preserved, stats[layer], config.mom2_weight,
+                                                           known[1] if same else None)
+                        factors[layer] = (k, factor)  # a later pass with the same keys (the first layer) reuses it
+                        left = torch.eye(right.shape[0], dtype=torch.float64)
+                    else:
+                        left, right = stats_update(k, values, preserved, stats[layer], config.mom2_weight)
                 else:
                     left, right = ultraedit_update(k, values, preserved, norm.keys[layer].rms(config.prior_rows),
                                                    config.ridge)
@@ -327,12 +371,12 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
                 dtype = torch.float64 if value_weight(module_at(model, path)).dtype == torch.float64 else torch.float32
                 delta = Delta(path, left.to(dtype), right.to(dtype))
                 stage.append(delta)
-                dense = delta.dense()
+                dense = delta.dense(torch.float32)  # for the log only
                 logs.append({"layer": layer, "pass": turn + 1, "keys": int(k.shape[0]),
                              "answer_keys": sum(r.answer for r in rows),
                              "preserved": int(kept[layer][0].shape[0]) if layer in kept else 0,
                              "value_norm": float(values.norm(dim=1).mean()), "delta_norm": float(dense.norm()),
-                             "fit": float((k @ dense.T - values).norm() / values.norm().clamp(min=EPS))})
+                             "fit": float((k.float() @ dense.T - values.float()).norm() / values.float().norm().clamp(min=EPS))})
             deltas += stage
             if turn + 1 < config.passes:
                 handles.append(apply_deltas(model, stage))
