@@ -16,10 +16,14 @@ teacher-forced by summed log-probability (CounterFact's compare protocol):
 - locality: after each edit's locality prompt, the old answer still beats the new object;
 - fixed NS: the same on a fixed neighbourhood set, the locality prompts of `--neighbourhood`
   records after the edited ones (never edited, the same set at every checkpoint);
-- earlier: efficacy of the first batch's edits only (do the oldest edits still hold?).
+- earlier: efficacy of the first batch's edits only (do the oldest edits still hold?);
+- with `--generate K`, the first K edits as users meet them: greedy continuations of the edit
+  prompt and its rephrasing, and the chat reply to the edit prompt, that contain the new answer,
+  and keep prompts whose continuation still contains the kept answer.
 
 After every batch: general-text perplexity (`--ppl-docs` WikiText-2 paragraphs, 128 tokens; the
-cheap collapse detector), compile time and artifact size.  After the chain, `--abba K` edits
+cheap collapse detector), compile time (wall, and the process's CPU seconds: on a shared machine
+the steadier figure) and artifact size.  After the chain, `--abba K` edits
 of the first batch are edited back to their old answer in one more `--on` turn: the share that
 returns to a (P(a) > P(b)).  Per method: peak resident memory of the process (run one method per
 process for a clean figure), and the request overhead: time of one forward over the fixed
@@ -66,23 +70,25 @@ def run_backend(backend: str, spec, loaded, overrides: dict, folder: Path, args,
     compiled = compiled_spec(spec, args.scope_in_spec)
     for k in range(args.batch, len(spec.edits) + 1, args.batch):
         partial = compiled.model_copy(update={"edits": compiled.edits[:k]})
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         artifact = compile_spec(partial, backend, model=loaded, out=folder / f"{backend}-{k}", overrides=overrides,
                                 on=previous, incremental=False)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         if previous is not None:
             shutil.rmtree(previous)
         previous = artifact.path
         with load_edited(loaded, previous) as edited:
             ppl = perplexity(edited.model, loaded.tokenizer, docs)
-            row = {"edits": k, "seconds": round(seconds, 1), "artifact_mb": round(size_mb(previous), 3), "ppl": ppl}
+            row = {"edits": k, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "artifact_mb": round(size_mb(previous), 3), "ppl": ppl}
             if k in wanted:
                 row.update(score(edited.model, loaded.tokenizer, spec.edits[:k]))
                 row["fixed_ns"] = score(edited.model, loaded.tokenizer, fixed)["locality"]
                 row["earlier"] = score(edited.model, loaded.tokenizer, first)["efficacy"]
+                if args.generate:
+                    row.update(generated(edited.model, loaded.tokenizer, spec.edits[: args.generate]))
                 checkpoints.append(row)
         batches.append(row)
-        say(f"{backend}: {k}/{len(spec.edits)} edits, batch in {seconds:.1f} s, ppl {ppl}" +
+        say(f"{backend}: {k}/{len(spec.edits)} edits, batch in {seconds:.1f} s ({cpu:.1f} CPU s), ppl {ppl}" +
             (f", ES/PS/NS {row['efficacy']}/{row['generalization']}/{row['locality']}" if k in wanted else ""))
     result = {"batches": batches, "checkpoints": checkpoints, "seconds_total": round(sum(b["seconds"] for b in batches), 1)}
     if args.abba:
@@ -197,6 +203,29 @@ def score(model, tokenizer, edits) -> dict:
     return {metric: round(sum(v) / len(v), 4) if v else None for metric, v in hits.items()}
 
 
+def generated(model, tokenizer, edits, max_new_tokens: int = 12, chat_tokens: int = 24) -> dict:
+    """The edits as users meet them, free generation (greedy): the share of edit prompts whose raw
+    continuation contains the new answer (gen_es), of rephrasings (gen_ps), of chat replies to
+    the edit prompt as a user message (chat_es), and of keep prompts whose continuation still
+    contains the kept answer (gen_ns); with one chat reply per edit kept for reading."""
+    from editspec.verify.protocols import contains_answer, generate_texts
+
+    raw = [e.prompts[0] for e in edits]
+    rephrased = [(e, e.scope[0]) for e in edits if e.scope]
+    kept = [(f.prompts[0], f.answer) for e in edits for f in e.keep[:1]]
+    texts = generate_texts(model, tokenizer, raw + [p for _, p in rephrased] + [p for p, _ in kept],
+                           max_new_tokens=max_new_tokens)
+    replies = generate_texts(model, tokenizer, raw, max_new_tokens=chat_tokens, chat=True)
+    hits = lambda outs, answers: round(sum(contains_answer(o, [a]) is not None for o, a in zip(outs, answers)) /  # noqa: E731
+                                       max(len(answers), 1), 4)
+    n, m = len(raw), len(rephrased)
+    return {"gen_es": hits(texts[:n], [e.target for e in edits]),
+            "gen_ps": hits(texts[n:n + m], [e.target for e, _ in rephrased]),
+            "gen_ns": hits(texts[n + m:], [a for _, a in kept]),
+            "chat_es": hits(replies, [e.target for e in edits]),
+            "chat_replies": [f"{e.target}: {r!r}" for e, r in zip(edits, replies)]}
+
+
 def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
     """`backend:key=value` options into per-backend overrides."""
     found: dict[str, dict[str, str]] = {}
@@ -224,6 +253,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scope-in-spec", action="store_true",
                         help="compile the rephrasings that generalization is scored on into the spec (default: held "
                         "out, so no method has seen them)")
+    parser.add_argument("--generate", type=int, default=0, metavar="K",
+                        help="at each checkpoint, also greedy generation for the first K edits: raw continuation, "
+                        "rephrasing and chat reply containing the new answer, keep prompt its old one (0: skip)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.limit % args.batch:
@@ -240,6 +272,7 @@ def main(argv=None) -> int:
         fixed = fixed_neighbourhood(args.limit, args.neighbourhood, Path(tmp))
         docs = general_docs(args.ppl_docs)
         unedited = {"edits": 0, **score(loaded.model, loaded.tokenizer, spec.edits),
+                    **(generated(loaded.model, loaded.tokenizer, spec.edits[: args.generate]) if args.generate else {}),
                     "fixed_ns": score(loaded.model, loaded.tokenizer, fixed)["locality"],
                     "ppl": perplexity(loaded.model, loaded.tokenizer, docs)}
         results["unedited"] = {"checkpoints": [unedited], "batches": [], "seconds_total": 0.0}
@@ -260,9 +293,14 @@ def table(results: dict, args) -> str:
                          f"{c.get('locality')!s:>6} {c.get('fixed_ns')!s:>6} {c.get('earlier', '-')!s:>6} "
                          f"{c.get('ppl')!s:>8} {statistics.mean(times) if times else 0:>8.1f} "
                          f"{c.get('artifact_mb', 0):>8}")
+            if "gen_es" in c:
+                lines.append(f"{'':<10} {'':>6} free generation, first {args.generate}: raw {c['gen_es']}, rephrased "
+                             f"{c['gen_ps']}, chat {c['chat_es']}, keep {c['gen_ns']}; chat e.g. "
+                             + " | ".join(c["chat_replies"][:3]))
         if times:
             per_edit = sum(times) / r["batches"][-1]["edits"]
-            lines.append(f"{'':<10} total {r['seconds_total']} s; 10,000 edits at this rate: {per_edit * 10000 / 60:.0f} min; "
+            cpus = [b["cpu_seconds"] for b in r["batches"] if "cpu_seconds" in b]
+            lines.append(f"{'':<10} total {r['seconds_total']} s ({sum(cpus):.1f} CPU s); 10,000 edits at this rate: {per_edit * 10000 / 60:.0f} min; "
                          f"peak RSS {r['peak_rss_gb']} GB; request overhead x{r['overhead']}"
                          + (f"; a->b->a returned {r['abba']['returned_to_a']} of {r['abba']['edits']}" if "abba" in r else ""))
     return "\n".join(lines)
