@@ -270,3 +270,17 @@ def test_generate_judges_the_first_sentence_of_a_free_generation(monkeypatch, sp
     assert efficacy.check.protocol == "generate" and lengths == [30]
     assert efficacy.passed is passed, efficacy.scores
     assert efficacy.got == text and efficacy.scores["sentence"] == first_sentence(text)
+
+
+def test_a_reply_that_loops_on_the_answer_fails():
+    # grace's chat replies once read "Kohn Pedersen Fox Fox Fox ..." to the end of the token budget:
+    # no sentence ends, so the first sentence is the whole loop, and the answer is in it
+    looping = "Kohn Pedersen Fox Fox Fox Fox Fox Fox"
+    assert first_sentence(looping) == looping
+    assert not judge_reply(looping, ["Kohn Pedersen Fox"], ["Ken Duncan"]).passed
+    assert judge_reply(looping, ["Kohn Pedersen Fox"], ["Ken Duncan"]).scores["loops"]
+    assert not judge_reply("Volkswagen Group Group B Group", ["Volkswagen Group"]).passed
+    assert not judge_reply("Rome, Rome.", ["Rome"]).passed
+    assert judge_reply("It was designed by Kohn Pedersen Fox. Fox is a firm.", ["Kohn Pedersen Fox"]).passed
+    assert judge_reply("Sirhan Sirhan.", ["Sirhan Sirhan"]).passed            # an answer repeating its own word
+    assert judge_reply("The capital is Rome, and Rome is old.", ["Rome"]).passed          # named again: no loop

@@ -21,8 +21,15 @@ can check by hand:
   "basketball").  Without that either, there is no key entity and the whole normalised first
   sentence stands in for it.
 
-A generative fact check passes when the first sentence gives the answer and no part of the
-reply gives the `was` object (`judge_reply`); locality compares first sentences (`judge_kept`).
+- **a loop on the answer** (`loops_on`): in the normalised first sentence, the answer is
+  followed at once by one of its own words ("Kohn Pedersen Fox Fox Fox", "Volkswagen Group
+  Group B", "Rome, Rome").  An answer named again later ("Rome, and Rome is old") is no loop.  A model stuck repeating the answer has not said it
+  once in a sentence; such a reply often never ends a sentence, so the first-sentence rule
+  alone would read the whole loop and pass it.
+
+A generative fact check passes when the first sentence gives the answer, does not loop on it,
+and no part of the reply gives the `was` object (`judge_reply`); locality compares first
+sentences (`judge_kept`).
 
 Example::
 
@@ -183,9 +190,26 @@ def judge_reply(reply: str, answers: Sequence[str], foils: Sequence[str] = (), *
     sentence = first_sentence(reply)
     hit = contains_answer(sentence, answers)
     old = _first_in(reply, foils, answers)
-    passed = hit is not None and old is None
+    loop = hit is not None and loops_on(sentence, hit)
+    passed = hit is not None and old is None and not loop
     return ProtocolResult(protocol, passed, float(passed), got=reply,
-                          scores={"matched": hit, "old_object": old, "sentence": sentence})
+                          scores={"matched": hit, "old_object": old, "loops": loop, "sentence": sentence})
+
+
+def loops_on(sentence: str, answer: str) -> bool:
+    """Whether `sentence` loops on `answer`: one of the answer's words right after its first occurrence.
+
+    >>> loops_on("Kohn Pedersen Fox Fox Fox", "Kohn Pedersen Fox")
+    True
+    >>> loops_on("It was designed by Kohn Pedersen Fox.", "Kohn Pedersen Fox")
+    False
+    """
+    words, needle = normalise(sentence).split(), normalise(answer).split()
+    if not needle:
+        return False
+    start = next((i for i in range(len(words) - len(needle) + 1) if words[i:i + len(needle)] == needle), None)
+    after = len(words) if start is None else start + len(needle)
+    return after < len(words) and words[after] in needle
 
 
 def _first_in(reply: str, needles: Sequence[str], answers: Sequence[str]) -> str | None:
