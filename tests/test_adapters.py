@@ -419,3 +419,32 @@ def test_backpack_parameters_carry_the_public_checkpoint_names():
     assert public <= names
     assert {n for n in names if not n.startswith("backpack.gpt2_model.")} <= public   # nothing of our own
     assert BackpackLM(config).state_dict()["backpack.sense_network.final_mlp.c_fc.weight"].shape == (16, 64)  # Conv1D: [in, out]
+
+
+@pytest.mark.parametrize("backend,settings", [("grace", {}), ("melo", {"router_layer": "1", "lora_layers": "[2]"})])
+def test_memory_fit_shortcuts_give_the_same_payload_bytes(setup, backend, settings, monkeypatch):
+    """Replaying the blocks under the memory and running the head at key positions only changes no bit."""
+    import functools
+    import importlib
+
+    from editspec.families.memory import backend as memory
+    from editspec.model import hooks
+
+    module = importlib.import_module(f"editspec.backends.{backend}.backend")
+    replayed = []
+    real_replaying = hooks.replaying
+
+    def counting(model, blocks, hidden):
+        replayed.append(hidden is not None and bool(blocks))
+        return real_replaying(model, blocks, hidden)
+
+    monkeypatch.setattr(hooks, "replaying", counting)
+    overrides = {**setup["overrides"](backend), **settings}
+    fast = compile_spec(setup["spec"], backend, model=setup["model"], out=setup["tmp"] / "fast", overrides=overrides)
+    assert any(replayed)    # the blocks below did get replayed, so the comparison means something
+    monkeypatch.setattr(module, "fit", functools.partial(memory.fit, shortcut=False))
+    replayed.clear()
+    whole = compile_spec(setup["spec"], backend, model=setup["model"], out=setup["tmp"] / "whole", overrides=overrides)
+    assert not replayed     # ... and the whole model ran at every step of this one
+    assert fast.manifest["details"]["steps"] == whole.manifest["details"]["steps"] > 1
+    assert fast.payload_hash == whole.payload_hash

@@ -121,7 +121,8 @@ def train_values(job: CompileJob, path: str, book: Codebook, values: torch.Tenso
 
     handle = module_at(job.model.model, path).register_forward_hook(replace_hook(book, table))
     try:
-        log = fit(job, keyed, [param], lr=config.edit_lr, n_iter=config.n_iter, stop_loss=config.stop_loss)
+        log = fit(job, keyed, [param], lr=config.edit_lr, n_iter=config.n_iter, stop_loss=config.stop_loss,
+                  lowest=path)
     finally:
         handle.remove()
     final = table().detach()

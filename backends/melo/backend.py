@@ -136,7 +136,7 @@ class MeloBackend(Backend):
         handles = install(model, router, router_path, tables, config.lora_alpha / config.rank)
         try:
             log = fit(job, keyed, params, lr=config.edit_lr, n_iter=config.n_iter, stop_loss=config.stop_loss,
-                      lr_step=config.lr_step)
+                      lr_step=config.lr_step, lowest=router_path)
         finally:
             for handle in handles:
                 handle.remove()

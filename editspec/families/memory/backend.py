@@ -137,12 +137,21 @@ def key_queries(job: CompileJob, path: str, keyed: Sequence[KeyedText], where: s
 
 
 def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tensor], *, lr: float, n_iter: int,
-        stop_loss: float, lr_step: int | None = None) -> dict:
+        stop_loss: float, lr_step: int | None = None, lowest: str | None = None, shortcut: bool = True) -> dict:
     """Adam on `params` (with the memory's hooks installed) until every answer's mean NLL < `stop_loss`.
 
     Returns ``{"steps", "loss" (the worst text's), "per_text"}``; `lr_step` halves the rate that often.
+
+    Two shortcuts give the same numbers as running the whole model at every step
+    (docs/methods/memory.md#the-fit): the blocks under `lowest` (the lowest module the memory
+    hooks) compute the same thing at every step, so their output is recorded at the first step
+    and replayed after; and the output head runs only at the key positions, the only ones the
+    loss reads.  `shortcut=False` runs the whole model every step (what the tests compare with).
     """
+    from editspec.model.hooks import blocks_below, raw_outputs, replaying
+    from editspec.model.layout import output_head
     from editspec.model.tokens import pad_id, right_pad
+    from editspec.families.locate.targets import head_logits
     from editspec.families.training.backend import only_trainable
 
     model, tokenizer = job.model.model, job.model.tokenizer
@@ -150,12 +159,32 @@ def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tens
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=0.5) if lr_step else None
     ids, mask = right_pad([k.ids for k in keyed], pad_id(tokenizer))
     device = model.get_input_embeddings().weight.device
+    ids, mask = ids.to(device), mask.to(device)
     rows = [(list(k.positions), torch.tensor(k.labels, device=device)[:, None]) for k in keyed]
+    # Every key position of every text, flat: the rows the output head is asked for.
+    at_row = torch.tensor([r for r, (positions, _) in enumerate(rows) for _ in positions], device=device)
+    at_pos = torch.tensor([p for positions, _ in rows for p in positions], device=device)
+    spans = torch.tensor([0] + [len(positions) for positions, _ in rows]).cumsum(0).tolist()
+    below = blocks_below(model, lowest) if shortcut and lowest else []
+    head_w, head_b = output_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    recorded = None
     steps, per_text = 0, []
     with only_trainable(model, params):  # no gradients for the model's own weights: only the memory's
         for steps in range(n_iter + 1):
-            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-            losses = torch.stack([-logp[r, positions].gather(1, labels).mean() for r, (positions, labels) in enumerate(rows)])
+            if shortcut:
+                with raw_outputs(model, below[-1:] if recorded is None else []) as top, \
+                        replaying(model, below, recorded):
+                    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                if top and isinstance(top[0], torch.Tensor):  # older blocks return tuples: they run every step
+                    recorded = top[0].detach()
+                logp = torch.log_softmax(head_logits(hidden[at_row, at_pos], head_w, head_b, softcap), -1)
+                picked = logp.gather(1, torch.cat([labels for _, labels in rows]))
+                losses = torch.stack([-picked[a:b].mean() for a, b in zip(spans, spans[1:])])
+            else:
+                logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+                losses = torch.stack([-logp[r, positions].gather(1, labels).mean()
+                                      for r, (positions, labels) in enumerate(rows)])
             per_text = [x.item() for x in losses]
             if steps == n_iter or max(per_text) < stop_loss:
                 break
