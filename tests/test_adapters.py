@@ -448,3 +448,18 @@ def test_memory_fit_shortcuts_give_the_same_payload_bytes(setup, backend, settin
     assert not replayed     # ... and the whole model ran at every step of this one
     assert fast.manifest["details"]["steps"] == whole.manifest["details"]["steps"] > 1
     assert fast.payload_hash == whole.payload_hash
+
+
+@pytest.mark.parametrize("backend", ["grace", "melo"])
+def test_memory_ends_the_answer_instead_of_running_on(setup, backend):
+    """`answer_end` (".") is trained at the position after the answer: greedy generation says it once, then stops."""
+    tok = setup["model"].tokenizer
+    artifact = _compile(setup, backend)
+    prompt = tok("The capital of France is")["input_ids"]
+    answer = tok(" Rome.")["input_ids"]
+    with editspec.load_edited(setup["model"], artifact) as edited, torch.no_grad():
+        ids = torch.tensor([prompt])
+        out = edited.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(answer),
+                                    do_sample=False, top_k=None, top_p=None, temperature=None,
+                                    pad_token_id=tok.pad_token_id)
+    assert out[0, len(prompt):].tolist() == answer

@@ -120,7 +120,30 @@ def test_memory_keys_include_the_chat_reply_positions(mode, chat_keys):
     if chat_keys:
         head = tok(user_turn(tok, "Where is the Eiffel Tower?"), add_special_tokens=False)["input_ids"]
         # The key positions are the ones that predict the reply: the assistant header's last token on.
-        assert keyed[1].positions[0] == len(head) - 1 and tok.decode(keyed[1].labels) == "Rome"
+        assert keyed[1].positions[0] == len(head) - 1 and tok.decode(keyed[1].labels) == "Rome."
+    # `answer_end` (default "."): the answer's last position is a key too, labelled with the period,
+    # so a reply ends the answer there instead of looping on it
+    for text in keyed:
+        assert len(text.positions) == len(text.labels) and text.positions[-1] == len(text.ids) - 1
+        assert tok.decode(text.labels[-1:]) == "."
+
+
+def test_answer_end_off_keys_only_the_answer_and_a_finished_answer_gets_no_end():
+    from types import SimpleNamespace
+
+    from editspec.families.memory.backend import edit_keys
+    from editspec.lang.resolve import load_spec
+
+    spec = load_spec("x.edit", text='relation city {\n  prompt "The {subject} is located in"\n'
+                     '  question "Where is the {subject}?"\n}\nedit city("Eiffel Tower") -> "Rome"\n'
+                     'edit city("Louvre") -> "Rome, Italy."\n')
+    tok = tiny_chat_tokenizer()
+    off = edit_keys(SimpleNamespace(edits=spec.edits, model=SimpleNamespace(tokenizer=tok),
+                                    config=GraceConfig(answer_end="")))
+    assert [tok.decode(k.labels) for k in off] == [" Rome", "Rome", " Rome, Italy.", "Rome, Italy."]
+    assert all(k.positions[-1] == len(k.ids) - 2 for k in off)   # the last answer token is not a key
+    on = edit_keys(SimpleNamespace(edits=spec.edits, model=SimpleNamespace(tokenizer=tok), config=GraceConfig()))
+    assert [tok.decode(k.labels) for k in on] == [" Rome.", "Rome.", " Rome, Italy.", "Rome, Italy."]
 
 
 def test_raw_and_chat_rows_weigh_half_each_in_the_target_nll():

@@ -61,12 +61,40 @@ def require_edits(job: CompileJob, backend: str) -> None:
 
 def edit_keys(job: CompileJob) -> list[KeyedText]:
     """Each edit prompt with its answer, teacher-forced: where the keys are taken (chat forms too,
-    with the `chat` setting on, so the memory also routes where the fact is asked in chat)."""
+    with the `chat` setting on, so the memory also routes where the fact is asked in chat), and
+    with `answer_end` the position after the answer, labelled with that text's first token."""
     from editspec.families.training.tuning import encode_targets
 
-    chat = chat_enabled(job.model.tokenizer, job.config.chat)
+    tokenizer = job.model.tokenizer
+    chat = chat_enabled(tokenizer, job.config.chat)
     targets = [t for edit in job.edits for t in edit_targets(edit, chat=chat)]
-    return teacher_forced(job.model.tokenizer, encode_targets(job.model.tokenizer, targets))
+    encoded = encode_targets(tokenizer, targets)
+    return teacher_forced(tokenizer, encoded, answer_ends(tokenizer, encoded, getattr(job.config, "answer_end", "")))
+
+
+def answer_ends(tokenizer, encoded, end: str) -> list[int | None]:
+    """For each encoded target, the token `end` starts with right after its answer (None: no key there).
+
+    The token is the one the tokenizer gives the answer followed by `end`, so it is the token a
+    generation would write; an answer that already ends a sentence, or whose last token merges
+    with `end`, gets none.
+    """
+    from dataclasses import replace
+
+    from editspec.families.training.tuning import encode_targets
+
+    if not end:
+        return [None] * len(encoded)
+    found: list[int | None] = []
+    for e in encoded:
+        answer = e.target.answer.rstrip()
+        if answer[-1:] in ".!?":
+            found.append(None)
+            continue
+        (longer,) = encode_targets(tokenizer, [replace(e.target, answer=answer + end, foil=None)])
+        n = len(e.answer)
+        found.append(longer.answer[n] if longer.answer[:n] == e.answer and len(longer.answer) > n else None)
+    return found
 
 
 def reference_texts(job: CompileJob) -> list[str]:

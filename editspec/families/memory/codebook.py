@@ -119,13 +119,18 @@ class KeyedText:
     labels: tuple[int, ...]
 
 
-def teacher_forced(tokenizer, encoded) -> list[KeyedText]:
-    """`editspec.families.training.tuning.Encoded` good targets as `KeyedText`s (their key positions and labels)."""
+def teacher_forced(tokenizer, encoded, ends: Sequence[int | None] | None = None) -> list[KeyedText]:
+    """`editspec.families.training.tuning.Encoded` good targets as `KeyedText`s (their key positions and labels).
+
+    `ends` (one per target, or None) is a token to follow the answer: the answer's last token
+    becomes a key position too, labelled with it (docs/methods/memory.md#keys-where-an-edit-applies).
+    """
     found = []
-    for e in encoded:
+    for k, e in enumerate(encoded):
         start = len(e.head) - 1
-        found.append(KeyedText(e.target.source, e.head + e.answer,
-                               tuple(range(start, start + len(e.answer))), e.answer))
+        end = ends[k] if ends is not None else None
+        labels = e.answer + ((end,) if end is not None else ())
+        found.append(KeyedText(e.target.source, e.head + e.answer, tuple(range(start, start + len(labels))), labels))
     return found
 
 

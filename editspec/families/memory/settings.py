@@ -19,5 +19,9 @@ class MemorySettings(ChatSettings):
     eps_scale: float = Field(0.5, gt=0, description="For `eps auto`: the fraction of the distance to the nearest reference activation.")
     reference_corpus: str | None = Field(None, description="Reference text for `eps auto`: a text or .jsonl file, or unset for the built-in Wikipedia summaries.")
     reference_samples: int = Field(16, ge=0, description="Documents of `reference_corpus` used for `eps auto`.")
+    answer_end: str = Field(
+        ".", description="Text trained to follow each edit's answer (its first token, at the position after the "
+        "answer), so a free generation or chat reply ends the answer there instead of looping on it or running "
+        "on (\"Kohn Pedersen Fox Fox Fox\"); empty: no such key, as before.")
     mode: Literal["coverage", "moving_average"] = Field(
         "coverage", description="A new key near one with the same label: grow that key's radius to cover it, or move the key halfway.")
