@@ -139,7 +139,7 @@ def test_answer_end_off_keys_only_the_answer_and_a_finished_answer_gets_no_end()
                      'edit city("Louvre") -> "Rome, Italy."\n')
     tok = tiny_chat_tokenizer()
     off = edit_keys(SimpleNamespace(edits=spec.edits, model=SimpleNamespace(tokenizer=tok),
-                                    config=GraceConfig(answer_end="")))
+                                    config=GraceConfig(answer_end="off")))
     assert [tok.decode(k.labels) for k in off] == [" Rome", "Rome", " Rome, Italy.", "Rome, Italy."]
     assert all(k.positions[-1] == len(k.ids) - 2 for k in off)   # the last answer token is not a key
     on = edit_keys(SimpleNamespace(edits=spec.edits, model=SimpleNamespace(tokenizer=tok), config=GraceConfig()))

@@ -73,7 +73,8 @@ def edit_keys(job: CompileJob) -> list[KeyedText]:
 
 
 def answer_ends(tokenizer, encoded, end: str) -> list[int | None]:
-    """For each encoded target, the token `end` starts with right after its answer (None: no key there).
+    """For each encoded target, the token `end` starts with right after its answer (None: no key there;
+    `end` empty or `off`: none at all).
 
     The token is the one the tokenizer gives the answer followed by `end`, so it is the token a
     generation would write; an answer that already ends a sentence, or whose last token merges
@@ -83,7 +84,7 @@ def answer_ends(tokenizer, encoded, end: str) -> list[int | None]:
 
     from editspec.families.training.tuning import encode_targets
 
-    if not end:
+    if not end or end == "off":
         return [None] * len(encoded)
     found: list[int | None] = []
     for e in encoded:

@@ -22,6 +22,6 @@ class MemorySettings(ChatSettings):
     answer_end: str = Field(
         ".", description="Text trained to follow each edit's answer (its first token, at the position after the "
         "answer), so a free generation or chat reply ends the answer there instead of looping on it or running "
-        "on (\"Kohn Pedersen Fox Fox Fox\"); empty: no such key, as before.")
+        "on (\"Kohn Pedersen Fox Fox Fox\"); `off` (or empty): no such key, as before.")
     mode: Literal["coverage", "moving_average"] = Field(
         "coverage", description="A new key near one with the same label: grow that key's radius to cover it, or move the key halfway.")
