@@ -171,8 +171,8 @@ def fit(job: CompileJob, keyed: Sequence[KeyedText], params: Sequence[torch.Tens
 
     Returns ``{"steps", "loss" (the worst text's), "per_text"}``; `lr_step` halves the rate that often.
 
-    Two shortcuts give the same numbers as running the whole model at every step
-    (docs/methods/memory.md#the-fit): the blocks under `lowest` (the lowest module the memory
+    Two shortcuts give the same fit as running the whole model at every step, the second to
+    float rounding (docs/methods/memory.md#the-fit): the blocks under `lowest` (the lowest module the memory
     hooks) compute the same thing at every step, so their output is recorded at the first step
     and replayed after; and the output head runs only at the key positions, the only ones the
     loss reads.  `shortcut=False` runs the whole model every step (what the tests compare with).
