@@ -284,3 +284,16 @@ def test_a_reply_that_loops_on_the_answer_fails():
     assert judge_reply("It was designed by Kohn Pedersen Fox. Fox is a firm.", ["Kohn Pedersen Fox"]).passed
     assert judge_reply("Sirhan Sirhan.", ["Sirhan Sirhan"]).passed            # an answer repeating its own word
     assert judge_reply("The capital is Rome, and Rome is old.", ["Rome"]).passed          # named again: no loop
+
+
+def test_a_stuck_reply_gives_no_answer_even_when_its_cut_last_word_is_the_answer():
+    # memit's chat reply to "What is the name of Nebaioth father?" (new object "Babur"), cut by the
+    # token limit inside its last "Baburan": only that fragment matched, and the check passed
+    stuck = "Baburan " * 15 + "Babur"
+    assert first_sentence(stuck) == stuck.strip()
+    verdict = judge_reply(stuck, ["Babur"], ["Ishmael"])
+    assert not verdict.passed and verdict.scores["stuck"] and not verdict.scores["loops"]
+    assert not judge_reply("Wyndham Lewis, Arthur Lewis, Wyndham Lewis, Wyndham Lewis, Wyndham Lewis",
+                           ["Wyndham Lewis"]).passed                             # a two-word run, three times
+    assert judge_reply("Babur. Babur was born in 1483. Babur, Babur, Babur.", ["Babur"]).passed  # later sentences
+    assert judge_reply("Very, very good: Rome.", ["Rome"]).passed

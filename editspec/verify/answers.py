@@ -26,9 +26,14 @@ can check by hand:
   Group B", "Rome, Rome").  An answer named again later ("Rome, and Rome is old") is no loop.  A model stuck repeating the answer has not said it
   once in a sentence; such a reply often never ends a sentence, so the first-sentence rule
   alone would read the whole loop and pass it.
+- **a stuck reply** (`repeats`): the normalised first sentence says the same run of one to four
+  words three times in a row ("Baburan Baburan Baburan ...", "Wyndham Lewis, Wyndham Lewis,
+  Wyndham Lewis").  Such a reply has usually run into the token limit, and its last word may be
+  cut short, so a loop on a longer word can end in the answer ("Baburan Baburan Babur"): a stuck
+  reply gives no answer.  Twice is not stuck ("Sirhan Sirhan", "very, very good").
 
-A generative fact check passes when the first sentence gives the answer, does not loop on it,
-and no part of the reply gives the `was` object (`judge_reply`); locality compares first
+A generative fact check passes when the first sentence gives the answer, neither loops on it
+nor is stuck, and no part of the reply gives the `was` object (`judge_reply`); locality compares first
 sentences (`judge_kept`).
 
 Example::
@@ -191,9 +196,11 @@ def judge_reply(reply: str, answers: Sequence[str], foils: Sequence[str] = (), *
     hit = contains_answer(sentence, answers)
     old = _first_in(reply, foils, answers)
     loop = hit is not None and loops_on(sentence, hit)
-    passed = hit is not None and old is None and not loop
+    stuck = hit is not None and repeats(sentence)
+    passed = hit is not None and old is None and not loop and not stuck
     return ProtocolResult(protocol, passed, float(passed), got=reply,
-                          scores={"matched": hit, "old_object": old, "loops": loop, "sentence": sentence})
+                          scores={"matched": hit, "old_object": old, "loops": loop, "stuck": stuck,
+                                  "sentence": sentence})
 
 
 def loops_on(sentence: str, answer: str) -> bool:
@@ -210,6 +217,19 @@ def loops_on(sentence: str, answer: str) -> bool:
     start = next((i for i in range(len(words) - len(needle) + 1) if words[i:i + len(needle)] == needle), None)
     after = len(words) if start is None else start + len(needle)
     return after < len(words) and words[after] in needle
+
+
+def repeats(sentence: str, times: int = 3, longest: int = 4) -> bool:
+    """Whether `sentence` says one run of 1..`longest` words `times` times in a row (a stuck reply).
+
+    >>> repeats("Baburan Baburan Baburan Babur")
+    True
+    >>> repeats("Sirhan Sirhan.")
+    False
+    """
+    words = normalise(sentence).split()
+    return any(words[i:i + n] * (times - 1) == words[i + n:i + n * times]
+               for n in range(1, longest + 1) for i in range(len(words) - n * times + 1))
 
 
 def _first_in(reply: str, needles: Sequence[str], answers: Sequence[str]) -> str | None:
