@@ -174,3 +174,56 @@ def test_memit_maps_the_chat_key_to_its_own_target():
     # The chat row's residual moved by the same δ: its own column of the solve delivered it there.
     assert torch.allclose(after[0][1] - before[0][1], shift, atol=1e-4 * float(shift.norm()))
     assert torch.allclose(after[0][0], result.facts[0]["target"], atol=1e-4 * float(shift.norm()))
+
+
+def test_chat_conversation_asks_the_first_sentence_and_replies_with_the_rest():
+    from editspec.model.chat import chat_conversation
+
+    tok = tiny_chat_tokenizer()
+    text = chat_conversation(tok, "The capital of France is Paris. Steve Jobs founded Apple.")
+    assert text == "<|endoftext|>user: The capital of France is Paris.\n<|endoftext|>assistant: Steve Jobs founded Apple.\n"
+    assert chat_conversation(tok, "One sentence only.").endswith("user: One sentence only.\n<|endoftext|>assistant: \n")
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+def test_chat_form_statistics_are_mixed_into_c_by_their_share(tmp_cache, tmp_path, share):
+    from types import SimpleNamespace
+
+    from backends.memit.backend import MemitBackend
+    from editspec.families.locate.backend import chat_corpus
+    from editspec.model.loading import LoadedModel
+    from editspec.model.stats import second_moments
+    from tiny import SENTENCES
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES))
+
+    def prepared(tok, **settings):
+        loaded = LoadedModel(tiny_model("llama").float(), tok, tmp_path, "tiny", "tiny-weights")
+        config = MemitConfig(layers=(1,), mom2_samples=len(SENTENCES), mom2_corpus=str(corpus),
+                             context_template_counts=(), **settings)
+        return MemitBackend().prepare(SimpleNamespace(model=loaded, config=config, progress=lambda _: None)), loaded
+
+    tok = tiny_chat_tokenizer()
+    mixed, loaded = prepared(tok, mom2_chat=share)
+    raw = second_moments(loaded, layers=[1], samples=len(SENTENCES), corpus=str(corpus))[1]
+    chat = second_moments(loaded, layers=[1], corpus=chat_corpus(tok, str(corpus), len(SENTENCES)))[1]
+    assert not torch.allclose(raw, chat, rtol=0.05)         # the template's tokens and turns move the keys
+    assert torch.allclose(mixed["stats"][1], (1 - share) * raw + share * chat, rtol=1e-6, atol=1e-9)
+    # A plain LM, or chat off, reads raw text only whatever the share.
+    assert torch.equal(prepared(tiny_tokenizer(), mom2_chat=share)[0]["stats"][1], raw)
+    assert torch.equal(prepared(tok, mom2_chat=share, chat="off")[0]["stats"][1], raw)
+
+
+def test_chat_rows_train_the_answer_end_after_the_answer():
+    tok = tiny_chat_tokenizer()
+    text = user_turn(tok, "Where is the Eiffel Tower located?")
+    (ended,) = prepare_requests(tok, [FACT], [["{}"]], chat=True, answer_end=".")
+    (plain,) = prepare_requests(tok, [FACT], [["{}"]], chat=True)
+    assert ended.targets[1] == answer_ids(tok, text, "Rome.") and tok.decode(ended.targets[1]) == "Rome."
+    assert ended.rows[1] == ended.rows[1][:ended.prompt_len[1]] + ended.targets[1][:-1]
+    assert ended.targets[0] == plain.targets[0] and tok.decode(ended.targets[0]) == " Rome"  # raw rows: the answer alone
+    assert tok.decode(plain.targets[1]) == "Rome"
+    done = EditRequest("The {} is located in", "Eiffel Tower", "Rome, Italy.", questions=FACT.questions)
+    assert tok.decode(prepare_requests(tok, [done], [["{}"]], chat=True, answer_end=".")[0].targets[1]) == "Rome, Italy."
+    assert [c().answer_end for c in (RomeConfig, MemitConfig, AlphaEditConfig)] == ["."] * 3

@@ -103,7 +103,8 @@ def alphaedit_deltas(
     old = state or AlphaEditState()
     new = AlphaEditState(dict(old.projectors), dict(old.preserved), old.edits)
     groups = templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed)
-    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat))
+    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
+                                answer_end=config.answer_end)
     targets = optimise_targets(model, [layout.block_at(layers[-1])] * len(prepared), prepared, config.optim(), pad=pad)
 
     def solve(layer, keys, residual):

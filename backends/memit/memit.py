@@ -45,7 +45,8 @@ def memit_deltas(
     pad = pad_id(tokenizer)
     layers = config.layers or default_layers(layout.num_layers(model))
     groups = templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed)
-    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat))
+    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
+                                answer_end=config.answer_end)
     last = layers[-1]
     targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, config.optim(), pad=pad)
     covs = {}

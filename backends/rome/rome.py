@@ -81,7 +81,8 @@ def rome_deltas(
     layout = layout_for(model)
     pad = pad_id(tokenizer)
     groups = flatten_groups(templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed))
-    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat))
+    prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
+                                answer_end=config.answer_end)
     n = len(prepared)
     if config.layer == "auto":
         layers = select_layers(model, layout, prepared, config.auto_layers, pad=pad, stats=stats)

@@ -112,6 +112,35 @@ def answer_ids(tokenizer, text: str, answer: str) -> list[int]:
     return list(ids)
 
 
+def ended_answer(answer: str, end: str) -> str:
+    """`answer` followed by `end`, the text an edit trains to close its answer (`answer_end`).
+
+    Unchanged when `end` is empty or `off`, or when the answer already ends a sentence.
+
+    >>> ended_answer("Rome", "."), ended_answer("Rome, Italy.", "."), ended_answer("Rome", "off")
+    ('Rome.', 'Rome, Italy.', 'Rome')
+    """
+    answer = answer.rstrip()
+    if not end or end == "off" or answer[-1:] in ".!?":
+        return answer
+    return answer + end
+
+
 def chat_questions(questions, prompt: str) -> list[str]:
     """The user messages a fact is asked by in chat: its `questions`, else its `prompt`, deduplicated."""
     return list(dict.fromkeys(q for q in questions if q.strip())) or [prompt]
+
+
+def chat_conversation(tokenizer, document: str) -> str:
+    """`document` as a templated exchange: its first sentence the user's turn, the rest the reply.
+
+    Chat-form statistics (`mom2_chat`) read text like this, so that C also covers the keys a
+    chat template's own tokens and an assistant's reply produce (docs/methods/locate.md#chat-form-statistics-mom2_chat).
+    A one-sentence document is the user's turn with an empty reply.
+    """
+    import re
+
+    parts = re.split(r"(?<=[.!?])\s+", document.strip(), maxsplit=1)
+    user, reply = parts[0], parts[1] if len(parts) > 1 else ""
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+                                         tokenize=False)

@@ -56,12 +56,19 @@ class LocateBackend(DeltaBackend):
 
     # -- shared machinery --------------------------------------------------------------------
     def prepare(self, job: CompileJob) -> dict[str, Any]:
+        from editspec.model.chat import chat_enabled
         from editspec.model.stats import second_moments
 
         loaded, config = job.model, job.config
         layers = self.stats_layers(config, loaded.model)
         job.progress(f"second-moment statistics for layer(s) {', '.join(map(str, layers))}")
         stats = second_moments(loaded, layers=layers, samples=config.mom2_samples, corpus=config.mom2_corpus)
+        share = config.mom2_chat
+        if share and chat_enabled(loaded.tokenizer, config.chat):
+            job.progress(f"chat-form statistics ({share:g} of C) for layer(s) {', '.join(map(str, layers))}")
+            chat_documents = chat_corpus(loaded.tokenizer, config.mom2_corpus, config.mom2_samples)
+            chat = second_moments(loaded, layers=layers, samples=len(chat_documents), corpus=chat_documents)
+            stats = {layer: (1 - share) * stats[layer] + share * chat[layer] for layer in layers}
         templates = sampled_templates(loaded, config.context_template_counts, config.template_seed)
         return {"stats": stats, "templates": templates}
 
@@ -76,6 +83,17 @@ class LocateBackend(DeltaBackend):
     def extra_files(self, job: CompileJob) -> list[str]:
         """Payload files besides the deltas that `edit` wrote into the workdir."""
         return []
+
+
+def chat_corpus(tokenizer, source: str | None, samples: int):
+    """The documents raw statistics read (`samples` of `mom2_corpus`, else of the packaged
+    corpus), each written as a chat exchange."""
+    from editspec.model.chat import chat_conversation
+    from editspec.model.corpus import Corpus, load_corpus
+
+    corpus = load_corpus(source)
+    return Corpus.from_documents([chat_conversation(tokenizer, d) for d in corpus.sample(samples)],
+                                 name=f"{corpus.name} as chat")
 
 
 def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from editspec.model.chat import answer_ids, chat_questions, chat_text
+from editspec.model.chat import answer_ids, chat_questions, chat_text, ended_answer
 from editspec.errors import EditspecError
 from editspec.model.tokens import encode_with_subject, fill_prompt, place_in_template, target_token_ids
 
@@ -74,7 +74,7 @@ class PreparedRequest:
 
 def prepare_requests(
     tokenizer, requests: Sequence[EditRequest], template_groups: Sequence[Sequence[str]],
-    kl_prompt: str | None = KL_PROMPT, *, chat: bool = False,
+    kl_prompt: str | None = KL_PROMPT, *, chat: bool = False, answer_end: str = "",
 ) -> list[PreparedRequest]:
     """Tokenise every request over every template; row 0 is always the bare prompt ``"{}"``.
 
@@ -82,7 +82,7 @@ def prepare_requests(
     and are reused for every template: byte-level BPE never merges across the space.  With
     `chat`, each of the request's questions (else its prompt) adds a row in chat form
     (`editspec.model.chat`): the subject inside the templated user turn, the target as the
-    start of the assistant's answer.
+    start of the assistant's answer, followed by `answer_end` (`ended_answer`: "Rome.").
     """
     flat = [(g, t) for g, group in enumerate(template_groups) for t in group]
     if not flat or flat[0][1] != "{}":
@@ -100,7 +100,8 @@ def prepare_requests(
             for question in chat_questions(req.questions, req.prompt.rstrip()):
                 text, span = chat_text(tokenizer, question, req.subject)
                 ids, index = encode_with_subject(tokenizer, text, span, special=False)
-                _add_row(prep, ids, index, answer_ids(tokenizer, text, req.target_new), len(template_groups), chat=True)
+                reply = answer_ids(tokenizer, text, ended_answer(req.target_new, answer_end))
+                _add_row(prep, ids, index, reply, len(template_groups), chat=True)
         if kl_prompt is not None:
             text, span = fill_prompt(kl_prompt, req.subject)
             prep.kl_row, prep.kl_index = encode_with_subject(tokenizer, text, span)

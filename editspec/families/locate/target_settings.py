@@ -40,6 +40,10 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    mom2_chat: float = Field(
+        0.3, ge=0, le=1, description="With chat on (`chat auto` and a chat template), the share of C taken from the "
+        "same documents written as chat exchanges (first sentence the user's turn, the rest the reply), so the "
+        "update also stays small at the keys of chat text; 0: raw text only (docs/methods/locate.md#chat-form-statistics-mom2_chat).")
     v_lr: float = Field(0.5, gt=0, description="Adam learning rate for the residual target δ.")
     v_num_grad_steps: int = Field(25, ge=1, description="Most optimisation iterations for δ (the last only evaluates).")
     v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖h_init‖² in the loss.")
@@ -49,6 +53,10 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
     stop_prob: float = Field(
         0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never); "
         "lower is faster but leaves a smaller margin over the old object (docs/benchmarks.md).")
+    answer_end: str = Field(
+        ".", description="Text the chat rows also train after the answer (\"Rome.\"), so the chat reply ends the "
+        "answer there instead of looping on it (\"Image Universe Image Universe\"); `off` (or empty): the answer "
+        "alone. An answer that already ends a sentence gets nothing more (docs/methods/locate.md).")
     context_template_counts: tuple[tuple[int, int], ...] = Field(
         ((5, 10),), description="Context templates as (count, max tokens) pairs; the bare prompt is a group of its own.")
     template_seed: int = Field(0, description="Seed for sampling context templates from the unedited model.")

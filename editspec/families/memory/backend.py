@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from editspec.build.backend import Attachment, CompileJob
-from editspec.model.chat import chat_enabled
+from editspec.model.chat import chat_enabled, ended_answer
 from editspec.families.memory.codebook import KeyedText, activations, nearest_distances, teacher_forced
 from editspec.errors import EditspecError
 from editspec.families.training.objectives import edit_targets, fact_texts
@@ -88,11 +88,11 @@ def answer_ends(tokenizer, encoded, end: str) -> list[int | None]:
         return [None] * len(encoded)
     found: list[int | None] = []
     for e in encoded:
-        answer = e.target.answer.rstrip()
-        if answer[-1:] in ".!?":
+        ended = ended_answer(e.target.answer, end)
+        if ended == e.target.answer.rstrip():
             found.append(None)
             continue
-        (longer,) = encode_targets(tokenizer, [replace(e.target, answer=answer + end, foil=None)])
+        (longer,) = encode_targets(tokenizer, [replace(e.target, answer=ended, foil=None)])
         n = len(e.answer)
         found.append(longer.answer[n] if longer.answer[:n] == e.answer and len(longer.answer) > n else None)
     return found
