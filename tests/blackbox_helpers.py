@@ -68,7 +68,7 @@ def records_of(tmp_path, text=SPEC):
 def make_plugin(tmp_path, kind="retrieval", text=SPEC, **settings):
     folder = tmp_path / "plugin"
     options = dict(threshold=None, default_threshold=0.75, mention_bonus=0.5, top_k=3,
-                   demonstrations=8 if kind == "ike" else 0, seed=0)
+                   demonstrations=8 if kind == "ike" else 0, seed=0, chat_turns=kind == "ike")
     options.update(settings)
     template = IKE_TEMPLATE if kind == "ike" else LTE_TEMPLATE
     write_plugin(folder, kind=kind, records=records_of(tmp_path, text), template=template,

@@ -12,6 +12,7 @@ from editspec.families.plugin import demos
 from editspec.families.plugin.memory import EditMemory, one_line
 from editspec.families.plugin.prompts import IKE_TEMPLATE, LTE_TEMPLATE, read_template, render
 from editspec.families.plugin.router import SubjectIndex, normalise, youden_threshold
+from editspec.families.plugin.plugin import open_plugin
 from editspec.errors import EditspecError
 
 from blackbox_helpers import INJECTION, HashEmbedder, make_plugin, records_of
@@ -150,6 +151,85 @@ def test_ike_prompt_ends_with_own_copy_and_query(tmp_path):
                            f"New Fact: {fact}\nPrompt: Ruritania's capital city is")
     assert prompt.count("New Fact:") == 8 + 2
     assert "Prompt: The capital of Romania is Bucharest" in prompt   # a retain demonstration
+
+
+def _ike_chat_body():
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi"},
+                {"role": "user", "content": "What is the capital of Ruritania?", "name": "ann"}]
+    return {"model": "m", "temperature": 0, "messages": messages}
+
+
+def test_ike_chat_gives_demonstrations_as_earlier_turns(tmp_path):
+    plugin = make_plugin(tmp_path, kind="ike")
+    request = _ike_chat_body()
+    body, applied = plugin.rewrite_chat(request)
+    assert applied == [plugin.memory.records[0]["id"]]
+    assert body["model"] == "m" and body["temperature"] == 0
+    messages = body["messages"]
+    # The system prompt and the caller's earlier exchange come first, unchanged.
+    assert messages[:3] == request["messages"][:3]
+    added = messages[3:]
+    # 8 demonstrations and the edit's own copy, each a user and an assistant turn, then the question.
+    assert len(added) == 2 * (8 + 1) + 1
+    assert [m["role"] for m in added] == ["user", "assistant"] * 9 + ["user"]
+    text = "What is the capital of Ruritania?"
+    matches, scores = plugin.route(text)
+    records = plugin.memory.records
+    shown = demos.demonstrations(records, np.argsort(-scores, kind="stable")[:8].tolist(), count=8, seed=0,
+                                 query=text) + [demos.copy_demonstration(records[0])]
+    for d, (user, assistant) in zip(shown, zip(added[0:-1:2], added[1:-1:2])):
+        assert user["content"] == f"New fact: {d['fact']}.\n{d['prompt']}"
+        assert assistant["content"] == d["answer"]
+    # The most similar record (Ruritania) is nearest the question, its own copy exchange last.
+    fact = records[0]["fact"]
+    assert added[-3:] == [{"role": "user", "content": f"New fact: {fact}.\nThe capital of Ruritania is"},
+                          {"role": "assistant", "content": "Strelsau"},
+                          {"role": "user", "content": f"New fact: {fact}.\n{text}", "name": "ann"}]
+    assert shown[-2]["fact"] == fact
+    assert {"role": "assistant", "content": "Bucharest"} in added   # a retain demonstration
+    # Seeded: the same request gives the same body; the caller's body is untouched.
+    assert plugin.rewrite_chat(_ike_chat_body()) == (body, applied)
+    assert request == _ike_chat_body()
+
+
+def test_ike_chat_turns_off_and_completions_keep_the_one_text_prompt(tmp_path):
+    text = "What is the capital of Ruritania?"
+    (tmp_path / "on").mkdir(), (tmp_path / "off").mkdir()
+    on = make_plugin(tmp_path / "on", kind="ike")
+    off = make_plugin(tmp_path / "off", kind="ike", chat_turns=False)
+    assert on.chat_turns and not off.chat_turns
+    prompt, _ = on.augment(text)
+    assert prompt == off.augment(text)[0]
+    assert prompt.endswith(f"New Fact: {on.memory.records[0]['fact']}\nPrompt: {text}")
+    # Completions are rewritten as before, whatever chat_turns says.
+    for plugin in (on, off):
+        body, _ = plugin.rewrite_completion({"model": "m", "prompt": text})
+        assert body == {"model": "m", "prompt": prompt}
+    # chat_turns false: the last user message becomes that prompt, as before the setting existed.
+    body, _ = off.rewrite_chat(_ike_chat_body())
+    assert body["messages"][:3] == _ike_chat_body()["messages"][:3] and len(body["messages"]) == 4
+    assert body["messages"][3]["content"] == prompt
+    # Requests no edit applies to stay unrewritten either way.
+    assert on.rewrite_chat({"messages": [{"role": "user", "content": "Bananas are yellow"}]}) is None
+
+
+def test_ike_chat_turns_is_a_setting_stored_with_the_plugin(tmp_path):
+    import json
+
+    from editspec.backends.ike import IkeBackend, IkeConfig
+
+    assert IkeConfig().chat_turns is True and IkeConfig(chat_turns="false").chat_turns is False
+    assert IkeBackend().plugin_settings(IkeConfig()) == {"demonstrations": 16, "chat_turns": True}
+
+    make_plugin(tmp_path, kind="ike", chat_turns=False)
+    assert json.loads((tmp_path / "plugin" / "router.json").read_text())["chat_turns"] is False
+    # A plugin compiled before the setting existed keeps rewriting the last user message.
+    router = tmp_path / "plugin" / "router.json"
+    settings = json.loads(router.read_text())
+    del settings["chat_turns"]
+    router.write_text(json.dumps(settings))
+    assert open_plugin(tmp_path / "plugin", embedder=HashEmbedder()).chat_turns is False
 
 
 @pytest.mark.parametrize("kind", ["retrieval", "ike"])

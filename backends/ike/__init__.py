@@ -18,7 +18,13 @@ class IkeBackend(PluginBackend):
     default_template = IKE_TEMPLATE
 
     def plugin_settings(self, config) -> dict:
-        return {"demonstrations": config.demonstrations}
+        return {"demonstrations": config.demonstrations, "chat_turns": config.chat_turns}
+
+    def compile(self, job):
+        if job.config.template is not None and job.config.chat_turns:
+            job.progress("note: the `template` shapes completion requests; chat requests get the demonstrations "
+                         "as turns (`chat_turns false` uses the template in chat too)")
+        return super().compile(job)
 
 
 __all__ = ["IkeBackend", "IkeConfig"]

@@ -17,3 +17,8 @@ class IkeConfig(PluginConfig):
     demonstrations: int = Field(
         16, ge=0, le=64, description="Demonstrations before the query, copy:update:retain = 1:3:4; each lengthens "
         "the prompt (the paper uses 32; docs/methods/ike.md).")
+    chat_turns: bool = Field(
+        True, description="Chat requests get the demonstrations as earlier turns, each a user turn (new fact and "
+        "prompt) and an assistant turn (its answer), before a last user turn with the edit's new fact and the "
+        "question; false: the last user message is replaced by the one-text prompt of `template`, as completions "
+        "are (docs/methods/ike.md#chat-requests).")

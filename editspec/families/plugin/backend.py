@@ -22,7 +22,7 @@ class PluginBackend(Backend):
     default_template: ClassVar[str]
 
     def plugin_settings(self, config) -> dict:
-        """Kind-specific settings stored in router.json (IKE adds its demonstration count)."""
+        """Kind-specific settings stored in router.json (IKE adds its demonstration count and chat form)."""
         return {"demonstrations": 0}
 
     def template_path(self, job: CompileJob) -> str | None:

@@ -11,6 +11,8 @@ template.jinja           the Jinja2 prompt template (default or the user's)
 
 `Plugin.rewrite_chat` / `rewrite_completion` take an OpenAI request body and return the body
 to send upstream, or None when no edit applies: the caller then sends the original bytes.
+An `ike` plugin with `chat_turns` gives chat requests its demonstrations as earlier turns
+(`Plugin.chat_exchange`) instead of one rewritten user message.
 
 >>> plugin = load_plugin("build/leadership.retrieval")             # doctest: +SKIP
 >>> plugin.rewrite_completion({"model": "m", "prompt": "Twitter's CEO is"})["prompt"][:10]  # doctest: +SKIP
@@ -29,7 +31,7 @@ import numpy as np
 
 from editspec.families.plugin import demos
 from editspec.families.plugin.memory import EditMemory
-from editspec.families.plugin.prompts import TEMPLATE_FILE, render
+from editspec.families.plugin.prompts import TEMPLATE_FILE, ike_chat_user, render
 from editspec.families.plugin.router import Match, ScopeRouter, calibration_scores, query_vectors, youden_threshold
 from editspec.errors import EditspecError
 
@@ -49,6 +51,7 @@ class Plugin:
     demonstrations: int
     seed: int
     embedder: Any
+    chat_turns: bool = False   # ike: chat requests get the demonstrations as earlier turns
 
     # -- deciding and rendering ----------------------------------------------------------
     def route(self, text: str, vectors: np.ndarray | None = None) -> tuple[list[Match], np.ndarray | None]:
@@ -81,13 +84,39 @@ class Plugin:
             prompt = render(self.template, query=text, facts=[records[m.record]["fact"] for m in matches],
                             records=[records[m.record] for m in matches])
         else:
-            primary = records[matches[0].record]
-            ranked = np.argsort(-scores, kind="stable")[:self.demonstrations].tolist()
-            shown = demos.demonstrations(records, ranked, count=self.demonstrations, seed=self.seed, query=text)
-            shown.append(demos.copy_demonstration(primary))
+            primary, shown = self._demonstrations(text, matches, scores)
             prompt = render(self.template, query=text, fact=primary["fact"], demonstrations=shown,
                             facts=[records[m.record]["fact"] for m in matches])
         return prompt, matches
+
+    def _demonstrations(self, text: str, matches: Sequence[Match], scores: np.ndarray) -> tuple[dict, list[dict]]:
+        """IKE: the applying edit's record and the demonstrations shown for `text`, nearest last,
+        ending with that edit's own copy demonstration (seeded by the plugin seed and `text`)."""
+        records = self.memory.records
+        primary = records[matches[0].record]
+        ranked = np.argsort(-scores, kind="stable")[:self.demonstrations].tolist()
+        shown = demos.demonstrations(records, ranked, count=self.demonstrations, seed=self.seed, query=text)
+        shown.append(demos.copy_demonstration(primary))
+        return primary, shown
+
+    def chat_exchange(self, text: str, vectors: np.ndarray | None = None) -> tuple[list[dict], list[Match]] | None:
+        """IKE for chat: the demonstrations as exchanges, then the last user turn, or None when
+        no edit applies to `text`.
+
+        Each demonstration is a user turn (its fact, then its prompt) and an assistant turn (its
+        answer), least similar first; the last user turn carries the applying edit's fact and
+        `text`.  The same demonstrations, in the same order, as `augment` renders for completions.
+        """
+        matches, scores = self.route(text, vectors)
+        if not matches:
+            return None
+        primary, shown = self._demonstrations(text, matches, scores)
+        turns: list[dict] = []
+        for d in shown:
+            turns += [{"role": "user", "content": ike_chat_user(d["fact"], d["prompt"])},
+                      {"role": "assistant", "content": d["answer"]}]
+        turns.append({"role": "user", "content": ike_chat_user(primary["fact"], text)})
+        return turns, matches
 
     def edit_ids(self, matches: Sequence[Match]) -> list[str]:
         return [self.memory.records[m.record]["id"] for m in matches]
@@ -128,7 +157,10 @@ class Plugin:
     def rewrite_chat(self, body: dict, vectors: np.ndarray | None = None) -> tuple[dict, list[str]] | None:
         """The chat body with its last user message rewritten when an edit applies to it.
 
-        `vectors`: `query_vectors` of that message's text, when the caller has them.
+        For `ike` with `chat_turns`, that message is replaced by the demonstration exchanges and
+        a last user turn (`chat_exchange`); the messages before it (system prompt, the caller's
+        own history) come first, unchanged.  `vectors`: `query_vectors` of that message's text,
+        when the caller has them.
         """
         messages = body.get("messages")
         if not isinstance(messages, list):
@@ -137,13 +169,24 @@ class Plugin:
         if last is None:
             return None
         text = message_text(messages[last].get("content"))
-        found = self.augment(text, vectors) if text is not None else None
-        if not found:
+        if text is None:
             return None
+        if self.kind == "ike" and self.chat_turns:
+            found = self.chat_exchange(text, vectors)
+            if not found:
+                return None
+            turns, matches = found
+        else:
+            found = self.augment(text, vectors)
+            if not found:
+                return None
+            turns, matches = [{"content": found[0]}], found[1]
         new = dict(body)
         new["messages"] = copy.deepcopy(messages)
-        new["messages"][last]["content"] = found[0]
-        return new, self.edit_ids(found[1])
+        # The caller's own message keeps its other fields (role, a name); only its content changes.
+        turns[-1] = dict(new["messages"][last], content=turns[-1]["content"])
+        new["messages"][last:last + 1] = turns
+        return new, self.edit_ids(matches)
 
 
 def _last_user(messages: list) -> int | None:
@@ -166,7 +209,7 @@ def message_text(content: Any) -> str | None:
 
 def write_plugin(folder: Path, *, kind: str, records: Sequence[dict], template: str, embedder,
                  threshold: float | None, default_threshold: float, mention_bonus: float, top_k: int,
-                 demonstrations: int, seed: int) -> dict:
+                 demonstrations: int, seed: int, chat_turns: bool = False) -> dict:
     """Embed `records`, calibrate the router and write the plugin files; returns router.json's data."""
     memory = EditMemory.from_records(records, embedder)
     positives, negatives = calibration_scores(memory, embedder, mention_bonus=mention_bonus)
@@ -175,6 +218,7 @@ def write_plugin(folder: Path, *, kind: str, records: Sequence[dict], template: 
         "kind": kind, "threshold": tau, "threshold_source": "setting" if threshold is not None else
         ("calibrated" if positives and negatives else "default"),
         "mention_bonus": mention_bonus, "top_k": top_k, "demonstrations": demonstrations, "seed": seed,
+        "chat_turns": chat_turns,
         "embedder": embedder.name,
         "calibration": {"positives": len(positives), "negatives": len(negatives),
                         "hit_rate": _rate(positives, tau), "false_positive_rate": _rate(negatives, tau)},
@@ -231,4 +275,6 @@ def open_plugin(folder: Path, *, embedder=None) -> Plugin:
     router = ScopeRouter(memory, threshold=settings["threshold"], mention_bonus=settings["mention_bonus"])
     return Plugin(kind=settings["kind"], memory=memory, router=router,
                   template=(folder / TEMPLATE_FILE).read_text(encoding="utf-8"), top_k=settings["top_k"],
-                  demonstrations=settings["demonstrations"], seed=settings["seed"], embedder=embedder)
+                  demonstrations=settings["demonstrations"], seed=settings["seed"], embedder=embedder,
+                  # artifacts compiled before the setting existed rewrite the last user message
+                  chat_turns=settings.get("chat_turns", False))

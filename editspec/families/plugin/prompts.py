@@ -34,6 +34,19 @@ IKE_TEMPLATE = (
     "New Fact: {{ fact }}\nPrompt: {{ query }}"
 )
 
+# IKE for chat requests (docs/methods/ike.md#chat-requests): each demonstration becomes a user
+# turn, `ike_chat_user(fact, prompt)`, and an assistant turn, its answer; the applying edit's fact
+# and the caller's own text make the last user turn.  Plain words, not the completion template's
+# "New Fact:/Prompt:" labels: on SmolLM2-135M they did as well or better.
+
+def ike_chat_user(fact: str, prompt: str) -> str:
+    """The user turn of one IKE chat exchange: a new fact as a sentence, then a prompt or question.
+
+    >>> ike_chat_user("The capital of Ruritania is Strelsau", "What is Ruritania's capital?")
+    "New fact: The capital of Ruritania is Strelsau.\\nWhat is Ruritania's capital?"
+    """
+    return f"New fact: {fact.rstrip('.')}.\n{prompt}"
+
 
 @lru_cache(maxsize=32)
 def _compile(source: str):
