@@ -129,6 +129,22 @@ def test_compile_is_deterministic_and_takes_a_template_beside_the_spec(tmp_path)
     assert prompt == "Known: The CEO of Twitter is Linda Yaccarino\nQ: Who is the CEO of Twitter?"
 
 
+def test_ike_says_that_its_template_shapes_completions_only(tmp_path):
+    spec = tmp_path / "lead.edit"
+    spec.write_text(
+        'relation ceo {\n  prompt "The CEO of {subject} is"\n}\n'
+        'edit ceo("Twitter") -> "Linda Yaccarino"\n'
+        'backend ike { template "mine.jinja" }\n', encoding="utf-8")
+    (tmp_path / "mine.jinja").write_text("{{ fact }}\n{{ query }}", encoding="utf-8")
+    said: list[str] = []
+    compile_spec(spec, "ike", out=tmp_path / "turns", progress=said.append)
+    assert any("`template` shapes completion requests" in line for line in said)
+    said.clear()  # with chat_turns off the template shapes chat requests too: nothing to say
+    compile_spec(spec, "ike", out=tmp_path / "one", overrides={"chat_turns": "false"}, progress=said.append)
+    assert not any("`template`" in line for line in said)
+    assert load_plugin(tmp_path / "one").chat_turns is False and load_plugin(tmp_path / "turns").chat_turns
+
+
 def test_verify_through_the_api(stack, tmp_path):
     from editspec.verify.api import verify_api
 
