@@ -173,14 +173,12 @@ class Plugin:
             return None
         if self.kind == "ike" and self.chat_turns:
             found = self.chat_exchange(text, vectors)
-            if not found:
-                return None
-            turns, matches = found
         else:
             found = self.augment(text, vectors)
-            if not found:
-                return None
-            turns, matches = [{"content": found[0]}], found[1]
+            found = found and ([{"content": found[0]}], found[1])
+        if not found:
+            return None
+        turns, matches = found
         new = dict(body)
         new["messages"] = copy.deepcopy(messages)
         # The caller's own message keeps its other fields (role, a name); only its content changes.
