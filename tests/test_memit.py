@@ -69,7 +69,7 @@ def test_spreading_moves_h_towards_targets_and_model_is_untouched(model_type):
     layout = layout_for(model)
     groups = context_templates(model, tok, ((2, 6),), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = MemitConfig(layers=(0, 1, 2), mom2_update_weight=0.5, mom2_ridge=0.0, v_num_grad_steps=5)
+    config = MemitConfig(layers=(0, 1, 2), mom2_update_weight=0.5, mom2_ridge=0.0, v_num_grad_steps=5, passes=1)
     result = memit_deltas(model, tok, FACTS, config, stats=_model_cov(model, range(3)), templates=groups)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [d.module for d in result.deltas] == [layout.mlp_out_at(l) for l in (0, 1, 2)]
@@ -83,6 +83,28 @@ def test_spreading_moves_h_towards_targets_and_model_is_untouched(model_type):
     # Each layer took its share of the residual: later layers saw a smaller remaining gap.
     gaps = [log["residual_norm"] for log in result.layers]
     assert gaps[-1] < gaps[0]
+
+
+def test_a_second_round_is_one_round_on_the_model_the_first_edited():
+    model, tok = tiny_model("llama", layers=4), tiny_tokenizer()
+    layout = layout_for(model)
+    groups = context_templates(model, tok, ((2, 6),), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = MemitConfig(layers=(0, 1, 2), mom2_update_weight=5.0, mom2_ridge=0.0, v_num_grad_steps=4, passes=2)
+    stats = _model_cov(model, range(3))
+    result = memit_deltas(model, tok, FACTS, config, stats=stats, templates=groups)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # One delta per layer and round, rounds in order: attaching applies round 1, then round 2 on top.
+    assert [d.module for d in result.deltas] == [layout.mlp_out_at(l) for l in (0, 1, 2)] * 2
+    assert [log["round"] for log in result.layers] == [1, 1, 1, 2, 2, 2]
+    # The first round alone is exactly what passes=1 gives.
+    single = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1}), stats=stats, templates=groups)
+    assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(result.deltas[:3], single.deltas))
+    # The second round is a single round on the model the first one edited.
+    with apply_deltas(model, result.deltas[:3]):
+        again = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1}), stats=stats, templates=groups)
+    assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(result.deltas[3:], again.deltas))
+    assert all(f["steps"] >= 2 for f in result.facts)
 
 
 def test_default_layers():

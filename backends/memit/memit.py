@@ -36,7 +36,11 @@ def memit_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: MemitConfig = MemitConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
 ) -> EditResult:
-    """One delta per edited layer (rank ≤ number of facts); the model is left unchanged.
+    """One delta per edited layer and round (rank ≤ number of facts each); the model is left unchanged.
+
+    With ``config.passes`` > 1 the targets are optimised again on the model the earlier rounds
+    edited and solved again, so each fact also makes up for what the other edits did at its
+    prompts (docs/methods/memit.md#rounds-passes).
 
     `stats` gives C = E[kkᵀ] per layer (mapping or callable), computed on the unedited model;
     None uses the identity.  `templates` are context-template groups; None samples them.
@@ -48,7 +52,6 @@ def memit_deltas(
     prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
                                 answer_end=config.answer_end)
     last = layers[-1]
-    targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, config.optim(), pad=pad)
     covs = {}
 
     def solve(layer, keys, residual):
@@ -56,8 +59,22 @@ def memit_deltas(
             covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
         return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
 
-    deltas, handles, logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve, pad=pad)
-    revert_all(handles)
-    facts = [{"subject": p.request.subject, "loss": float(targets.loss[i]), "nll": float(targets.nll[i]),
-              "steps": int(targets.steps[i]) + 1, "target": targets.value[i]} for i, p in enumerate(prepared)]
+    deltas, handles, logs, rounds = [], [], [], []
+    try:
+        for round_ in range(config.passes):
+            # Later rounds start from the model the earlier ones edited: each fact's δ is what is still missing.
+            targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, config.optim(),
+                                       pad=pad)
+            stage, applied, stage_logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve,
+                                                            pad=pad)
+            deltas += stage
+            handles += applied
+            logs += [{**log, "round": round_ + 1} for log in stage_logs]
+            rounds.append(targets)
+    finally:
+        revert_all(handles)
+    first = rounds[0]
+    facts = [{"subject": p.request.subject, "loss": float(first.loss[i]), "nll": float(first.nll[i]),
+              "steps": sum(int(t.steps[i]) + 1 for t in rounds), "target": first.value[i],
+              "final_loss": float(rounds[-1].loss[i])} for i, p in enumerate(prepared)]
     return EditResult(deltas, facts, logs)

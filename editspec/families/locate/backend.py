@@ -21,7 +21,7 @@ from .common import EditResult
 from .requests import EditRequest
 
 # Per-fact numbers worth keeping in the manifest (tensors and subjects are left out).
-_LOGGED = ("layer", "denominator", "delta_norm", "loss", "nll", "steps")
+_LOGGED = ("layer", "denominator", "delta_norm", "loss", "nll", "steps", "final_loss")
 
 
 class DeltaBackend(Backend):
