@@ -163,7 +163,7 @@ def test_memit_maps_the_chat_key_to_its_own_target():
 
     model, tok = tiny_model("llama"), tiny_chat_tokenizer()
     layout = layout_for(model)
-    config = MemitConfig(layers=(1,), mom2_update_weight=1e-6, v_num_grad_steps=6, context_template_counts=())
+    config = MemitConfig(layers=(1,), mom2_update_weight=1e-6, v_num_grad_steps=6, context_template_counts=(), passes=1)
     (prep,) = prepare_requests(tok, [FACT], [["{}"]], chat=True)
     keys, before = template_keys(model, layout, [prep], [1], pad=0, block_layer=1, every_row=True)
     assert request_key_matrix(keys[1], [prep]).shape[0] == 2   # the raw key, then the chat row's
@@ -189,7 +189,7 @@ def test_chat_conversation_asks_the_first_sentence_and_replies_with_the_rest():
 def test_chat_form_statistics_are_mixed_into_c_by_their_share(tmp_cache, tmp_path, share):
     from types import SimpleNamespace
 
-    from backends.memit.backend import MemitBackend
+    from editspec.backends.memit.backend import MemitBackend
     from editspec.families.locate.backend import chat_corpus
     from editspec.model.loading import LoadedModel
     from editspec.model.stats import second_moments
