@@ -3,7 +3,7 @@
 The first `--n` zsRE records are imported as one spec (as `bench_chat.py` does).  Each fact's
 residual target z is optimised once, on the unedited model: a fact's target does not depend on
 the others in its batch (each has its own δ).  Then, for every size K in `--sizes`, memit's
-solve inserts the first K facts in one batch, and verify's `chat` protocol scores the edited
+solve inserts the first K facts in one batch (one round: memit's `passes` 1), and verify's `chat` protocol scores the edited
 model.  The figures that matter are the probe's: chat efficacy and generalization of the same
 first `--probe` facts at every K, so a fall is the other facts' doing, not harder facts.  Beside
 them: chat efficacy / generalization / locality over the K facts of the batch, and the share of
@@ -72,6 +72,9 @@ def run(args) -> int:
 
     settings = dict(item.split("=", 1) for item in args.set)
     config = MemitConfig(**{k: parse_setting_value(v) for k, v in settings.items()})
+    if "passes" in settings:
+        raise SystemExit("bench_chat_batch.py measures one round of targets and solve (the facts' targets are shared "
+                         "across sizes); `passes` does not apply: compare rounds with `editspec compile ... --set passes=1`")
     loaded = load_model()
     model, tokenizer = loaded.model, loaded.tokenizer
     spec_file = import_spec("zsre", args.n, Path(args.out))
