@@ -17,6 +17,13 @@ teacher-forced by summed log-probability (CounterFact's compare protocol):
 - fixed NS: the same on a fixed neighbourhood set, the locality prompts of `--neighbourhood`
   records after the edited ones (never edited, the same set at every checkpoint);
 - earlier: efficacy of the first batch's edits only (do the oldest edits still hold?);
+- with `--score-sample N`, ES / PS / NS are scored on a fixed seeded sample of N of the edits
+  so far (`scored` says how many), not on all of them, and the unedited model on each checkpoint's
+  sample (for a 10,000-edit chain, where scoring every edit at three checkpoints costs as much
+  as a third of the chain); the table says which;
+- with `--neighbourhood-file PATH`, the fixed NS set is the keep facts of the first
+  `--neighbourhood` records of another CounterFact file that share no prompt with the edits
+  (when the edits use up counterfact-train.json, as 10,000 do);
 - with `--generate K`, the first K edits as users meet them: greedy continuations of the edit
   prompt and its rephrasing, and the chat reply to the edit prompt, that contain the new answer,
   and keep prompts whose continuation still contains the kept answer.
@@ -45,15 +52,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-train.json"
 
 
-def import_spec(limit: int, folder: Path):
-    """The first `limit` CounterFact records as a spec (the importer's own output)."""
+def import_spec(limit: int | None, folder: Path, source: Path = DATA):
+    """The first `limit` (None: all) CounterFact records of `source` as a spec (the importer's own output)."""
     from click.testing import CliRunner
 
     from editspec.cli import main
     from editspec.lang.resolve import load_spec
 
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "counterfact.edit"
-    result = CliRunner().invoke(main, ["import", "counterfact", str(DATA), "-o", str(path), "--limit", str(limit)])
+    result = CliRunner().invoke(main, ["import", "counterfact", str(source), "-o", str(path)]
+                                + (["--limit", str(limit)] if limit is not None else []))
     if result.exit_code != 0:
         raise SystemExit(result.output)
     return load_spec(path)
@@ -81,15 +90,19 @@ def run_backend(backend: str, spec, loaded, overrides: dict, folder: Path, args,
             ppl = perplexity(edited.model, loaded.tokenizer, docs)
             row = {"edits": k, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "artifact_mb": round(size_mb(previous), 3), "ppl": ppl}
             if k in wanted:
-                row.update(score(edited.model, loaded.tokenizer, spec.edits[:k]))
+                scoring = time.perf_counter()
+                scored = sampled(spec.edits[:k], args.score_sample)
+                row.update(score(edited.model, loaded.tokenizer, scored))
+                row["scored"] = len(scored)
                 row["fixed_ns"] = score(edited.model, loaded.tokenizer, fixed)["locality"]
                 row["earlier"] = score(edited.model, loaded.tokenizer, first)["efficacy"]
                 if args.generate:
                     row.update(generated(edited.model, loaded.tokenizer, spec.edits[: args.generate]))
+                row["score_seconds"] = round(time.perf_counter() - scoring, 1)
                 checkpoints.append(row)
         batches.append(row)
         say(f"{backend}: {k}/{len(spec.edits)} edits, batch in {seconds:.1f} s ({cpu:.1f} CPU s), ppl {ppl}" +
-            (f", ES/PS/NS {row['efficacy']}/{row['generalization']}/{row['locality']}" if k in wanted else ""))
+            (f", ES/PS/NS {row['efficacy']}/{row['generalization']}/{row['locality']} {json.dumps(row)}" if k in wanted else ""))
     result = {"batches": batches, "checkpoints": checkpoints, "seconds_total": round(sum(b["seconds"] for b in batches), 1)}
     if args.abba:
         result["abba"] = abba(backend, compiled, loaded, overrides, folder, previous, args.abba)
@@ -125,10 +138,34 @@ def abba(backend, spec, loaded, overrides, folder, previous, count) -> dict:
     return {"edits": count, "returned_to_a": returned, "seconds": round(seconds, 1)}
 
 
-def fixed_neighbourhood(limit: int, count: int, folder: Path):
-    """`count` records after the first `limit` as edits whose keep facts are the fixed NS set."""
-    spec = import_spec(limit + count, folder / "fixed")
-    return spec.edits[limit:]
+def fixed_neighbourhood(limit: int, count: int, folder: Path, source: Path | None = None, edited=()):
+    """`count` records after the first `limit` as edits whose keep facts are the fixed NS set; with
+    `source`, the first `count` records of that CounterFact file that share no edit or keep prompt
+    with the `edited` edits."""
+    if source is None:
+        found = import_spec(limit + count, folder / "fixed").edits[limit:]
+        if len(found) < count:
+            raise SystemExit(f"only {len(found)} record(s) of {DATA.name} after the first {limit} for the fixed "
+                             f"neighbourhood: give --neighbourhood-file")
+        return found
+    seen = {p for e in edited for p in e.prompts} | {p for e in edited for f in e.keep for p in f.prompts}
+    spec = import_spec(None, folder / "fixed", source)
+    return tuple(e for e in spec.edits
+                 if not seen & ({*e.prompts} | {p for f in e.keep for p in f.prompts}))[:count]
+
+
+SAMPLE_SEED = 17
+
+
+def sampled(edits, count: int):
+    """A fixed seeded sample of `count` of `edits`, in their order (all of them when `count` is 0 or
+    at least their number); the same edits for the same list and count."""
+    import random
+
+    if not count or count >= len(edits):
+        return tuple(edits)
+    chosen = sorted(random.Random(SAMPLE_SEED).sample(range(len(edits)), count))
+    return tuple(edits[i] for i in chosen)
 
 
 def general_docs(count: int) -> list[str]:
@@ -246,6 +283,12 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoints", type=lambda text: [int(x) for x in text.split(",") if x], default=[],
                         help="edit counts to score at (comma-separated; the last count always)")
     parser.add_argument("--neighbourhood", type=int, default=100, help="records in the fixed neighbourhood set")
+    parser.add_argument("--neighbourhood-file", type=Path, default=None, metavar="PATH",
+                        help="take the fixed neighbourhood set from this CounterFact file (its records that share no "
+                        "prompt with the edits) instead of the records after --limit")
+    parser.add_argument("--score-sample", type=int, default=0, metavar="N",
+                        help="score ES / PS / NS at each checkpoint on a fixed seeded sample of N of the edits so far, "
+                        "and the unedited model on each checkpoint's sample (0: every edit)")
     parser.add_argument("--ppl-docs", type=int, default=16, help="general-text paragraphs for perplexity")
     parser.add_argument("--abba", type=int, default=20, help="first-batch edits edited back to their old answer (0: skip)")
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded default)")
@@ -269,15 +312,29 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="editspec-lifelong-") as tmp:
         spec = import_spec(args.limit, Path(tmp))
-        fixed = fixed_neighbourhood(args.limit, args.neighbourhood, Path(tmp))
+        usable = len(spec.edits) - len(spec.edits) % args.batch
+        if usable < len(spec.edits):  # the importer leaves out edits that conflict with earlier ones
+            say(f"{args.limit} records gave {len(spec.edits)} edits; the chain is the first {usable}, "
+                f"{usable // args.batch} turns of {args.batch}")
+            spec = spec.model_copy(update={"edits": spec.edits[:usable]})
+        fixed = fixed_neighbourhood(args.limit, args.neighbourhood, Path(tmp), args.neighbourhood_file, spec.edits)
         docs = general_docs(args.ppl_docs)
-        unedited = {"edits": 0, **score(loaded.model, loaded.tokenizer, spec.edits),
+        unedited = {"edits": 0, **score(loaded.model, loaded.tokenizer, sampled(spec.edits, args.score_sample)),
+                    "scored": len(sampled(spec.edits, args.score_sample)),
                     **(generated(loaded.model, loaded.tokenizer, spec.edits[: args.generate]) if args.generate else {}),
                     "fixed_ns": score(loaded.model, loaded.tokenizer, fixed)["locality"],
                     "ppl": perplexity(loaded.model, loaded.tokenizer, docs)}
-        results["unedited"] = {"checkpoints": [unedited], "batches": [], "seconds_total": 0.0}
+        rows = [unedited]
+        if args.score_sample:  # the unedited model on each checkpoint's own sample, beside the edited figures
+            for k in sorted(set(args.checkpoints) - {len(spec.edits)}):
+                scored = sampled(spec.edits[:k], args.score_sample)
+                rows.append({**unedited, "edits": 0, "sample_of": k, "scored": len(scored),
+                             **score(loaded.model, loaded.tokenizer, scored)})
+            say(f"unedited: {json.dumps(rows)}")
+        results["unedited"] = {"checkpoints": rows, "batches": [], "seconds_total": 0.0}
         for backend in filter(None, args.backends.split(",")):
             results[backend] = run_backend(backend, spec, loaded, sets.get(backend, {}), Path(tmp), args, fixed, docs, say)
+    args.edits = len(spec.edits)
     print(json.dumps(results, indent=2) if args.json else table(results, args))
     return 0
 
@@ -289,10 +346,13 @@ def table(results: dict, args) -> str:
     for name, r in results.items():
         times = [b["seconds"] for b in r["batches"]]
         for c in r["checkpoints"]:
-            lines.append(f"{name:<10} {c['edits']:>6} {c.get('efficacy')!s:>6} {c.get('generalization')!s:>6} "
+            edits = f"0@{c['sample_of']}" if "sample_of" in c else c["edits"]
+            of = c.get("sample_of") or c["edits"] or args.edits  # the edits the row speaks for
+            lines.append(f"{name:<10} {edits!s:>6} {c.get('efficacy')!s:>6} {c.get('generalization')!s:>6} "
                          f"{c.get('locality')!s:>6} {c.get('fixed_ns')!s:>6} {c.get('earlier', '-')!s:>6} "
                          f"{c.get('ppl')!s:>8} {statistics.mean(times) if times else 0:>8.1f} "
-                         f"{c.get('artifact_mb', 0):>8}")
+                         f"{c.get('artifact_mb', 0):>8}"
+                         + (f"  (ES/PS/NS on a seeded sample of {c['scored']})" if c.get("scored", 0) < of else ""))
             if "gen_es" in c:
                 lines.append(f"{'':<10} {'':>6} free generation, first {args.generate}: raw {c['gen_es']}, rephrased "
                              f"{c['gen_ps']}, chat {c['chat_es']}, keep {c['gen_ns']}; chat e.g. "

@@ -159,3 +159,19 @@ def test_exit_code_precedence_and_peak_memory():
              "print(memory.peak_mb)")
     printed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert printed == "None" or float(printed) >= 50
+
+
+def test_lifelong_score_sample_is_fixed_and_ordered():
+    """`bench_lifelong.py --score-sample`: the same seeded edits for the same list and count, in
+    their order, and every edit when the sample is not smaller than the list."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_lifelong
+
+    edits = tuple(range(5000))
+    chosen = bench_lifelong.sampled(edits, 1000)
+    assert chosen == bench_lifelong.sampled(edits, 1000) and len(set(chosen)) == 1000
+    assert list(chosen) == sorted(chosen) and chosen[-1] > 4000
+    assert bench_lifelong.sampled(edits[:800], 1000) == edits[:800]
+    assert bench_lifelong.sampled(edits, 0) == edits
