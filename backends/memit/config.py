@@ -32,7 +32,8 @@ class MemitConfig(ResidualTargetSettings):
     passes: int = Field(
         2, ge=1, description="Rounds of targets and solve: each later round optimises every fact's δ again on the model "
         "the earlier rounds edited, so a fact makes up for what the batch's other edits did to its prompts (in chat "
-        "above all); 1 is the papers' single round, about 40% faster for 76 edits (docs/methods/memit.md).")
+        "above all); each round costs another target pass and adds its deltas to the payload; 1 is the papers' single "
+        "round (docs/methods/memit.md#rounds-passes).")
     v_lr: float = Field(
         1.0, gt=0, description="Adam learning rate for the residual target δ; higher needs fewer δ steps, too low "
         "leaves facts short of their target (docs/benchmarks.md).")
