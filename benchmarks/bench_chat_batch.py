@@ -3,8 +3,8 @@
 The first `--n` zsRE records are imported as one spec (as `bench_chat.py` does).  Each fact's
 residual target z is optimised once, on the unedited model: a fact's target does not depend on
 the others in its batch (each has its own δ).  Then, for every size K in `--sizes`, memit's
-solve inserts the first K facts in one batch (one round: memit's `passes` 1), and verify's `chat` protocol scores the edited
-model.  The figures that matter are the probe's: chat efficacy and generalization of the same
+solve inserts the first K facts in one batch (one round: memit's `passes` 1), and verify's `chat`
+protocol scores the edited model.  The figures that matter are the probe's: chat efficacy and generalization of the same
 first `--probe` facts at every K, so a fall is the other facts' doing, not harder facts.  Beside
 them: chat efficacy / generalization / locality over the K facts of the batch, and the share of
 each probe fact's δ that the update delivers at its chat row's subject token (1.0 = all of it).
@@ -18,7 +18,6 @@ About 10 minutes for the targets of 76 facts plus 2-5 minutes per size on one lo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 import types
 from pathlib import Path
@@ -39,11 +38,8 @@ def chat_row_shares(model, layout, prepared, targets, deltas, *, last: int, pad:
     from editspec.model.deltas import apply_deltas
 
     _, before = template_keys(model, layout, prepared, [last], pad=pad, block_layer=last, every_row=True)
-    handle = apply_deltas(model, deltas)
-    try:
+    with apply_deltas(model, deltas):
         _, after = template_keys(model, layout, prepared, [last], pad=pad, block_layer=last, every_row=True)
-    finally:
-        handle.revert()
     shares = []
     for i, prep in enumerate(prepared):
         row = prep.chat.index(True) if True in prep.chat else 0
@@ -58,8 +54,7 @@ def run(args) -> int:
     from editspec.backends.memit.backend import MemitBackend
     from editspec.backends.memit.config import MemitConfig
     from editspec.build.compiler import parse_setting_value
-    from editspec.families.locate import optimise_targets, prepare_requests, second_moment_for, spread_over_layers
-    from editspec.families.locate import revert_all
+    from editspec.families.locate import optimise_targets, prepare_requests, revert_all, spread_over_layers
     from editspec.families.locate.backend import edit_requests
     from editspec.lang.resolve import load_spec
     from editspec.model.chat import chat_enabled
@@ -67,7 +62,7 @@ def run(args) -> int:
     from editspec.model.layout import layout_for
     from editspec.model.loading import load_model
     from editspec.model.tokens import pad_id
-    from editspec.backends.memit.memit import memit_update
+    from editspec.backends.memit.memit import memit_solver
     from editspec.verify.engine import verify
 
     settings = dict(item.split("=", 1) for item in args.set)
@@ -92,29 +87,14 @@ def run(args) -> int:
     started = time.perf_counter()
     targets = optimise_targets(model, [layout.block_at(layers[-1])] * len(prepared), prepared, config.optim(), pad=pad)
     print(f"  targets of {len(prepared)} facts: {time.perf_counter() - started:.0f} s", flush=True)
-    covs = {}
-
-    def solve(layer, keys, residual):
-        if layer not in covs:
-            covs[layer] = second_moment_for(prepared_data["stats"], layer, keys.shape[1], config.mom2_ridge)
-        return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
-
+    solve = memit_solver(prepared_data["stats"], config)
     lines = ["| batch K | probe chat eff | probe chat gen | probe δ share at the chat row | "
              "batch chat eff / gen / loc |", "|---|---|---|---|---|"]
     for size in sizes:
         deltas, handles, _ = spread_over_layers(model, layout, prepared[:size], layers, targets.value[:size], solve,
                                                 pad=pad)
         revert_all(handles)
-
-        @contextlib.contextmanager
-        def attach(m, deltas=deltas):
-            handle = apply_deltas(m, deltas)
-            try:
-                yield types.SimpleNamespace(model=m)
-            finally:
-                handle.revert()
-
-        report = verify(spec, model, tokenizer, attach=attach, weights_hash=loaded.weights_hash, protocol="chat",
+        report = verify(spec, model, tokenizer, attach=lambda m, deltas=deltas: apply_deltas(m, deltas), weights_hash=loaded.weights_hash, protocol="chat",
                         metrics=METRICS)
         passed = {(m, scope): [0, 0] for m in METRICS for scope in ("probe", "batch")}
         for result in report.results:

@@ -319,8 +319,8 @@ def main(argv=None) -> int:
             spec = spec.model_copy(update={"edits": spec.edits[:usable]})
         fixed = fixed_neighbourhood(args.limit, args.neighbourhood, Path(tmp), args.neighbourhood_file, spec.edits)
         docs = general_docs(args.ppl_docs)
-        unedited = {"edits": 0, **score(loaded.model, loaded.tokenizer, sampled(spec.edits, args.score_sample)),
-                    "scored": len(sampled(spec.edits, args.score_sample)),
+        scored = sampled(spec.edits, args.score_sample)
+        unedited = {"edits": 0, **score(loaded.model, loaded.tokenizer, scored), "scored": len(scored),
                     **(generated(loaded.model, loaded.tokenizer, spec.edits[: args.generate]) if args.generate else {}),
                     "fixed_ns": score(loaded.model, loaded.tokenizer, fixed)["locality"],
                     "ppl": perplexity(loaded.model, loaded.tokenizer, docs)}

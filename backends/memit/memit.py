@@ -32,6 +32,18 @@ def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor |
     return least_squares_update(keys, residual, cov, weight)
 
 
+def memit_solver(stats: StatsSource, config: MemitConfig):
+    """The per-layer solve `spread_over_layers` calls: memit's λC update, each layer's C read once."""
+    covs = {}
+
+    def solve(layer, keys, residual):
+        if layer not in covs:
+            covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
+        return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
+
+    return solve
+
+
 def memit_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: MemitConfig = MemitConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
@@ -52,13 +64,7 @@ def memit_deltas(
     prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
                                 answer_end=config.answer_end)
     last = layers[-1]
-    covs = {}
-
-    def solve(layer, keys, residual):
-        if layer not in covs:
-            covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
-        return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
-
+    solve = memit_solver(stats, config)
     deltas, handles, logs, rounds = [], [], [], []
     try:
         for round_ in range(config.passes):
