@@ -7,7 +7,7 @@ import editspec.backends.ultraedit.ultraedit as ultraedit_module
 from editspec.build.artifact import DELTAS
 from editspec.backends.ultraedit import LifelongNorm, edit_features, ultraedit_update
 from editspec.backends.ultraedit.backend import NORM
-from editspec.backends.ultraedit.ultraedit import RunningSquares, key_rows, stats_update, stats_update_dense
+from editspec.backends.ultraedit.ultraedit import KeySum, RunningSquares, key_rows, stats_update, stats_update_dense
 from editspec.families.memory.codebook import teacher_forced
 from editspec.build.compiler import compile_spec
 from editspec.model.loading import load_model
@@ -63,6 +63,35 @@ def test_the_dense_solve_is_the_factored_one_and_reuses_its_cholesky_factor():
     other = _random(40, 8, 9)
     again, same = stats_update_dense(keys, other, None, None, weight=0.0, factor=factor)
     assert same is factor and torch.allclose(again, torch.mm(*stats_update(keys, other, kept, moment, weight=3.0)), atol=1e-10)
+
+
+def test_a_turn_with_the_earlier_keys_pinned_completes_the_least_squares_solve_of_the_whole_chain():
+    # history_weight 1: turn 2 solved with turn 1's keys summed into the system, its shifts
+    # measured from the model turn 1 edited, adds up to the one least-squares update over both
+    # turns' edits (each at the value it asked for) at the same cost to general text.
+    general = _random(300, 16, 5) * torch.linspace(0.1, 3.0, 16, dtype=torch.float64)
+    moment = general.T @ general / len(general)
+    k1, v1, k2, v2 = _random(10, 16, 0), _random(10, 8, 1), _random(12, 16, 2), _random(12, 8, 3)
+    first, _ = stats_update_dense(k1, v1, None, moment, weight=2.0)
+    history = KeySum().added(k1)
+    assert history.rows is not None and torch.allclose(history.dense(), k1.T @ k1)
+    second = torch.mm(*stats_update(k2, v2, None, moment, weight=2.0, history=history.dense()))
+    dense_second, _ = stats_update_dense(k2, v2, None, moment, weight=2.0, history=history.dense())
+    assert torch.allclose(second, dense_second, atol=1e-10)
+    wanted = torch.cat([v1, k2 @ first.T + v2])  # turn 2's targets are read on the model turn 1 edited
+    keys = torch.cat([k1, k2])
+    joint = torch.linalg.solve(keys.T @ keys + 2.0 * moment, keys.T @ wanted).T
+    assert torch.allclose(first + second, joint, atol=1e-9)
+    # Without the history, turn 2 writes over turn 1's keys.
+    alone = torch.mm(*stats_update(k2, v2, None, moment, weight=2.0))
+    assert (k1 @ second.T).norm() < (k1 @ alone.T).norm()
+    # Past d_k keys the sum is stored dense; both forms survive the artifact round trip.
+    summed = history.added(k2)
+    assert summed.gram is not None and torch.allclose(summed.dense(), keys.T @ keys)
+    norm = LifelongNorm(history={10: history, 11: summed})
+    again = LifelongNorm.from_tensors(norm.tensors())
+    assert again.history[10].rows is not None and again.history[11].gram is not None
+    assert torch.allclose(again.history[11].dense(), summed.dense(), rtol=1e-6)
 
 
 def test_context_rows_leave_out_positions_whose_context_two_edits_share():
@@ -162,7 +191,7 @@ FACTS = [("capital", "France", "Rome", "Paris"), ("plays", "Michael Jordan", "fo
          ("plays", "Lionel Messi", "basketball", "football"), ("capital", "Germany", "Paris", "Berlin")]
 
 
-@pytest.mark.parametrize("solve", ["ridge", "stats"])
+@pytest.mark.parametrize("solve", ["ridge", "stats", "history"])
 def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exactly(tmp_path, tmp_cache, solve):
     folder, corpus, spec = tiny_workspace(tmp_path, SPEC)
     loaded = load_model(folder)
@@ -173,10 +202,12 @@ def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exa
     # The paper's ridge at the answer positions, or the statistics solve with the context rows.
     settings.update({"mom2_weight": "0", "context_rows": "false"} if solve == "ridge" else
                     {"mom2_weight": "10", "mom2_corpus": str(corpus), "mom2_samples": "20"})
+    if solve == "history":  # the statistics solve, every earlier turn's keys pinned
+        settings["history_weight"] = "1"
     turn_texts = [teacher_forced(tok, encode_targets(tok, [Target(f"The capital of {subject} is" if relation == "capital"
                                                                   else f"{subject} plays", new, "good", "x")]))
                   for relation, subject, new, _ in FACTS]
-    rows = [len(key_rows(texts, context=solve == "stats")) for texts in turn_texts]
+    rows = [len(key_rows(texts, context=solve != "ridge")) for texts in turn_texts]
     text, previous, sizes, delta_sizes = SPEC, None, [], []
     for i, (relation, subject, new, old) in enumerate(FACTS):
         text += f'edit {relation}("{subject}") -> "{new}" {{ was "{old}" }}\n'
@@ -186,10 +217,17 @@ def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exa
         sizes.append((artifact.path / NORM).stat().st_size)
         delta_sizes.append((artifact.path / DELTAS).stat().st_size)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # compiling changed nothing
-    assert len(set(sizes)) == 1                                  # the running statistics do not grow
     from editspec.backends.ultraedit.backend import read_norm
 
-    assert read_norm(editspec.build.artifact.read_artifact(previous)).grads[1].count == sum(rows)
+    carried = read_norm(editspec.build.artifact.read_artifact(previous))
+    assert carried.grads[1].count == sum(rows)
+    if solve == "history":  # the keys' sum grows as rows until it is cheaper dense, then stops
+        d_k = carried.keys[1].mean_square.shape[0]
+        stored = [0] + [min(sum(rows[: i + 1]), d_k) for i in range(len(rows))]
+        assert all((a < b) == (sizes[i] < sizes[i + 1]) for i, (a, b) in enumerate(zip(stored[1:], stored[2:])))
+        assert carried.history[1].dense().shape == (d_k, d_k) and float(carried.history[1].dense().trace()) > 0
+    else:
+        assert len(set(sizes)) == 1 and not carried.history       # the running statistics do not grow
     last = FACTS[-1]
     old = target_logprob(model, tok, "The capital of Germany is", last[2])
     with editspec.load_edited(loaded, previous) as edited:

@@ -83,20 +83,51 @@ class RunningSquares:
         return (shrunk + EPS).sqrt()
 
 
+@dataclass(frozen=True)
+class KeySum:
+    """``Σ kkᵀ`` over the edit keys of earlier turns: the keys themselves while they are fewer
+    than d_k (an artifact of a few edits stays small), then the dense [d_k, d_k] sum."""
+
+    rows: torch.Tensor | None = None  # [r, d_k], r < d_k
+    gram: torch.Tensor | None = None  # [d_k, d_k]
+
+    def added(self, keys: torch.Tensor) -> "KeySum":
+        keys = keys.to(torch.float64)
+        if self.gram is None:
+            rows = keys if self.rows is None else torch.cat([self.rows.to(torch.float64), keys])
+            if rows.shape[0] < rows.shape[1]:
+                return KeySum(rows=rows)
+            return KeySum(gram=rows.T @ rows)
+        return KeySum(gram=self.gram.to(torch.float64) + keys.T @ keys)
+
+    def dense(self) -> torch.Tensor:
+        """The [d_k, d_k] sum, float64."""
+        if self.gram is not None:
+            return self.gram.to(torch.float64)
+        rows = self.rows.to(torch.float64)
+        return rows.T @ rows
+
+
 @dataclass
 class LifelongNorm:
-    """Per edited layer: running squares of the keys and of the value gradients (what `--on` carries)."""
+    """What `--on` carries, per edited layer: running squares of the keys and of the value
+    gradients, and (with `history_weight`) the sum of the earlier turns' edit keys."""
 
     keys: dict[int, RunningSquares] = field(default_factory=dict)
     grads: dict[int, RunningSquares] = field(default_factory=dict)
+    history: dict[int, KeySum] = field(default_factory=dict)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """For safetensors: `keys.<layer>` and `grads.<layer>` mean squares, and their counts."""
+        """For safetensors: `keys.<layer>` and `grads.<layer>` mean squares and their counts;
+        `history.<layer>.rows` or `.gram` (float32: the solve adds it to a float64 system)."""
         found = {}
         for kind, table in (("keys", self.keys), ("grads", self.grads)):
             for layer, stats in table.items():
                 found[f"{kind}.{layer}.mean_square"] = stats.mean_square.contiguous()
                 found[f"{kind}.{layer}.count"] = torch.tensor([stats.count], dtype=torch.long)
+        for layer, summed in self.history.items():
+            part, tensor = ("gram", summed.gram) if summed.gram is not None else ("rows", summed.rows)
+            found[f"history.{layer}.{part}"] = tensor.to(torch.float32).contiguous()
         return found
 
     @classmethod
@@ -107,6 +138,8 @@ class LifelongNorm:
             if part == "mean_square":
                 count = int(tensors[f"{kind}.{layer}.count"][0])
                 getattr(norm, kind)[int(layer)] = RunningSquares(count, tensor.to(torch.float64))
+            elif kind == "history":
+                norm.history[int(layer)] = KeySum(**{part: tensor.to(torch.float64)})
         return norm
 
 
@@ -276,23 +309,26 @@ def ultraedit_update(keys: torch.Tensor, values: torch.Tensor, preserved: torch.
 
 
 def stats_update(keys: torch.Tensor, values: torch.Tensor, preserved: torch.Tensor | None,
-                 moment: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 moment: torch.Tensor, weight: float, history: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors ``(left [d_v, n], right [n, d_k])`` of the update that maps `keys` [n, d_k] to
     `values` [n, d_v] at the least cost to general text:
 
-        ΔW = Vᵀ K (KᵀK + PᵀP + weight·C)⁻¹
+        ΔW = Vᵀ K (KᵀK + PᵀP + H + weight·C)⁻¹
 
     `moment` C = E[kkᵀ] of the unedited model's keys on general text, `weight` how many such
-    tokens it stands for; `preserved` keys [m, d_k] pinned like those tokens.  MEMIT's solve
-    for one layer, with UltraEdit's one-step values.  Float64; a [d_k, d_k] system, however many
-    keys.  With weight → 0 and independent keys, ``left @ right @ k_i = v_i`` exactly.
+    tokens it stands for; `preserved` keys [m, d_k] pinned like those tokens; `history` H
+    [d_k, d_k] the (weighted) sum of earlier turns' edit keys, pinned alike, so this turn keeps
+    what they wrote.  MEMIT's solve for one layer, with UltraEdit's one-step values.  Float64;
+    a [d_k, d_k] system, however many keys.  With weight → 0 and independent keys,
+    ``left @ right @ k_i = v_i`` exactly.
     """
-    return least_squares_update(keys, values, moment, weight, preserved)
+    return least_squares_update(keys, values, moment, weight, preserved, history)
 
 
 def stats_update_dense(keys: torch.Tensor, values: torch.Tensor, preserved: torch.Tensor | None,
                        moment: torch.Tensor, weight: float, factor: torch.Tensor | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`stats_update`'s ΔW [d_v, d_k] itself, and the Cholesky factor of its system (to reuse).
 
     The same least-squares update, solved for ``(KᵀK + PᵀP + weight·C) X = KᵀV`` with d_v
@@ -300,7 +336,8 @@ def stats_update_dense(keys: torch.Tensor, values: torch.Tensor, preserved: torc
     system: cheaper than the factors once the rows n outnumber d_v (a turn of 100 CounterFact
     edits has about 2,200 rows per layer against d_v = 576), and the factors would be merged
     into the dense update anyway (docs/methods/ultraedit.md#cost).  `factor`: a Cholesky
-    factor of this same system, when the keys are the ones it was made from.  Float64.
+    factor of this same system, when the keys are the ones it was made from; `history` as in
+    `stats_update`.  Float64.
     """
     k = keys.to(torch.float64)
     if factor is None:
@@ -308,6 +345,8 @@ def stats_update_dense(keys: torch.Tensor, values: torch.Tensor, preserved: torc
         if preserved is not None and preserved.numel():
             p = preserved.to(torch.float64)
             system = system + p.T @ p
+        if history is not None:
+            system = system + history.to(torch.float64)
         factor = torch.linalg.cholesky(system)
     solved = torch.cholesky_solve(k.T @ values.to(torch.float64), factor)  # [d_k, d_v]
     return solved.T.contiguous(), factor
@@ -331,7 +370,10 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
         raise EditspecError(f"layer {layers[-1]} does not exist: the model has {count} layers (0..{count - 1})")
     if config.mom2_weight > 0 and (stats is None or any(layer not in stats for layer in layers)):
         raise ValueError("mom2_weight > 0 needs the key statistics of every edited layer")
-    norm = LifelongNorm(dict((norm or LifelongNorm()).keys), dict((norm or LifelongNorm()).grads))
+    norm = norm or LifelongNorm()
+    norm = LifelongNorm(dict(norm.keys), dict(norm.grads), dict(norm.history))
+    pinned = {layer: config.history_weight * norm.history[layer].dense() for layer in layers
+              if config.history_weight > 0 and config.mom2_weight > 0 and layer in norm.history}
     kept = edit_features(model, tokenizer, keep, layers, with_grads=False, batch_size=config.batch_size) \
         if keep and config.preserve_keep else {}
     rows = key_rows(texts, context=config.context_rows)
@@ -359,11 +401,12 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
                         known = factors.get(layer)
                         same = known is not None and known[0].shape == k.shape and torch.equal(known[0], k)
                         right, factor = stats_update_dense(k, values, preserved, stats[layer], config.mom2_weight,
-                                                           known[1] if same else None)
+                                                           known[1] if same else None, pinned.get(layer))
                         factors[layer] = (k, factor)  # a later pass with the same keys (the first layer) reuses it
                         left = torch.eye(right.shape[0], dtype=torch.float64)
                     else:
-                        left, right = stats_update(k, values, preserved, stats[layer], config.mom2_weight)
+                        left, right = stats_update(k, values, preserved, stats[layer], config.mom2_weight,
+                                                   pinned.get(layer))
                 else:
                     left, right = ultraedit_update(k, values, preserved, norm.keys[layer].rms(config.prior_rows),
                                                    config.ridge)
@@ -375,9 +418,14 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
                 logs.append({"layer": layer, "pass": turn + 1, "keys": int(k.shape[0]),
                              "answer_keys": sum(r.answer for r in rows),
                              "preserved": int(kept[layer][0].shape[0]) if layer in kept else 0,
+                             "history": layer in pinned,
                              "value_norm": float(values.norm(dim=1).mean()), "delta_norm": float(dense.norm()),
                              "fit": float((k.float() @ dense.T - values.float()).norm() / values.float().norm().clamp(min=EPS))})
             deltas += stage
+            if turn + 1 == config.passes and config.history_weight > 0 and config.mom2_weight > 0:
+                # This turn's keys, as the last pass read them, join what later turns keep in place.
+                for layer, (k, _) in features.items():
+                    norm.history[layer] = norm.history.get(layer, KeySum()).added(k)
             if turn + 1 < config.passes:
                 handles.append(apply_deltas(model, stage))
     finally:

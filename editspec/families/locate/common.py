@@ -33,13 +33,15 @@ def second_moment_for(stats: StatsSource, layer: int, d_k: int, ridge: float = 0
 
 
 def least_squares_update(keys: torch.Tensor, values: torch.Tensor, moment: torch.Tensor | None, weight: float,
-                         preserved: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors ``(left = Vᵀ [d_v, n], right [n, d_k])`` of ``ΔW = Vᵀ K (weight·C + KᵀK + PᵀP)⁻¹``.
+                         preserved: torch.Tensor | None = None, gram: torch.Tensor | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors ``(left = Vᵀ [d_v, n], right [n, d_k])`` of ``ΔW = Vᵀ K (weight·C + KᵀK + PᵀP + G)⁻¹``.
 
     The least-squares update that maps `keys` [n, d_k] to `values` [n, d_v] at the least cost
-    to the keys that C = `moment` (None: identity) stands for, `weight` tokens of them, and to
-    `preserved` keys P [m, d_k], pinned at zero shift (docs/methods/memit.md).  Float64; one
-    [d_k, d_k] system however many keys.  memit and ultraedit solve with it.
+    to the keys that C = `moment` (None: identity) stands for, `weight` tokens of them, to
+    `preserved` keys P [m, d_k], pinned at zero shift (docs/methods/memit.md), and to keys
+    already summed into `gram` G [d_k, d_k] (``Σ kkᵀ`` of earlier edits, pinned alike).
+    Float64; one [d_k, d_k] system however many keys.  memit and ultraedit solve with it.
     """
     k = keys.to(torch.float64)
     c = torch.eye(k.shape[1], dtype=torch.float64) if moment is None else moment.to(torch.float64)
@@ -47,6 +49,8 @@ def least_squares_update(keys: torch.Tensor, values: torch.Tensor, moment: torch
     if preserved is not None and preserved.numel():
         p = preserved.to(torch.float64)
         system = system + p.T @ p
+    if gram is not None:
+        system = system + gram.to(torch.float64)
     right = torch.linalg.solve(system, k.T).T  # [n, d_k]
     return values.to(torch.float64).T.contiguous(), right.contiguous()
 
