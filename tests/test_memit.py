@@ -107,6 +107,68 @@ def test_a_second_round_is_one_round_on_the_model_the_first_edited():
     assert all(f["steps"] >= 2 for f in result.facts)
 
 
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double()
+
+
+def test_keep_texts_are_held_in_place_by_the_solve():
+    """`keep` texts enter every layer's solve as keys pinned at zero shift: the kept text's outputs
+    move far less than without them, more so with a larger weight, and no keep is the plain solve."""
+    from editspec.families.locate import keys_at
+
+    model, tok = tiny_model("llama", layers=4), tiny_tokenizer()
+    layout = layout_for(model)
+    groups = context_templates(model, tok, ((2, 6),), seed=0)
+    stats = _model_cov(model, range(3))
+    config = MemitConfig(layers=(0, 1, 2), mom2_update_weight=0.5, mom2_ridge=0.0, v_num_grad_steps=5, passes=1)
+    kept_ids = list(tok("The capital of Italy is Rome")["input_ids"])
+    keep = [(kept_ids, list(range(len(kept_ids))))]
+    before = _logits(model, kept_ids)
+
+    def moved(result):
+        with apply_deltas(model, result.deltas):
+            return float((_logits(model, kept_ids) - before).norm())
+
+    plain = memit_deltas(model, tok, FACTS, config, stats=stats, templates=groups)
+    assert all(torch.equal(a.dense(), b.dense()) for a, b in zip(
+        plain.deltas, memit_deltas(model, tok, FACTS, config, stats=stats, templates=groups, keep=[]).deltas))
+    light = memit_deltas(model, tok, FACTS, config.model_copy(update={"keep_weight": 1.0}), stats=stats,
+                         templates=groups, keep=keep)
+    heavy = memit_deltas(model, tok, FACTS, config.model_copy(update={"keep_weight": 1e6}), stats=stats,
+                         templates=groups, keep=keep)
+    assert moved(heavy) < moved(light) < moved(plain)
+    assert moved(heavy) < 0.05 * moved(plain)
+    # The lowest layer's update maps the kept keys (unedited there) to almost nothing.
+    k = keys_at(model, layout, keep, 0, pad=0)
+    assert k.shape == (len(kept_ids), INTERMEDIATE)
+    first = heavy.deltas[0].dense().double()
+    assert float((k @ first.T).norm()) < 1e-3 * float((k @ plain.deltas[0].dense().double().T).norm())
+
+
+def test_keep_texts_are_the_keep_prompts_with_answers_and_their_chat_questions():
+    from editspec.families.locate.backend import keep_texts
+    from editspec.lang.resolve import load_spec
+    from editspec.model.chat import user_turn
+    from tiny import tiny_chat_tokenizer
+
+    spec = load_spec("x.edit", text='relation city {\n  prompt "The {subject} is located in"\n'
+                     '  question "Where is the {subject}?"\n}\n'
+                     'edit city("Eiffel Tower") -> "Rome" {\n  keep { city("Colosseum") -> "Rome" }\n}\n')
+    tok = tiny_chat_tokenizer()
+    raw_only = keep_texts(spec.edits, spec.relations, tok)
+    (ids, positions), = raw_only
+    assert tok.decode(ids) == "The Colosseum is located in Rome"
+    assert positions == list(range(len(ids) - 1))  # every position up to the one predicting the answer's last token
+    raw, chat = keep_texts(spec.edits, spec.relations, tok, chat=True)
+    assert raw == raw_only[0]
+    text = user_turn(tok, "Where is the Colosseum?")
+    assert chat[0] == tok(text, add_special_tokens=False)["input_ids"]
+    # From the user's message to the end of the turn; the template's own opening is left out.
+    assert tok.decode(chat[0][chat[1][0]:]).strip().startswith("Where")
+    assert chat[1][-1] == len(chat[0]) - 1 and chat[1][0] > 0
+
+
 def test_default_layers():
     assert default_layers(30) == (4, 5, 6, 7, 8)
     assert default_layers(3) == (0, 1, 2)

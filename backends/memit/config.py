@@ -34,6 +34,13 @@ class MemitConfig(ResidualTargetSettings):
         "the earlier rounds edited, so a fact makes up for what the batch's other edits did to its prompts (in chat "
         "above all); each round costs another target pass and adds its deltas to the payload; 1 is the papers' single "
         "round (docs/methods/memit.md#rounds-passes).")
+    preserve_keep: bool = Field(
+        True, description="Put the spec's `keep` facts in every layer's solve as keys whose output must not move "
+        "(the keep prompt with its answer at every position, and the keep question in chat form), weighted by "
+        "`keep_weight`: the update then leaves what the spec says to keep where it was.")
+    keep_weight: float = Field(
+        100.0, gt=0, description="With `preserve_keep`: how many tokens of the statistics C each kept key counts "
+        "for in the solve (λ·C counts `mom2_update_weight` tokens).")
     v_lr: float = Field(
         1.0, gt=0, description="Adam learning rate for the residual target δ; higher needs fewer δ steps, too low "
         "leaves facts short of their target (docs/benchmarks.md).")

@@ -14,7 +14,7 @@ import torch
 from editspec.model.chat import chat_enabled
 from editspec.model.layout import layout_for
 from editspec.families.locate import (
-    EditRequest, EditResult, StatsSource, least_squares_update, optimise_targets, prepare_requests,
+    EditRequest, EditResult, StatsSource, keys_at, least_squares_update, optimise_targets, prepare_requests,
     revert_all, second_moment_for, spread_over_layers, templates_for,
 )
 from editspec.model.tokens import pad_id
@@ -32,14 +32,23 @@ def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor |
     return least_squares_update(keys, residual, cov, weight)
 
 
-def memit_solver(stats: StatsSource, config: MemitConfig):
-    """The per-layer solve `spread_over_layers` calls: memit's λC update, each layer's C read once."""
+def memit_solver(stats: StatsSource, config: MemitConfig, preserved=None):
+    """The per-layer solve `spread_over_layers` calls: memit's λC update, each layer's C read once.
+
+    `preserved(layer)`, when given, returns keys [m, d_k] whose output the update must leave alone
+    (measured when the layer is solved, on the model as edited so far); each counts
+    `config.keep_weight` tokens of C.
+    """
     covs = {}
 
     def solve(layer, keys, residual):
         if layer not in covs:
             covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
-        return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
+        held = preserved(layer) if preserved is not None else None
+        if held is None or not held.numel():
+            return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
+        return least_squares_update(keys, residual, covs[layer], config.mom2_update_weight,
+                                    held * config.keep_weight ** 0.5)
 
     return solve
 
@@ -47,6 +56,7 @@ def memit_solver(stats: StatsSource, config: MemitConfig):
 def memit_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: MemitConfig = MemitConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
+    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
 ) -> EditResult:
     """One delta per edited layer and round (rank ≤ number of facts each); the model is left unchanged.
 
@@ -56,6 +66,8 @@ def memit_deltas(
 
     `stats` gives C = E[kkᵀ] per layer (mapping or callable), computed on the unedited model;
     None uses the identity.  `templates` are context-template groups; None samples them.
+    `keep` are ``(ids, positions)`` texts (`keep_texts`) whose keys every layer's solve holds in
+    place, `config.keep_weight` tokens each.
     """
     layout = layout_for(model)
     pad = pad_id(tokenizer)
@@ -64,7 +76,8 @@ def memit_deltas(
     prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
                                 answer_end=config.answer_end)
     last = layers[-1]
-    solve = memit_solver(stats, config)
+    held = (lambda layer: keys_at(model, layout, keep, layer, pad=pad)) if keep else None
+    solve = memit_solver(stats, config, held)
     deltas, handles, logs, rounds = [], [], [], []
     try:
         for round_ in range(config.passes):

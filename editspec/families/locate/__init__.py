@@ -15,7 +15,7 @@ from editspec.lazy import lazy_names
 _WHERE = {
     "common": ("EditResult", "StatsSource", "extend_factor", "factor_of_gram", "least_squares_update", "second_moment_for",
                "templates_for"),
-    "keys": ("average_keys", "collect_at", "request_keys", "template_keys"),
+    "keys": ("average_keys", "collect_at", "keys_at", "request_keys", "template_keys"),
     "layers": ("layer_scores", "select_layers"),
     "requests": ("KL_PROMPT", "EditRequest", "PreparedRequest", "flatten_groups", "prepare_requests"),
     "spread": ("Solver", "request_key_matrix", "revert_all", "spread_over_layers"),
@@ -27,7 +27,7 @@ __getattr__ = lazy_names(__name__, {name: f".{module}" for module, names in _WHE
 
 __all__ = [
     "EditRequest", "EditResult", "KL_PROMPT", "OptimSettings", "PreparedRequest", "ResidualTargetSettings", "Solver", "StatsSource",
-    "Targets", "average_keys", "collect_at", "extend_factor", "factor_of_gram", "flatten_groups", "frozen", "layer_scores", "least_squares_update",
+    "Targets", "average_keys", "collect_at", "keys_at", "extend_factor", "factor_of_gram", "flatten_groups", "frozen", "layer_scores", "least_squares_update",
     "optimise_targets", "prepare_requests", "request_key_matrix", "request_keys", "revert_all",
     "second_moment_for", "select_layers", "spread_over_layers", "template_keys", "templates_for",
 ]

@@ -122,6 +122,48 @@ def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:
     return requests
 
 
+def keep_texts(edits: Sequence[Edit], relations, tokenizer, *, chat: bool = False) -> list[tuple[list[int], list[int]]]:
+    """The `keep` facts of `edits` as ``(ids, positions)`` texts whose keys an update should leave alone.
+
+    Each keep prompt with its answer, teacher-forced, at every position before the answer's
+    last token (every MLP output there reaches the kept answer's prediction); with `chat`, each
+    keep question (its relation's `question` templates, else its prompts, as verify asks them)
+    as a user turn through the chat template, at every position from the message on (the system
+    turn every chat text shares is left out).
+    """
+    from editspec.model.chat import chat_questions, user_turn
+    from editspec.model.tokens import target_token_ids
+
+    by_name = {r.name: r for r in relations}
+    texts, seen = [], set()
+    for edit in edits:
+        for fact in edit.keep:
+            for prompt in fact.prompts:
+                head = list(tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"])
+                ids = head + target_token_ids(tokenizer, prompt, fact.answer)
+                _add_text(texts, seen, ids, range(len(ids) - 1))
+            if not chat:
+                continue
+            relation = by_name.get(fact.relation) if fact.relation else None
+            questions = [q.replace("{subject}", fact.subject) for q in relation.questions] \
+                if relation is not None and fact.subject is not None else []
+            for message in chat_questions(questions, fact.prompts[0] if fact.prompts else ""):
+                if not message.strip():
+                    continue
+                text = user_turn(tokenizer, message)
+                ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+                start = len(tokenizer(text[: text.rfind(message)], add_special_tokens=False)["input_ids"])
+                _add_text(texts, seen, ids, range(min(start, len(ids) - 1), len(ids)))
+    return texts
+
+
+def _add_text(texts, seen, ids, positions):
+    key = tuple(ids)
+    if key not in seen and len(ids) > 1:
+        seen.add(key)
+        texts.append((ids, list(positions)))
+
+
 def sampled_templates(loaded, counts, seed: int) -> list[list[str]]:
     """Context templates sampled once from the unedited model, cached by its weights hash."""
     from editspec.cache import cache_dir

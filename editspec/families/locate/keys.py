@@ -104,3 +104,30 @@ def request_keys(
     """Template-averaged keys ``k*`` at `layer`, one row per request: [n, d_k] float64."""
     keys, _ = template_keys(model, layout, prepared, [layer], pad=pad, batch_size=batch_size)
     return torch.stack([average_keys(k, p.group) for k, p in zip(keys[layer], prepared)])
+
+
+@torch.no_grad()
+def keys_at(
+    model, layout: ModelLayout, texts: Sequence[tuple[Sequence[int], Sequence[int]]], layer: int, *,
+    pad: int, batch_size: int = 64,
+) -> torch.Tensor:
+    """MLP keys at `layer` of every ``(ids, positions)`` text, at each of its positions: [m, d_k] float64.
+
+    Used for the keys an update should leave alone (a spec's `keep` facts): every position whose
+    MLP output reaches the kept answer's prediction.  Right-padded batches, so a text gives the
+    same keys alone or in a batch; the forward pass stops at the layer's value projection.
+    """
+    path = layout.mlp_out_at(layer)
+    found = []
+    device = _device(model)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        ids, mask = right_pad([list(t[0]) for t in chunk], pad)
+        with record_inputs(model, [path]) as seen, stop_after(model, path):
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        states = seen[path]
+        for row, (_, positions) in enumerate(chunk):
+            found.append(states[row, list(positions)].to("cpu", torch.float64))
+    if not found:
+        return torch.zeros(0, 0, dtype=torch.float64)
+    return torch.cat(found)
