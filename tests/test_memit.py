@@ -100,10 +100,19 @@ def test_a_second_round_is_one_round_on_the_model_the_first_edited():
     # The first round alone is exactly what passes=1 gives.
     single = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1}), stats=stats, templates=groups)
     assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(result.deltas[:3], single.deltas))
-    # The second round is a single round on the model the first one edited.
+    # The second round is a single round, at the later rounds' δ learning rate, on the model the first one edited.
     with apply_deltas(model, result.deltas[:3]):
-        again = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1}), stats=stats, templates=groups)
+        again = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1, "v_lr": config.later_v_lr}),
+                             stats=stats, templates=groups)
+        first_rate = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1}), stats=stats,
+                                  templates=groups)
     assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(result.deltas[3:], again.deltas))
+    assert not all(torch.allclose(a.dense(), b.dense()) for a, b in zip(result.deltas[3:], first_rate.deltas))
+    # later_v_lr None keeps v_lr in every round.
+    same = memit_deltas(model, tok, FACTS, config.model_copy(update={"later_v_lr": None}), stats=stats, templates=groups)
+    with apply_deltas(model, same.deltas[:3]):
+        plain = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1}), stats=stats, templates=groups)
+    assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(same.deltas[3:], plain.deltas))
     assert all(f["steps"] >= 2 for f in result.facts)
 
 

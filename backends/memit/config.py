@@ -34,6 +34,11 @@ class MemitConfig(ResidualTargetSettings):
         "the earlier rounds edited, so a fact makes up for what the batch's other edits did to its prompts (in chat "
         "above all); each round costs another target pass and adds its deltas to the payload; 1 is the papers' single "
         "round (docs/methods/memit.md#rounds-passes).")
+    later_v_lr: float | None = Field(
+        0.25, gt=0, description="Adam learning rate for δ in the rounds after the first (`passes`); None: `v_lr`. "
+        "A later round only corrects what the earlier ones left short, and Adam's first step moves every coordinate "
+        "by about the rate (a step of norm rate·√d whatever the gradient), so the first round's rate overshoots there "
+        "(docs/methods/memit.md#rounds-passes).")
     preserve_keep: bool = Field(
         True, description="Put the spec's `keep` facts in every layer's solve as keys whose output must not move "
         "(the keep prompt with its answer at every position, and the keep question in chat form), weighted by "

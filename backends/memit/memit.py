@@ -80,10 +80,12 @@ def memit_deltas(
     solve = memit_solver(stats, config, held)
     deltas, handles, logs, rounds = [], [], [], []
     try:
+        later = config.model_copy(update={"v_lr": config.later_v_lr}) if config.later_v_lr is not None else config
         for round_ in range(config.passes):
-            # Later rounds start from the model the earlier ones edited: each fact's δ is what is still missing.
-            targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, config.optim(),
-                                       pad=pad)
+            # Later rounds start from the model the earlier ones edited: each fact's δ is what is still missing,
+            # found with the smaller steps of `later_v_lr`.
+            settings = (later if round_ else config).optim()
+            targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, settings, pad=pad)
             stage, applied, stage_logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve,
                                                             pad=pad)
             deltas += stage
