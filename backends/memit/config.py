@@ -44,8 +44,9 @@ class MemitConfig(ResidualTargetSettings):
         "(the keep prompt with its answer at every position, and the keep question in chat form), weighted by "
         "`keep_weight`: the update then leaves what the spec says to keep where it was.")
     keep_weight: float = Field(
-        100.0, gt=0, description="With `preserve_keep`: how many tokens of the statistics C each kept key counts "
-        "for in the solve (λ·C counts `mom2_update_weight` tokens).")
+        20.0, gt=0, description="With `preserve_keep`: how many tokens of the statistics C each kept key counts "
+        "for in the solve (λ·C counts `mom2_update_weight` tokens); larger holds them more firmly and fits the edits "
+        "less.")
     v_lr: float = Field(
         1.0, gt=0, description="Adam learning rate for the residual target δ; higher needs fewer δ steps, too low "
         "leaves facts short of their target (docs/benchmarks.md).")
