@@ -202,8 +202,8 @@ def test_a_long_on_chain_keeps_its_statistics_constant_sized_and_reverts_bit_exa
     # The paper's ridge at the answer positions, or the statistics solve with the context rows.
     settings.update({"mom2_weight": "0", "context_rows": "false"} if solve == "ridge" else
                     {"mom2_weight": "10", "mom2_corpus": str(corpus), "mom2_samples": "20"})
-    if solve == "history":  # the statistics solve, every earlier turn's keys pinned
-        settings["history_weight"] = "1"
+    if solve != "ridge":  # the statistics solve, with or without every earlier turn's keys pinned
+        settings["history_weight"] = "1" if solve == "history" else "0"
     turn_texts = [teacher_forced(tok, encode_targets(tok, [Target(f"The capital of {subject} is" if relation == "capital"
                                                                   else f"{subject} plays", new, "good", "x")]))
                   for relation, subject, new, _ in FACTS]

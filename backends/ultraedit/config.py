@@ -54,7 +54,7 @@ class UltraEditConfig(StatisticsSettings, ChatSettings):
         100.0, gt=0, description="Weight of each preserved key (keep facts, `preserve_docs` text) in the "
         "solve with `mom2_weight`, against one token of the statistics.")
     history_weight: float = Field(
-        0.0, ge=0, description="With `mom2_weight`: weight of every earlier `--on` turn's edit keys in the solve, "
+        1.0, ge=0, description="With `mom2_weight`: weight of every earlier `--on` turn's edit keys in the solve, "
         "pinned at their present outputs (1.0: each counts as much as one of this turn's keys, so a chain solves "
         "least squares over all its edits).  The artifact then carries their [d_k, d_k] sum per layer.  0: each "
         "turn is held only against general text and its own keep facts.")
