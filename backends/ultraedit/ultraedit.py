@@ -372,8 +372,9 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
         raise ValueError("mom2_weight > 0 needs the key statistics of every edited layer")
     norm = norm or LifelongNorm()
     norm = LifelongNorm(dict(norm.keys), dict(norm.grads), dict(norm.history))
+    history = config.history_weight > 0 and config.mom2_weight > 0  # the ridge solve keeps no history
     pinned = {layer: config.history_weight * norm.history[layer].dense() for layer in layers
-              if config.history_weight > 0 and config.mom2_weight > 0 and layer in norm.history}
+              if history and layer in norm.history}
     kept = edit_features(model, tokenizer, keep, layers, with_grads=False, batch_size=config.batch_size) \
         if keep and config.preserve_keep else {}
     rows = key_rows(texts, context=config.context_rows)
@@ -422,7 +423,7 @@ def ultraedit_deltas(model, tokenizer, texts: Sequence[KeyedText], keep: Sequenc
                              "value_norm": float(values.norm(dim=1).mean()), "delta_norm": float(dense.norm()),
                              "fit": float((k.float() @ dense.T - values.float()).norm() / values.float().norm().clamp(min=EPS))})
             deltas += stage
-            if turn + 1 == config.passes and config.history_weight > 0 and config.mom2_weight > 0:
+            if turn + 1 == config.passes and history:
                 # This turn's keys, as the last pass read them, join what later turns keep in place.
                 for layer, (k, _) in features.items():
                     norm.history[layer] = norm.history.get(layer, KeySum()).added(k)
