@@ -45,10 +45,8 @@ def memit_solver(stats: StatsSource, config: MemitConfig, preserved=None):
         if layer not in covs:
             covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
         held = preserved(layer) if preserved is not None else None
-        if held is None or not held.numel():
-            return memit_update(keys, residual, covs[layer], config.mom2_update_weight)
         return least_squares_update(keys, residual, covs[layer], config.mom2_update_weight,
-                                    held * config.keep_weight ** 0.5)
+                                    held * config.keep_weight ** 0.5 if held is not None else None)
 
     return solve
 
