@@ -153,3 +153,34 @@ def test_delta_is_optimised_as_the_update_delivers_it(variant):
         assert abs(sum(scales[:-1]) / len(scales[:-1]) - 1.0) < 1e-9
     else:                     # the bare prompt gets exactly δ
         assert abs(scales[0] - 1.0) < 1e-12
+
+
+def test_keep_texts_join_c_and_are_left_alone():
+    """With `keep` texts, each fact still maps its key to its target exactly, while the kept text's
+    keys move less the larger `keep_weight`; no keep (or an empty one) is the plain update."""
+    from editspec.families.locate import keys_at
+
+    model, tok, groups = _setup()
+    layout = layout_for(model)
+    cov = _cov()
+    kept_ids = list(tok("The capital of Italy is Rome")["input_ids"])
+    keep = [(kept_ids, list(range(len(kept_ids))))]
+    kept_keys = keys_at(model, layout, keep, LAYER, pad=0)
+
+    plain = rome_deltas(model, tok, FACTS[:1], _config(), stats={LAYER: cov}, templates=groups)
+    empty = rome_deltas(model, tok, FACTS[:1], _config(), stats={LAYER: cov}, templates=groups, keep=[])
+    assert torch.equal(plain.deltas[0].dense(), empty.deltas[0].dense())
+    moved = {}
+    for weight in (1.0, 1e6):
+        held = rome_deltas(model, tok, FACTS[:1], _config(keep_weight=weight), stats={LAYER: cov},
+                           templates=groups, keep=keep)
+        (delta,), fact = held.deltas, held.facts[0]
+        proj = module_at(model, delta.module)
+        bias = value_bias(proj)
+        bias = 0 if bias is None else bias.detach()
+        with apply_deltas(model, [delta]):
+            assert torch.allclose(value_weight(proj) @ fact["key"] + bias, fact["target"], atol=1e-8)
+        moved[weight] = float((kept_keys @ delta.dense().double().T).norm())
+    unheld = float((kept_keys @ plain.deltas[0].dense().double().T).norm())
+    assert moved[1e6] < moved[1.0] < unheld
+    assert moved[1e6] < 1e-3 * unheld

@@ -23,13 +23,5 @@ class MemitBackend(LocateBackend):
         config = job.config
         if config.layers is None:
             config = config.model_copy(update={"layers": tuple(self.stats_layers(config, loaded.model))})
-        keep = None
-        if config.preserve_keep:
-            from editspec.families.locate.backend import keep_texts
-            from editspec.model.chat import chat_enabled
-
-            keep = keep_texts(job.edits, job.spec.relations, loaded.tokenizer,
-                              chat=chat_enabled(loaded.tokenizer, config.chat))
-            job.progress(f"memit: {len(keep)} keep text(s) held in place")
         return memit_deltas(loaded.model, loaded.tokenizer, requests, config,
-                            stats=job.prepared["stats"], templates=job.prepared["templates"], keep=keep)
+                            stats=job.prepared["stats"], templates=job.prepared["templates"], keep=self.held_keep(job))

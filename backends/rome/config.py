@@ -42,3 +42,11 @@ class RomeConfig(ResidualTargetSettings):
         "criterion in `v_num_grad_steps` (0: none).")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
     facts_per_batch: int = Field(16, ge=1, description="Facts whose δ are optimised together in one batch.")
+    preserve_keep: bool = Field(
+        True, description="Hold the spec's `keep` facts where they are: their keys (the keep prompt with its answer at "
+        "every position, and the keep question in chat form) join the statistics C that fix each update's direction, "
+        "so the update moves their outputs little (docs/methods/rome.md#keep-facts-held).")
+    keep_weight: float = Field(
+        0.02, gt=0, description="With `preserve_keep`: each kept key p adds keep_weight·ppᵀ to C, the mean kkᵀ of "
+        "general text (0.02: memit's default hold, 20 tokens against its λ of 1,000); larger holds them more firmly "
+        "and spreads the edit less to prompts like them.")

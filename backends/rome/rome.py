@@ -16,7 +16,7 @@ from editspec.model.chat import chat_enabled
 from editspec.model.deltas import Delta, apply_deltas
 from editspec.model.layout import layout_for, module_at, value_bias, value_weight
 from editspec.families.locate import (
-    EditRequest, EditResult, PreparedRequest, StatsSource, average_keys, collect_at, flatten_groups,
+    EditRequest, EditResult, PreparedRequest, StatsSource, average_keys, collect_at, flatten_groups, keys_at,
     optimise_targets, prepare_requests, second_moment_for, select_layers, template_keys, templates_for,
 )
 from editspec.model.tokens import pad_id
@@ -69,14 +69,32 @@ def delivered_scales(
     return scales
 
 
+def held_moment(cov: torch.Tensor | None, held: torch.Tensor, weight: float) -> torch.Tensor | None:
+    """C + weight·PᵀP: the metric whose rank-one update also leaves the held keys P [m, d_k] alone.
+
+    ROME's Δ = r uᵀ/(uᵀk), u = C⁻¹k, is the smallest update in C's metric that maps k to its
+    target; with the held keys added to C it is the smallest that also moves their outputs
+    little (MEMIT's least squares with the keys held, for one edit, in the limit of an exact fit).
+    C None is the identity.
+    """
+    if held is None or not held.numel():
+        return cov
+    held = held.to(torch.float64)
+    base = torch.eye(held.shape[1], dtype=torch.float64) if cov is None else cov.to(torch.float64)
+    return base + weight * held.T @ held
+
+
 def rome_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: RomeConfig = RomeConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
+    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
 ) -> EditResult:
     """One rank-one delta per request (inserted one after another); the model is left unchanged.
 
     `stats` gives C = E[kkᵀ] per layer (mapping or callable); None uses the identity.
     `templates` are context-template groups (first group ``["{}"]``); None samples them.
+    `keep` are ``(ids, positions)`` texts (`keep_texts`) whose keys, read on the unedited model,
+    join C with `config.keep_weight` each (`held_moment`), so the updates leave them alone.
     """
     layout = layout_for(model)
     pad = pad_id(tokenizer)
@@ -92,6 +110,9 @@ def rome_deltas(
     # Keys on the unedited model fix the absolute targets v* = W₀k̄ + b + δ (R-ROME).
     keys0, _ = template_keys(model, layout, prepared, distinct, pad=pad)
     covs = {layer: second_moment_for(stats, layer, keys0[layer][0].shape[1], config.mom2_ridge) for layer in distinct}
+    if keep:
+        covs = {layer: held_moment(cov, keys_at(model, layout, keep, layer, pad=pad), config.keep_weight)
+                for layer, cov in covs.items()}
     scales = None
     if config.delta_as_delivered:
         scales = delivered_scales(model, layout, prepared, layers, keys0, covs, config.variant, pad=pad)

@@ -84,6 +84,18 @@ class LocateBackend(DeltaBackend):
         """Payload files besides the deltas that `edit` wrote into the workdir."""
         return []
 
+    def held_keep(self, job: CompileJob) -> list[tuple[list[int], list[int]]] | None:
+        """The spec's keep facts as texts whose keys the update holds in place (`keep_texts`),
+        or None when the config's `preserve_keep` is off (or the method has no such setting)."""
+        from editspec.model.chat import chat_enabled
+
+        config, tokenizer = job.config, job.model.tokenizer
+        if not getattr(config, "preserve_keep", False):
+            return None
+        keep = keep_texts(job.edits, job.spec.relations, tokenizer, chat=chat_enabled(tokenizer, config.chat))
+        job.progress(f"{self.name}: {len(keep)} keep text(s) held in place")
+        return keep
+
 
 def chat_corpus(tokenizer, source: str | None, samples: int):
     """The documents raw statistics read (`samples` of `mom2_corpus`, else of the packaged
