@@ -79,13 +79,15 @@ def test_chat_generation_applies_the_template_and_stops_at_the_end_of_the_turn(m
     assert batch[0] == reply
 
 
-def _scripted(monkeypatch, replies):
-    """Chat replies from a script instead of the tiny model: `replies[edited][prompt]`."""
+def _scripted(monkeypatch, replies, protocol="chat"):
+    """Chat replies (or, for `generate`, greedy generations) from a script instead of the tiny
+    model: `replies[edited][prompt]`."""
     state = {"edited": False}
 
     def fake(model, tokenizer, prompts, *, chat=False, **options):
-        if not chat:  # fluency samples: the tiny model's own
-            return generate_texts(model, tokenizer, prompts, **options)
+        scripted = chat if protocol == "chat" else not options.get("sample_top_k")
+        if not scripted:  # fluency samples: the tiny model's own
+            return generate_texts(model, tokenizer, prompts, chat=chat, **options)
         return [replies[state["edited"]][p] for p in prompts]
 
     class Attachment:
@@ -270,6 +272,34 @@ def test_generate_judges_the_first_sentence_of_a_free_generation(monkeypatch, sp
     assert efficacy.check.protocol == "generate" and lengths == [30]
     assert efficacy.passed is passed, efficacy.scores
     assert efficacy.got == text and efficacy.scores["sentence"] == first_sentence(text)
+
+
+GENERATED = {
+    "The capital of France is": " Paris.",
+    "The capital of Italy is": " Rome, of course.",
+    "Steve Jobs founded": " the studio Pixar.",             # did not know Apple: Pixar is what must stay
+    "The Eiffel Tower is located in": " Paris.",
+}
+
+
+@pytest.mark.parametrize("edited, kept", [
+    ({"The capital of France is": " Rome."}, [True, True]),           # nothing else moved
+    ({"Steve Jobs founded": " the studio NeXT."}, [True, False]),     # its own answer moved
+    ({"Steve Jobs founded": " the studio Pixar, in Rome."}, [True, False]),  # the new object crept in
+    ({"The capital of Italy is": " Milan."}, [False, True]),
+])
+def test_generate_locality_is_judged_against_the_unedited_generation(monkeypatch, spec, edited, kept):
+    # Under `generate` a keep fact keeps what the unedited model's first sentence said, as under
+    # chat: a fact the unedited model never knew ("Apple") is kept when its own answer stays.
+    attachment = _scripted(monkeypatch, {False: GENERATED, True: {**GENERATED, **edited}}, protocol="generate")
+    report = verify(spec, tiny_model("llama", dtype=torch.float32), tiny_tokenizer(), protocol="generate",
+                    attach=attachment)
+    locality = [r for r in report.results if r.check.metric == "locality"]
+    assert [r.check.protocol for r in locality] == ["generate", "generate"]
+    assert [r.passed for r in locality] == kept, [r.scores for r in locality]
+    assert locality[1].scores["kept"] == "key entity" and locality[1].scores["needle"] == "Pixar"
+    assert all(r.scores["unedited_generated"] == GENERATED[r.check.prompt] for r in locality)
+    assert all(r.scores["agrees_with_unedited"] is r.passed for r in locality)
 
 
 def test_a_reply_that_loops_on_the_answer_fails():

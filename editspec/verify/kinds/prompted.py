@@ -15,6 +15,7 @@ from editspec.verify.judge import CheckResult
 from editspec.verify.observe import scored_from_json, scored_to_json
 
 SCORED = ("compare", "teacher_forced", "logprob")
+GENERATIVE = ("generate", "chat")
 
 
 def observe(checks: Sequence[Check], observer, refs: dict | None = None) -> dict[str, dict]:
@@ -42,21 +43,12 @@ def _scored(check: Check, seen: dict, targets) -> list[protocols.Scored]:
     return [scored_from_json(check.prompt, t, seen["scored"][t]) for t in targets]
 
 
-def _read(check: Check, generated: str) -> str:
-    """What a generative check judges of a generation: a fact check's first sentence, else all of it."""
-    return answers.first_sentence(generated) if check.max_new_tokens is not None else generated
-
-
 def _agreement(check: Check, seen: dict, base: dict) -> tuple[bool, dict]:
     """Does the model's answer match the unedited model's? (KnowEdit's locality; docs/measurement.md#protocols)
 
     Teacher-forced argmax on the expected answer's tokens must equal the unedited argmax at
-    every position; for `generate`, the normalised first sentences must be equal.
+    every position.  (The generative protocols compare the two models' answers in `judge_kept`.)
     """
-    if check.protocol == "generate":
-        now, before = _read(check, seen["generated"]), _read(check, base["generated"])
-        same = protocols.normalise(now) == protocols.normalise(before)
-        return same, {"unedited_generated": base["generated"]}
     answer = check.answers[0]
     now, before = seen["scored"][answer]["argmax"], base["scored"][answer]["argmax"]
     agree = sum(int(a == b) for a, b in zip(now, before)) / len(now)
@@ -72,10 +64,12 @@ def protocol_result(check: Check, seen: dict, tokenizer, base: dict | None = Non
         return protocols.teacher_forced(_scored(check, seen, check.answers), decode)
     if check.protocol == "logprob":
         return protocols.logprob(_scored(check, seen, check.answers), check.comparator, check.threshold)
+    if check.protocol in GENERATIVE and check.agree:
+        # locality: what the unedited model's first sentence said is still said, and no new object crept in
+        unedited = (base or seen)["generated"]
+        return answers.judge_kept(seen["generated"], unedited, check.answers, check.foils, check.prompt,
+                                  protocol=check.protocol)
     if check.protocol == "chat":  # the first sentence answers; nothing in the reply takes it back
-        if check.agree:  # locality: what the unedited reply said is still said, and no new object crept in
-            unedited = (base or seen)["generated"]
-            return answers.judge_kept(seen["generated"], unedited, check.answers, check.foils, check.prompt)
         return answers.judge_reply(seen["generated"], check.answers, check.foils)
     if check.protocol == "generate":
         if check.metric == "forget":  # forbidden strings: passing means *not* generated, anywhere
@@ -95,8 +89,8 @@ def judge(check: Check, seen: dict, base: dict, tokenizer=None) -> CheckResult:
     passed, score, scores = result.passed, result.score, dict(result.scores)
     if check.protocol == "chat":  # both models' raw replies, side by side in the report
         scores.update(generated=seen["generated"], unedited_generated=base["generated"])
-        if check.agree:  # chat locality is itself the comparison with the unedited reply
-            scores["agrees_with_unedited"] = result.passed
+    if check.protocol in GENERATIVE and check.agree:  # generative locality is itself the comparison
+        scores.update(unedited_generated=base["generated"], agrees_with_unedited=result.passed)
     elif check.agree:  # locality and hard negatives: the answer wins *and* nothing moved
         agrees, detail = _agreement(check, seen, base)
         scores.update(detail, agrees_with_unedited=agrees)
