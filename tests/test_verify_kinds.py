@@ -82,3 +82,31 @@ def test_the_api_observer_runs_in_the_same_engine_and_skips_what_it_cannot_obser
     assert got[("efficacy", "generate")].scores["sentence"] == "Rome."
     forget = Check(id="f", metric="forget", protocol="generate", file="", line=1, column=1, answers=("Klingon",))
     assert api_max_tokens(forget) == 8 and api_max_tokens(checks[0]) == 48
+
+
+def test_fluency_samples_a_few_prompts_several_times(tmp_path):
+    """A spec with one edit prompt is sampled FLUENCY_SAMPLES times (seeded, distinct draws); with
+    draws=1 the sampler gives what it gave before, and draws keep prompt order."""
+    from editspec.verify.checks import FLUENCY_SAMPLES
+    from editspec.verify.protocols import generate_texts
+
+    model, tok = tiny_model("llama", dtype=torch.float32), tiny_tokenizer()
+    prompts = ["The capital of France is", "Steve Jobs founded"]
+    once = generate_texts(model, tok, prompts, max_new_tokens=8, sample_top_k=5, seed=3)
+    again = generate_texts(model, tok, prompts, max_new_tokens=8, sample_top_k=5, seed=3, draws=1)
+    assert once == again
+    four = generate_texts(model, tok, prompts, max_new_tokens=8, sample_top_k=5, seed=3, draws=4)
+    assert len(four) == 8 and four == generate_texts(model, tok, prompts, max_new_tokens=8, sample_top_k=5, seed=3,
+                                                     draws=4)
+    assert len(set(four[:4])) > 1 and len(set(four[4:])) > 1       # each row draws its own tokens
+    greedy = generate_texts(model, tok, prompts, max_new_tokens=8, draws=4)
+    assert greedy == generate_texts(model, tok, prompts, max_new_tokens=8)   # draws only apply to sampling
+
+    spec_text = ('relation capital { prompt "The capital of {subject} is" }\n'
+                 'edit capital("France") -> "Rome" { was "Paris" }\n')
+    path = tmp_path / "one.edit"
+    path.write_text(spec_text)
+    report = verify(load_spec(path), model, tok)
+    fluency = next(r for r in report.results if r.check.metric == "fluency")
+    assert len(fluency.scores["texts"]) == FLUENCY_SAMPLES == len(fluency.scores["entropies"])
+    assert len(set(fluency.scores["texts"])) > 1

@@ -45,6 +45,7 @@ FORGET_MAX_P = 0.05          # a forbidden string is "likely" at P >= 1/20 (Hewi
 LOGPROB_DEFAULT_P = 0.2      # `--protocol logprob` on fact checks: p >= 1/5 (Hewitt's country task)
 DEFAULT_LOSS_INCREASE = 0.01  # a preserve block without a budget: loss may rise by 1%
 FLUENCY_PROMPTS = 8          # at most this many prompts are sampled for fluency
+FLUENCY_SAMPLES = 8          # at least this many samples: fewer prompts are each sampled more often
 FLUENCY_TOKENS = 50          # tokens sampled per fluency prompt (top-k 5, seeded)
 FLUENCY_DROP = 0.9           # without a fluency expectation: at least 90% of the unedited entropy
 

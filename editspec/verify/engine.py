@@ -37,7 +37,7 @@ from editspec.verify.observers import LocalObserver, Observer
 from editspec.model.chat import chat_enabled, has_chat_template
 
 # Bump when observations change meaning, so old cached baselines are not trusted.
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2
 
 
 @dataclass

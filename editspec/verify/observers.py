@@ -59,8 +59,8 @@ class Observer:
         """This model's log-distributions over `texts`, the reference of a later `text_loss`."""
         raise NotImplementedError
 
-    def samples(self, prompts: Sequence[str], *, max_new_tokens: int, top_k: int) -> list[str]:
-        """Top-k samples after each prompt, seeded."""
+    def samples(self, prompts: Sequence[str], *, max_new_tokens: int, top_k: int, draws: int = 1) -> list[str]:
+        """Top-k samples after each prompt, seeded: `draws` of each, prompt by prompt."""
         raise NotImplementedError
 
 
@@ -129,9 +129,9 @@ class LocalObserver(Observer):
 
         return text_logprobs(self.model, self.tokenizer, texts)
 
-    def samples(self, prompts, *, max_new_tokens, top_k):
+    def samples(self, prompts, *, max_new_tokens, top_k, draws=1):
         return generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                              batch_size=self.batch_size, sample_top_k=top_k, seed=self.seed)
+                              batch_size=self.batch_size, sample_top_k=top_k, seed=self.seed, draws=draws)
 
 
 def api_max_tokens(check: Check) -> int:

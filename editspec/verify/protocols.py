@@ -178,8 +178,11 @@ def score_targets(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_s
 
 @torch.inference_mode()
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 32,
-                   sample_top_k: int | None = None, seed: int = 0, chat: bool = False) -> list[str]:
+                   sample_top_k: int | None = None, seed: int = 0, chat: bool = False, draws: int = 1) -> list[str]:
     """The continuation of each prompt: greedy, or top-k sampling with a fixed seed when `sample_top_k`.
+
+    With sampling, `draws` samples of each prompt (prompt by prompt: the first prompt's draws,
+    then the next's); every row of a batch draws its own tokens, so they differ.
 
     Rows are left-padded (with position ids from the attention mask, which `generate`
     derives), so a prompt gives the same continuation alone or in a batch.  With `chat`, each
@@ -198,11 +201,13 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         encoded = [chat_prompt_ids(tokenizer, p) for p in unique]
     else:
         encoded = [list(tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"]) for p in unique]
-    order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
-    found: dict[str, str] = {}
+    draws = draws if sample_top_k else 1
+    order = [(i, d) for i in sorted(range(len(unique)), key=lambda i: len(encoded[i])) for d in range(draws)]
+    found: dict[tuple[str, int], str] = {}
     if sample_top_k:
         torch.manual_seed(seed)
-    for rows in _chunks(order, batch_size):
+    for entries in _chunks(order, batch_size):
+        rows = [i for i, _ in entries]
         width = max(len(encoded[i]) for i in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -213,9 +218,9 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             dict(do_sample=False, top_k=None, top_p=None, temperature=None)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id if chat else None, **options)
-        for r, i in enumerate(rows):
-            found[unique[i]] = tokenizer.decode(out[r, width:].tolist(), skip_special_tokens=True)
-    return [found[p] for p in prompts]
+        for r, (i, d) in enumerate(entries):
+            found[unique[i], d] = tokenizer.decode(out[r, width:].tolist(), skip_special_tokens=True)
+    return [found[p, d] for p in prompts for d in range(draws)]
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

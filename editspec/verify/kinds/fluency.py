@@ -1,11 +1,13 @@
 """Fluency: the n-gram entropy of seeded top-k samples after up to `FLUENCY_PROMPTS` of the spec's
-prompts; without an `expect fluency` line, at least `FLUENCY_DROP` of the unedited entropy."""
+prompts, at least `FLUENCY_SAMPLES` samples in all (a spec with one edit prompt samples it eight
+times: one 50-token sample moved the figure by 10% either way); without an `expect fluency`
+line, at least `FLUENCY_DROP` of the unedited entropy."""
 from __future__ import annotations
 
 from typing import Sequence
 
 from editspec import ir
-from editspec.verify.checks import FLUENCY_DROP, FLUENCY_PROMPTS, FLUENCY_TOKENS, Check, Plan
+from editspec.verify.checks import FLUENCY_DROP, FLUENCY_PROMPTS, FLUENCY_SAMPLES, FLUENCY_TOKENS, Check, Plan
 from editspec.verify.judge import CheckResult, compares
 from editspec.verify.kinds import CheckKind
 from editspec.verify.observe import ngram_entropy
@@ -30,7 +32,8 @@ def derive(spec: ir.Spec, plans: Sequence[Plan]) -> list[Check]:
 def observe(checks: Sequence[Check], observer, refs: dict) -> dict[str, dict]:
     seen = {}
     for c in checks:
-        texts = observer.samples(c.prompts, max_new_tokens=FLUENCY_TOKENS, top_k=TOP_K)
+        draws = -(-FLUENCY_SAMPLES // len(c.prompts))  # ceil: every prompt alike
+        texts = observer.samples(c.prompts, max_new_tokens=FLUENCY_TOKENS, top_k=TOP_K, draws=draws)
         seen[c.id] = {"texts": texts, "entropies": [ngram_entropy(t) for t in texts]}
     return seen
 
