@@ -148,6 +148,10 @@ def test_keep_texts_are_held_in_place_by_the_solve():
                          templates=groups, keep=keep)
     assert moved(heavy) < moved(light) < moved(plain)
     assert moved(heavy) < 0.05 * moved(plain)
+    # A share of the weight is the same solve as that much less weight.
+    shared = memit_deltas(model, tok, FACTS, config.model_copy(update={"keep_weight": 4.0}), stats=stats,
+                          templates=groups, keep=keep, keep_share=0.25)
+    assert all(torch.allclose(a.dense(), b.dense(), atol=1e-6) for a, b in zip(light.deltas, shared.deltas))
     # The lowest layer's update maps the kept keys (unedited there) to almost nothing.
     k = keys_at(model, layout, keep, 0, pad=0)
     assert k.shape == (len(kept_ids), INTERMEDIATE)
@@ -176,6 +180,24 @@ def test_keep_texts_are_the_keep_prompts_with_answers_and_their_chat_questions()
     # From the user's message to the end of the turn; the template's own opening is left out.
     assert tok.decode(chat[0][chat[1][0]:]).strip().startswith("Where")
     assert chat[1][-1] == len(chat[0]) - 1 and chat[1][0] > 0
+
+
+def test_keep_facts_share_the_weight_once_they_outnumber_the_edits():
+    from editspec.families.locate.backend import keep_share
+    from editspec.lang.resolve import load_spec
+
+    def spec(*keeps):
+        edits = []
+        for i, count in enumerate(keeps):
+            kept = " ".join(f'city("K{i}{j}") -> "Paris"' for j in range(count))
+            edits.append(f'edit city("T{i}") -> "Rome" {{\n  keep {{ {kept} }}\n}}\n' if count
+                         else f'edit city("T{i}") -> "Rome"\n')
+        return load_spec("x.edit", text='relation city {\n  prompt "The {subject} is in"\n}\n' + "".join(edits)).edits
+
+    assert keep_share(spec(1, 1, 1)) == 1.0          # one keep fact an edit (zsRE): the full weight
+    assert keep_share(spec(1, 0)) == 1.0             # fewer keep facts than edits: still the full weight
+    assert keep_share(spec(10, 10)) == pytest.approx(0.1)  # ten an edit (CounterFact): a tenth each
+    assert keep_share(spec(3, 1)) == pytest.approx(0.5)
 
 
 def test_default_layers():

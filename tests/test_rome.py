@@ -183,4 +183,9 @@ def test_keep_texts_join_c_and_are_left_alone():
         moved[weight] = float((kept_keys @ delta.dense().double().T).norm())
     unheld = float((kept_keys @ plain.deltas[0].dense().double().T).norm())
     assert moved[1e6] < moved[1.0] < unheld
+    shared = rome_deltas(model, tok, FACTS[:1], _config(keep_weight=4.0), stats={LAYER: cov}, templates=groups,
+                         keep=keep, keep_share=0.25)  # a share of the weight: the same update as that much less
+    assert torch.allclose(shared.deltas[0].dense(), rome_deltas(
+        model, tok, FACTS[:1], _config(keep_weight=1.0), stats={LAYER: cov}, templates=groups, keep=keep).deltas[0].dense(),
+        atol=1e-6)
     assert moved[1e6] < 1e-3 * unheld

@@ -24,4 +24,4 @@ class MemitBackend(LocateBackend):
         if config.layers is None:
             config = config.model_copy(update={"layers": tuple(self.stats_layers(config, loaded.model))})
         return memit_deltas(loaded.model, loaded.tokenizer, requests, config,
-                            stats=job.prepared["stats"], templates=job.prepared["templates"], keep=self.held_keep(job))
+                            stats=job.prepared["stats"], templates=job.prepared["templates"], **self.held_keep(job))

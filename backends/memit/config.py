@@ -46,7 +46,8 @@ class MemitConfig(ResidualTargetSettings):
     keep_weight: float = Field(
         20.0, gt=0, description="With `preserve_keep`: how many tokens of the statistics C each kept key counts "
         "for in the solve (λ·C counts `mom2_update_weight` tokens); larger holds them more firmly and fits the edits "
-        "less.")
+        "less.  With more keep facts than edits each key counts edits / keep facts of it, so many keep facts an "
+        "edit do not outweigh the edits (docs/methods/locate.md#keep-facts-held).")
     v_lr: float = Field(
         1.0, gt=0, description="Adam learning rate for the residual target δ; higher needs fewer δ steps, too low "
         "leaves facts short of their target (docs/benchmarks.md).")

@@ -32,13 +32,14 @@ def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor |
     return least_squares_update(keys, residual, cov, weight)
 
 
-def memit_solver(stats: StatsSource, config: MemitConfig, preserved=None):
+def memit_solver(stats: StatsSource, config: MemitConfig, preserved=None, keep_share: float = 1.0):
     """The per-layer solve `spread_over_layers` calls: memit's λC update, each layer's C read once.
 
     `preserved(layer)`, when given, returns keys [m, d_k] whose output the update must leave alone
     (measured when the layer is solved, on the model as edited so far); each counts
-    `config.keep_weight` tokens of C.
+    `keep_share`·`config.keep_weight` tokens of C.
     """
+    held_weight = keep_share * config.keep_weight
     covs = {}
 
     def solve(layer, keys, residual):
@@ -46,7 +47,7 @@ def memit_solver(stats: StatsSource, config: MemitConfig, preserved=None):
             covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
         held = preserved(layer) if preserved is not None else None
         return least_squares_update(keys, residual, covs[layer], config.mom2_update_weight,
-                                    held * config.keep_weight ** 0.5 if held is not None else None)
+                                    held * held_weight ** 0.5 if held is not None else None)
 
     return solve
 
@@ -54,7 +55,7 @@ def memit_solver(stats: StatsSource, config: MemitConfig, preserved=None):
 def memit_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: MemitConfig = MemitConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
-    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None, keep_share: float = 1.0,
 ) -> EditResult:
     """One delta per edited layer and round (rank ≤ number of facts each); the model is left unchanged.
 
@@ -65,7 +66,7 @@ def memit_deltas(
     `stats` gives C = E[kkᵀ] per layer (mapping or callable), computed on the unedited model;
     None uses the identity.  `templates` are context-template groups; None samples them.
     `keep` are ``(ids, positions)`` texts (`keep_texts`) whose keys every layer's solve holds in
-    place, `config.keep_weight` tokens each.
+    place, `keep_share`·`config.keep_weight` tokens each (`keep_share`).
     """
     layout = layout_for(model)
     pad = pad_id(tokenizer)
@@ -75,7 +76,7 @@ def memit_deltas(
                                 answer_end=config.answer_end)
     last = layers[-1]
     held = (lambda layer: keys_at(model, layout, keep, layer, pad=pad)) if keep else None
-    solve = memit_solver(stats, config, held)
+    solve = memit_solver(stats, config, held, keep_share)
     deltas, handles, logs, rounds = [], [], [], []
     try:
         later = config.model_copy(update={"v_lr": config.later_v_lr}) if config.later_v_lr is not None else config

@@ -20,4 +20,4 @@ class RomeBackend(LocateBackend):
     def edit(self, job, requests):
         loaded = job.model
         return rome_deltas(loaded.model, loaded.tokenizer, requests, job.config,
-                           stats=job.prepared["stats"], templates=job.prepared["templates"], keep=self.held_keep(job))
+                           stats=job.prepared["stats"], templates=job.prepared["templates"], **self.held_keep(job))

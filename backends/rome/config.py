@@ -49,4 +49,6 @@ class RomeConfig(ResidualTargetSettings):
     keep_weight: float = Field(
         0.02, gt=0, description="With `preserve_keep`: each kept key p adds keep_weight·ppᵀ to C, the mean kkᵀ of "
         "general text (0.02: memit's default hold, 20 tokens against its λ of 1,000); larger holds them more firmly "
-        "and spreads the edit less to prompts like them.")
+        "and spreads the edit less to prompts like them.  With more keep facts than edits each key counts "
+        "edits / keep facts of it, so many keep facts an edit do not outweigh the edits "
+        "(docs/methods/locate.md#keep-facts-held).")

@@ -87,14 +87,15 @@ def held_moment(cov: torch.Tensor | None, held: torch.Tensor, weight: float) -> 
 def rome_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: RomeConfig = RomeConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
-    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None, keep_share: float = 1.0,
 ) -> EditResult:
     """One rank-one delta per request (inserted one after another); the model is left unchanged.
 
     `stats` gives C = E[kkᵀ] per layer (mapping or callable); None uses the identity.
     `templates` are context-template groups (first group ``["{}"]``); None samples them.
     `keep` are ``(ids, positions)`` texts (`keep_texts`) whose keys, read on the unedited model,
-    join C with `config.keep_weight` each (`held_moment`), so the updates leave them alone.
+    join C with `keep_share`·`config.keep_weight` each (`held_moment`, `keep_share`), so the
+    updates leave them alone.
     """
     layout = layout_for(model)
     pad = pad_id(tokenizer)
@@ -111,7 +112,8 @@ def rome_deltas(
     keys0, _ = template_keys(model, layout, prepared, distinct, pad=pad)
     covs = {layer: second_moment_for(stats, layer, keys0[layer][0].shape[1], config.mom2_ridge) for layer in distinct}
     if keep:
-        covs = {layer: held_moment(cov, keys_at(model, layout, keep, layer, pad=pad), config.keep_weight)
+        covs = {layer: held_moment(cov, keys_at(model, layout, keep, layer, pad=pad),
+                                        keep_share * config.keep_weight)
                 for layer, cov in covs.items()}
     scales = None
     if config.delta_as_delivered:

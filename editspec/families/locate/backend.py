@@ -84,17 +84,31 @@ class LocateBackend(DeltaBackend):
         """Payload files besides the deltas that `edit` wrote into the workdir."""
         return []
 
-    def held_keep(self, job: CompileJob) -> list[tuple[list[int], list[int]]] | None:
-        """The spec's keep facts as texts whose keys the update holds in place (`keep_texts`),
-        or None when the config's `preserve_keep` is off (or the method has no such setting)."""
+    def held_keep(self, job: CompileJob) -> dict[str, Any]:
+        """The spec's keep facts for the update to hold in place, as ``keep`` (`keep_texts`) and
+        ``keep_share`` (`keep_share`) arguments; no texts when the config's `preserve_keep` is off
+        (or the method has no such setting)."""
         from editspec.model.chat import chat_enabled
 
         config, tokenizer = job.config, job.model.tokenizer
         if not getattr(config, "preserve_keep", False):
-            return None
+            return {"keep": None, "keep_share": 1.0}
         keep = keep_texts(job.edits, job.spec.relations, tokenizer, chat=chat_enabled(tokenizer, config.chat))
-        job.progress(f"{self.name}: {len(keep)} keep text(s) held in place")
-        return keep
+        share = keep_share(job.edits)
+        job.progress(f"{self.name}: {len(keep)} keep text(s) held in place"
+                     + (f", each at {share:.3g} of keep_weight (more keep facts than edits)" if share < 1 else ""))
+        return {"keep": keep, "keep_share": share}
+
+
+def keep_share(edits: Sequence[Edit]) -> float:
+    """The fraction of `keep_weight` each kept key counts: 1 while the edits have at most one keep
+    fact each, else edits / keep facts, so the keep facts together weigh what one per edit would.
+
+    Held keys add to the solve's preserved moment; ten keep facts an edit at full weight (CounterFact's
+    neighbourhoods) outweigh the edits themselves (docs/methods/locate.md#keep-facts-held).
+    """
+    facts = sum(len(edit.keep) for edit in edits)
+    return min(1.0, len(edits) / facts) if facts else 1.0
 
 
 def chat_corpus(tokenizer, source: str | None, samples: int):
