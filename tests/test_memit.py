@@ -205,3 +205,31 @@ def test_default_layers():
     assert default_layers(3) == (0, 1, 2)
     with pytest.raises(ValueError):
         MemitConfig(layers=(5, 4))
+
+
+def test_keep_fit_backs_the_held_weight_off_only_where_it_fights_the_edits():
+    """With `keep_fit`, a held key that is an edit's own key is let go until the update delivers the
+    asked share of the unheld fit; held keys orthogonal to the edits keep their full weight."""
+    from editspec.backends.memit.memit import delivered, memit_solver
+
+    g = torch.Generator().manual_seed(0)
+    d = 24
+    keys = torch.zeros(2, d, dtype=torch.float64)
+    keys[0, :3], keys[1, 3:6] = torch.randn(3, generator=g), torch.randn(3, generator=g)
+    residual = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    config = MemitConfig(layers=(0,), mom2_update_weight=1.0, mom2_ridge=0.0, keep_weight=100.0, keep_fit=0.9)
+    plain = delivered(memit_update(keys, residual, None, 1.0), keys, residual)
+
+    near = memit_solver(None, config, preserved=lambda layer: keys[:1] + 0.01)
+    update = near(0, keys, residual)
+    assert near.weights[0] < 100.0
+    assert delivered(update, keys, residual) >= 0.9 * plain
+
+    far = torch.zeros(3, d, dtype=torch.float64)
+    far[:, 10:13] = torch.randn(3, 3, generator=g)
+    orthogonal = memit_solver(None, config, preserved=lambda layer: far)
+    assert delivered(orthogonal(0, keys, residual), keys, residual) == pytest.approx(plain)
+    assert orthogonal.weights == [100.0]
+    fixed = memit_solver(None, config.model_copy(update={"keep_fit": None}), preserved=lambda layer: keys[:1] + 0.01)
+    fixed(0, keys, residual)
+    assert fixed.weights == [100.0]

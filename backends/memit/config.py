@@ -48,6 +48,11 @@ class MemitConfig(ResidualTargetSettings):
         "for in the solve (λ·C counts `mom2_update_weight` tokens); larger holds them more firmly and fits the edits "
         "less.  With more keep facts than edits each key counts edits / keep facts of it, so many keep facts an "
         "edit do not outweigh the edits (docs/methods/locate.md#keep-facts-held).")
+    keep_fit: float | None = Field(
+        None, gt=0, le=1, description="With `preserve_keep`: at each layer, quarter the held weight until the update "
+        "delivers at least this share of what it would deliver at the edit keys without the keep facts (0.9: the hold "
+        "may cost a tenth of the fit); keep facts far from the edits keep their full weight, neighbours of the edits "
+        "get less.  None: the weight is `keep_weight` (shared, docs/methods/locate.md#keep-facts-held).")
     v_lr: float = Field(
         1.0, gt=0, description="Adam learning rate for the residual target δ; higher needs fewer δ steps, too low "
         "leaves facts short of their target (docs/benchmarks.md).")

@@ -37,19 +37,46 @@ def memit_solver(stats: StatsSource, config: MemitConfig, preserved=None, keep_s
 
     `preserved(layer)`, when given, returns keys [m, d_k] whose output the update must leave alone
     (measured when the layer is solved, on the model as edited so far); each counts
-    `keep_share`·`config.keep_weight` tokens of C.
+    `keep_share`·`config.keep_weight` tokens of C.  With `config.keep_fit`, that weight is quartered
+    until the held update delivers at least `keep_fit` of what the unheld one delivers at the edit
+    keys (`delivered`).  The weight each call used is appended to the solve's `weights`.
     """
-    held_weight = keep_share * config.keep_weight
+    start = keep_share * config.keep_weight
     covs = {}
 
     def solve(layer, keys, residual):
         if layer not in covs:
             covs[layer] = second_moment_for(stats, layer, keys.shape[1], config.mom2_ridge)
         held = preserved(layer) if preserved is not None else None
-        return least_squares_update(keys, residual, covs[layer], config.mom2_update_weight,
-                                    held * held_weight ** 0.5 if held is not None else None)
+        if held is None:
+            return least_squares_update(keys, residual, covs[layer], config.mom2_update_weight)
 
+        def held_update(weight):
+            return least_squares_update(keys, residual, covs[layer], config.mom2_update_weight, held * weight ** 0.5)
+
+        weight, update = start, held_update(start)
+        if config.keep_fit is not None:
+            reach = delivered(least_squares_update(keys, residual, covs[layer], config.mom2_update_weight), keys, residual)
+            while delivered(update, keys, residual) < config.keep_fit * reach and weight > start * MIN_BACKOFF:
+                weight /= 4
+                update = held_update(weight)
+        solve.weights.append(weight)
+        return update
+
+    solve.weights = []
     return solve
+
+
+# The held weight backs off at most to this fraction of its start (then the keys are barely held).
+MIN_BACKOFF = 1e-3
+
+
+def delivered(update: tuple[torch.Tensor, torch.Tensor], keys: torch.Tensor, residual: torch.Tensor) -> float:
+    """The share of `residual` [n, d_v] that the update's factors deliver at `keys` [n, d_k]: ⟨ΔKᵀ, R⟩ / ‖R‖²."""
+    left, right = update
+    out = left @ (right @ keys.to(torch.float64).T)  # [d_v, n]
+    r = residual.to(torch.float64).T
+    return float((out * r).sum() / (r * r).sum())
 
 
 def memit_deltas(
@@ -85,8 +112,11 @@ def memit_deltas(
             # found with the smaller steps of `later_v_lr`.
             settings = (later if round_ else config).optim()
             targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, settings, pad=pad)
+            solve.weights.clear()
             stage, applied, stage_logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve,
                                                             pad=pad)
+            if solve.weights:  # the held weight each layer used (backed off with `keep_fit`)
+                stage_logs = [{**log, "keep_weight": weight} for log, weight in zip(stage_logs, solve.weights)]
             deltas += stage
             handles += applied
             logs += [{**log, "round": round_ + 1} for log in stage_logs]
