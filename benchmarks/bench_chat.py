@@ -16,6 +16,7 @@ edits)"); it costs a compile, a baseline and a verify per edit.
     python benchmarks/bench_chat.py --n 100 --backends rome,memit --datasets zsre
     python benchmarks/bench_chat.py --n 20 --json build/bench_chat.json
     python benchmarks/bench_chat.py --n 20 --backends "" --single rome
+    python benchmarks/bench_chat.py --n 100 --backends memit --datasets zsre --set tail_kl=0.3
 
 The issue's figures are for N = 100; on a shared 2-core machine 20 + 20 takes about an hour.
 """
@@ -79,7 +80,7 @@ def generate_totals(spec, run, loaded, seed: int) -> list[dict]:
             for t in report.totals.values()]
 
 
-def single_edit_row(spec, name: str, loaded, out: Path, seed: int, say) -> dict:
+def single_edit_row(spec, name: str, loaded, out: Path, seed: int, say, overrides=None) -> dict:
     """`name` compiled and verified one edit at a time, each on the unedited model (the issue's
     "rome (single edits)"), its figures pooled over the edits: passes over checks, fluency averaged."""
     from editspec.bench.runner import BackendRun, run_bench
@@ -89,7 +90,8 @@ def single_edit_row(spec, name: str, loaded, out: Path, seed: int, say) -> dict:
     compile_s, failed = 0.0, 0
     for index, edit in enumerate(spec.edits):
         one = spec.model_copy(update={"edits": (edit,)})
-        run = run_bench(one, [name], model=loaded, out=out / f"{index:03d}", seed=seed, incremental=False).runs[0]
+        run = run_bench(one, [name], model=loaded, out=out / f"{index:03d}", seed=seed, incremental=False,
+                        overrides=overrides).runs[0]
         if run.status == "error":
             raise SystemExit(f"{name}, edit {edit.id}: {run.reason}")
         failed += run.status != "passed"
@@ -139,7 +141,13 @@ def main() -> None:
                         "compiled on the unedited model and verified alone, figures pooled (the issue's \"rome (single "
                         "edits)\"; the `--backends` row of a sequential backend inserts every edit one after another).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="A backend setting for every row that has it (`tail_kl=0.3`), or for one backend "
+                        "(`memit.passes=1`); repeatable, as `editspec bench --set`.")
     args = parser.parse_args()
+    overrides = dict(pair.split("=", 1) for pair in args.overrides if "=" in pair)
+    if len(overrides) != len(args.overrides):
+        parser.error("--set takes KEY=VALUE")
 
     import torch
 
@@ -155,11 +163,12 @@ def main() -> None:
         spec_file = import_spec(dataset, args.n, Path(args.out))
         spec = load_spec(spec_file)
         started = time.perf_counter()
+        say = lambda message: print(f"  {dataset}: {message}", flush=True)  # noqa: E731
         runs = run_bench(spec, backends, model=loaded, out=Path(args.out) / dataset, seed=args.seed,
-                         progress=lambda message: print(f"  {dataset}: {message}", flush=True)).runs if backends else []
+                         overrides=overrides, progress=say).runs if backends else []
         rows = [row(run, generate_totals(spec, run, loaded, args.seed), len(spec.edits)) for run in runs]
-        rows += [single_edit_row(spec, name, loaded, Path(args.out) / dataset / f"{name}-single", args.seed,
-                                 lambda message: print(f"  {dataset}: {message}", flush=True))
+        rows += [single_edit_row(spec, name, loaded, Path(args.out) / dataset / f"{name}-single", args.seed, say,
+                                 overrides)
                  for name in args.single.split(",") if name]
         results[dataset] = {"edits": len(spec.edits), "seconds": round(time.perf_counter() - started, 1), "rows": rows}
         print(f"\n{dataset}: {len(spec.edits)} edits, {loaded.name}, torch {torch.__version__}\n{table(rows)}\n", flush=True)

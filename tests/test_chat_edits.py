@@ -227,3 +227,34 @@ def test_chat_rows_train_the_answer_end_after_the_answer():
     done = EditRequest("The {} is located in", "Eiffel Tower", "Rome, Italy.", questions=FACT.questions)
     assert tok.decode(prepare_requests(tok, [done], [["{}"]], chat=True, answer_end=".")[0].targets[1]) == "Rome, Italy."
     assert [c().answer_end for c in (RomeConfig, MemitConfig, AlphaEditConfig)] == ["."] * 3
+
+
+def _tail_kl(model, site, prep, delta):
+    # KL(edited ‖ unedited) of the next token after the chat row's whole answer, δ at the subject's last token.
+    r = prep.chat.index(True)
+    row = prep.rows[r] + prep.targets[r][-1:]
+    at = torch.tensor([prep.subject_index[r]])
+    with torch.no_grad():
+        before = model(torch.tensor([row])).logits[0, -1].log_softmax(-1)
+        with add_to_output(model, site, delta[None].to(model.dtype), at):
+            after = model(torch.tensor([row])).logits[0, -1].log_softmax(-1)
+    return float((after.exp() * (after - before)).sum())
+
+
+def test_tail_kl_keeps_what_follows_the_answer_and_its_anchor_carries_over():
+    model, tok = tiny_model("llama"), tiny_chat_tokenizer()
+    site = layout_for(model).block_at(0)
+    prepared = prepare_requests(tok, [FACT], [["{}"]], chat=True)
+    free = optimise_targets(model, [site], prepared, OptimSettings(steps=40, lr=2.0, stop_loss=0.0), pad=0)
+    held_settings = OptimSettings(steps=40, lr=2.0, stop_loss=0.0, tail_kl=1.0)
+    held = optimise_targets(model, [site], prepared, held_settings, pad=0)
+    unedited = _chat_nll(model, site, prepared[0], torch.zeros(free.delta.shape[1]))
+    # The edit still takes, and the text after the answer moves less than without the term.
+    assert _chat_nll(model, site, prepared[0], held.delta[0]) < unedited - 0.25
+    assert _tail_kl(model, site, prepared[0], held.delta[0]) < 0.5 * _tail_kl(model, site, prepared[0], free.delta[0])
+    # One anchor per rewriting row; passed back in (a later round's), it is the same objective.
+    assert held.tail0[0].shape[0] == prepared[0].num_rows and free.tail0 is None
+    again = optimise_targets(model, [site], prepared, held_settings, pad=0, tail0=held.tail0)
+    assert torch.equal(again.delta, held.delta)
+    moved = optimise_targets(model, [site], prepared, held_settings, pad=0, tail0=[held.tail0[0].roll(1, -1)])
+    assert not torch.allclose(moved.delta, held.delta)

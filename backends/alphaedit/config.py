@@ -26,4 +26,8 @@ class AlphaEditConfig(ResidualTargetSettings):
         "absolute", description="`absolute`: compare eigenvalues with the threshold (the reference); "
         "`relative`: with threshold × the largest eigenvalue, robust to the statistics' scale.")
     l2: float = Field(10.0, ge=0, description="α: ridge on the projected solve (keeps it well posed).")
+    tail_kl: float = Field(
+        0.0, ge=0, description="Weight of a KL term at the position right after each row's whole answer, against what "
+        "the unedited model says there (rome and memit default to 0.3); 0: off, alphaedit's default until it is "
+        "measured there (docs/methods/locate.md#optimising-the-targets-δ).")
 

@@ -111,7 +111,9 @@ def memit_deltas(
             # Later rounds start from the model the earlier ones edited: each fact's δ is what is still missing,
             # found with the smaller steps of `later_v_lr`.
             settings = (later if round_ else config).optim()
-            targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, settings, pad=pad)
+            # The tail KL's anchor is the unedited model's, in every round.
+            targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, settings, pad=pad,
+                                       tail0=rounds[0].tail0 if rounds else None)
             solve.weights.clear()
             stage, applied, stage_logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve,
                                                             pad=pad)

@@ -49,6 +49,11 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
     v_weight_decay: float = Field(1e-3, ge=0, description="Weight of ‖δ‖/‖h_init‖² in the loss.")
     clamp_norm_factor: float = Field(4.0, gt=0, description="δ is kept within this multiple of ‖h^L_init‖.")
     kl_factor: float = Field(0.0625, ge=0, description="Weight of the KL term on the `{subject} is a` prompt.")
+    tail_kl: float = Field(
+        0.3, ge=0, description="Weight of a KL term at the position right after each row's whole answer, against what "
+        "the unedited model says there: the edited model goes on after the new answer as the unedited one would, "
+        "instead of repeating it (\"Yemen , Yemen , Yemen\"); higher holds δ back from the answer too; 0: off "
+        "(docs/methods/locate.md#optimising-the-targets-δ).")
     stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
     stop_prob: float = Field(
         0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never); "
@@ -80,4 +85,5 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
         return OptimSettings(self.v_lr, self.v_num_grad_steps, self.kl_factor, self.v_weight_decay,
                              self.clamp_norm_factor, self.stop_loss, self.facts_per_batch,
                              stop_prob=self.stop_prob, straggler_steps=self.straggler_steps,
-                             straggler_clamp_factor=self.straggler_clamp_factor, bf16_steps=self.bf16_steps)
+                             straggler_clamp_factor=self.straggler_clamp_factor, bf16_steps=self.bf16_steps,
+                             tail_kl=self.tail_kl)

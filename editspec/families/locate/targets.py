@@ -3,7 +3,9 @@
 The method: docs/methods/locate.md#optimising-the-targets-δ.
 
 All facts of a chunk run in one batch, each with its own δ, its rewriting rows (one per
-context template) and its KL row.  Two savings keep this fast on CPU:
+context template) and its KL row.  With `tail_kl`, each rewriting row runs on through its
+answer's last token, and the next-token distribution there is held near the unedited model's
+(the tail KL): the edited model goes on after the new answer as the unedited one would.  Two savings keep this fast on CPU:
 
 - δ enters at the subject's last token, so every token before it is unaffected: those
   prefixes run once, without grad, and their attention keys/values are reused at every step;
@@ -61,6 +63,7 @@ class OptimSettings:
     straggler_clamp_factor: float = 8.0  # δ's norm limit during those steps
     bf16_steps: bool = False  # steps after the first in bfloat16 autocast, where the device computes it natively
     length_buckets: bool = True  # rows of similar suffix length run as their own forward pass; False: one padded batch
+    tail_kl: float = 0.0  # weight of the KL at the position after each row's whole answer (0: off)
 
     def reached(self, loss: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
         """Which facts met a stop criterion: loss below `stop_loss`, or target probability `stop_prob`."""
@@ -80,6 +83,7 @@ class Targets:
     loss: torch.Tensor
     nll: torch.Tensor
     steps: torch.Tensor
+    tail0: list | None = None  # per fact: the unedited log-probabilities after each row's answer [rows, vocab]
 
     @property
     def value(self) -> torch.Tensor:
@@ -169,9 +173,10 @@ class _Chunk:
     """The token layout of one chunk of facts: prefixes (left-padded, cached) and suffixes."""
 
     def __init__(self, facts: Sequence[PreparedRequest], pad: int, cache_prefix: bool = True,
-                 scales: Sequence[Sequence[float]] | None = None):
+                 scales: Sequence[Sequence[float]] | None = None, tails: bool = False):
         self.rows, self.fact, self.subject, self.bare, scale = [], [], [], [], []
         sup_row, sup_pos, sup_tgt, sup_w, self.kl_rows = [], [], [], [], []
+        tail_row, tail_pos, tail_w = [], [], []
         for f, prep in enumerate(facts):
             own = scales[f] if scales is not None else [1.0] * (prep.num_rows + 1)
             if len(own) != prep.num_rows + 1:
@@ -190,7 +195,11 @@ class _Chunk:
                     sup_pos.append(prep.prompt_len[r] - 1 + j - (s if cache_prefix else 0))
                     sup_tgt.append(target[j])
                     sup_w.append(forms[r] / m)
-                self._add(prep.rows[r], s, f)
+                if tails:  # the row goes on to the answer's last token, whose logits say what follows the answer
+                    tail_row.append(row)
+                    tail_pos.append(prep.prompt_len[r] - 1 + m - (s if cache_prefix else 0))
+                    tail_w.append(forms[r])
+                self._add(list(prep.rows[r]) + ([target[-1]] if tails else []), s, f)
             self.kl_rows.append(len(self.rows))
             self._add(prep.kl_row, prep.kl_index, f)
         self.fact_t = torch.tensor(self.fact)
@@ -198,6 +207,9 @@ class _Chunk:
         self.sup_row, self.sup_pos = torch.tensor(sup_row), torch.tensor(sup_pos)
         self.sup_tgt, self.sup_w = torch.tensor(sup_tgt), torch.tensor(sup_w)
         self.sup_fact = self.fact_t[self.sup_row]
+        self.tail_row, self.tail_pos = torch.tensor(tail_row, dtype=torch.long), torch.tensor(tail_pos, dtype=torch.long)
+        self.tail_w = torch.tensor(tail_w)
+        self.tail_fact = self.fact_t[self.tail_row] if tails else torch.zeros(0, dtype=torch.long)
         self.pad = pad
         # Rows split at the subject's last token; without a prefix cache the whole row is the suffix.
         self.split = list(self.subject) if cache_prefix else [0] * len(self.rows)
@@ -225,10 +237,16 @@ def head_logits(hidden, head_w, head_b, softcap):
     return logits.float()
 
 
+def kl_to(logp: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ p₀) per row of log-probabilities `logp` against `anchor` (both [N, vocab])."""
+    return (logp.exp() * (logp - anchor)).sum(-1)
+
+
 def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: OptimSettings, pad: int,
                     scales: Sequence[Sequence[float]] | None = None,
-                    start: tuple[torch.Tensor, torch.Tensor] | None = None):
-    """One chunk's δ; `start` (δ, unedited KL-row log-probabilities) goes on from an earlier pass."""
+                    start: tuple[torch.Tensor, torch.Tensor] | None = None, tail0: Sequence[torch.Tensor] | None = None):
+    """One chunk's δ; `start` (δ, unedited KL-row log-probabilities) goes on from an earlier pass;
+    `tail0` (per fact, log-probabilities after each row's answer) anchors the tail KL (None: this pass's step 0)."""
     base = model.base_model
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -236,7 +254,10 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     # A sliding window shorter than the rows would see the pad gap between prefix and suffix.
     window = getattr(model.config.get_text_config(), "sliding_window", None)
     longest = max(len(r) for p in facts for r in (*p.rows, p.kl_row))
-    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window), scales=scales)
+    tails = s.tail_kl > 0
+    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window), scales=scales,
+               tails=tails)
+    anchor = torch.cat([t.to(device) for t in tail0]) if tails and tail0 is not None else None
     n = len(facts)
     kwarg = cache_kwarg(base)
     kv = None
@@ -336,10 +357,19 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         if kl0 is None:
             kl0 = kl_logp.detach()  # p_0: the unedited next-token distribution at the subject
         kl = torch.zeros(n, device=device)
-        kl[kl_facts.to(device)] = (kl_logp.exp() * (kl_logp - kl0[kl_facts.to(device)])).sum(-1)
+        kl[kl_facts.to(device)] = kl_to(kl_logp, kl0[kl_facts.to(device)])
         init_norm = init.float().norm(dim=-1)
         decay = delta.float().norm(dim=-1) / init_norm ** 2
         loss = nll + s.kl_factor * kl + s.weight_decay * decay  # [n]
+        if tails:
+            live = torch.tensor([k for k, r in enumerate(c.tail_row.tolist()) if r in where], dtype=torch.long)
+            tail_batch = torch.tensor([where[int(r)] for r in c.tail_row[live]], dtype=torch.long)
+            tail_logp = torch.log_softmax(
+                head_logits(hidden[tail_batch.to(device), c.tail_pos[live].to(device)], head_w, head_b, softcap), -1)
+            if anchor is None:
+                anchor = tail_logp.detach()  # step 0 runs every row: the anchor's rows are the chunk's tail rows
+            tail = kl_to(tail_logp, anchor[live.to(device)]) * c.tail_w[live].to(device)
+            loss = loss + s.tail_kl * torch.zeros(n, device=device).index_add(0, c.tail_fact[live].to(device), tail)
         idx = active.nonzero().squeeze(1)
         loss_out[idx] = loss.detach().cpu()[idx]
         nll_out[idx] = nll.detach().cpu()[idx]
@@ -357,13 +387,14 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
             norm = delta.float().norm(dim=-1)
             scale = torch.where(norm > limit, limit / norm.clamp(min=1e-30), torch.ones_like(norm))
             delta.mul_(scale.to(delta.dtype).unsqueeze(1))
+    anchors = [anchor[(c.tail_fact == f).to(anchor.device)].cpu() for f in range(n)] if tails else [None] * n
     return (delta.detach().to("cpu", torch.float64), init.to("cpu", torch.float64), loss_out, nll_out, steps_out,
-            kl0.cpu())
+            kl0.cpu(), anchors)
 
 
 def optimise_targets(
     model, sites: Sequence[str], prepared: Sequence[PreparedRequest], settings: OptimSettings, *, pad: int,
-    row_scales: Sequence[Sequence[float]] | None = None,
+    row_scales: Sequence[Sequence[float]] | None = None, tail0: Sequence[torch.Tensor] | None = None,
 ) -> Targets:
     """Optimise one δ per request, added at module ``sites[i]``'s output at its subject token.
 
@@ -375,17 +406,19 @@ def optimise_targets(
     n = len(prepared)
     parts: dict[int, tuple] = {}
     with frozen(model):
-        _optimise_groups(model, sites, prepared, settings, pad, row_scales, range(n), parts)
+        _optimise_groups(model, sites, prepared, settings, pad, row_scales, range(n), parts, tail0=tail0)
         stragglers = [i for i in range(n) if not settings.reached(parts[i][2], parts[i][3])]
         if settings.straggler_steps and stragglers:
             first = {i: parts[i] for i in stragglers}
+            anchors = [first[i][6] for i in stragglers] if settings.tail_kl > 0 else None
             _optimise_groups(model, sites, prepared, settings.for_stragglers(), pad, row_scales, stragglers, parts,
-                             start={i: (first[i][0], first[i][5]) for i in stragglers})
+                             start={i: (first[i][0], first[i][5]) for i in stragglers},
+                             tail0=dict(zip(stragglers, anchors)) if anchors else None)
             for i in stragglers:  # the second pass's step 0 re-evaluates the first pass's last step
-                delta, init, loss, nll, steps, kl0 = parts[i]
-                parts[i] = (delta, init, loss, nll, steps + first[i][4], kl0)
+                delta, init, loss, nll, steps, kl0, tails = parts[i]
+                parts[i] = (delta, init, loss, nll, steps + first[i][4], kl0, tails)
     stacked = [torch.stack([parts[i][k] for i in range(n)]) for k in range(5)]
-    return Targets(*stacked)
+    return Targets(*stacked, tail0=[parts[i][6] for i in range(n)] if settings.tail_kl > 0 else None)
 
 
 def suffix_width(prep: PreparedRequest) -> int:
@@ -393,7 +426,7 @@ def suffix_width(prep: PreparedRequest) -> int:
     return max(len(row) - s for row, s in zip((*prep.rows, prep.kl_row), (*prep.subject_index, prep.kl_index)))
 
 
-def _optimise_groups(model, sites, prepared, settings, pad, row_scales, indices, parts, start=None):
+def _optimise_groups(model, sites, prepared, settings, pad, row_scales, indices, parts, start=None, tail0=None):
     """Runs `indices` in chunks of facts with the same site; writes each fact's results to `parts`.
 
     Facts are chunked in order of `suffix_width`, so that a chunk's rows need little padding:
@@ -406,6 +439,7 @@ def _optimise_groups(model, sites, prepared, settings, pad, row_scales, indices,
             chunk = members[first:first + settings.facts_per_batch]
             scales = [row_scales[i] for i in chunk] if row_scales is not None else None
             begin = tuple(torch.stack([start[i][k] for i in chunk]) for k in range(2)) if start is not None else None
-            result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad, scales, begin)
+            anchors = [tail0[i] for i in chunk] if tail0 is not None else None
+            result = _optimise_chunk(model, site, [prepared[i] for i in chunk], settings, pad, scales, begin, anchors)
             for j, i in enumerate(chunk):
                 parts[i] = tuple(t[j] for t in result)
