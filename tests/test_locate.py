@@ -82,18 +82,19 @@ def test_stragglers_go_on_from_where_they_stopped_with_the_wider_clamp():
     assert torch.equal(longer.init, first.init)
 
 
-def test_a_straggler_pass_resumes_the_loss_with_the_unedited_kl_anchor():
-    # Re-evaluating the first pass's δ must give its last loss: the KL term still compares
-    # with the unedited distribution, not with the one δ produced.
+@pytest.mark.parametrize("tail_kl", [0.0, 1.0])
+def test_a_straggler_pass_resumes_the_loss_with_the_unedited_kl_anchor(tail_kl):
+    # Re-evaluating the first pass's δ must give its last loss: the KL terms (and the tail KL)
+    # still compare with the unedited distributions, not with the ones δ produced.
     from editspec.families.locate.targets import _optimise_chunk
 
     model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
     path = layout_for(model).block_at(0)
     prep = prepare_requests(tok, FACTS, [["{}"]])
-    settings = OptimSettings(steps=5, clamp_factor=100, stop_loss=0.0, stop_prob=1.0, kl_factor=1.0)
-    delta, _, loss, _, _, kl0 = _optimise_chunk(model, path, prep, settings, 0)
-    _, _, again, _, _, _ = _optimise_chunk(model, path, prep, dataclasses.replace(settings, steps=1), 0,
-                                           start=(delta, kl0))
+    settings = OptimSettings(steps=5, clamp_factor=100, stop_loss=0.0, stop_prob=1.0, kl_factor=1.0, tail_kl=tail_kl)
+    delta, _, loss, _, _, kl0, tail0 = _optimise_chunk(model, path, prep, settings, 0)
+    _, _, again, _, _, _, _ = _optimise_chunk(model, path, prep, dataclasses.replace(settings, steps=1), 0,
+                                              start=(delta, kl0), tail0=tail0 if tail_kl else None)
     assert torch.allclose(again, loss, atol=1e-6)
 
 

@@ -90,7 +90,9 @@ def test_a_second_round_is_one_round_on_the_model_the_first_edited():
     layout = layout_for(model)
     groups = context_templates(model, tok, ((2, 6),), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = MemitConfig(layers=(0, 1, 2), mom2_update_weight=5.0, mom2_ridge=0.0, v_num_grad_steps=4, passes=2)
+    # Without the tail KL, whose anchor stays the unedited model's in every round (checked at the end).
+    config = MemitConfig(layers=(0, 1, 2), mom2_update_weight=5.0, mom2_ridge=0.0, v_num_grad_steps=4, passes=2,
+                         tail_kl=0.0)
     stats = _model_cov(model, range(3))
     result = memit_deltas(model, tok, FACTS, config, stats=stats, templates=groups)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -114,6 +116,16 @@ def test_a_second_round_is_one_round_on_the_model_the_first_edited():
         plain = memit_deltas(model, tok, FACTS, config.model_copy(update={"passes": 1}), stats=stats, templates=groups)
     assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(same.deltas[3:], plain.deltas))
     assert all(f["steps"] >= 2 for f in result.facts)
+    # With the tail KL the first round is still passes=1's, but the second round is not a fresh round on the
+    # edited model: its tail anchor is what the unedited model says after each answer.
+    tailed = config.model_copy(update={"tail_kl": 1.0})
+    held = memit_deltas(model, tok, FACTS, tailed, stats=stats, templates=groups)
+    alone = memit_deltas(model, tok, FACTS, tailed.model_copy(update={"passes": 1}), stats=stats, templates=groups)
+    assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(held.deltas[:3], alone.deltas))
+    with apply_deltas(model, held.deltas[:3]):
+        fresh = memit_deltas(model, tok, FACTS, tailed.model_copy(update={"passes": 1, "v_lr": config.later_v_lr}),
+                             stats=stats, templates=groups)
+    assert not all(torch.allclose(a.dense(), b.dense()) for a, b in zip(held.deltas[3:], fresh.deltas))
 
 
 def _logits(model, ids):
