@@ -145,9 +145,13 @@ def main() -> None:
                         help="A backend setting for every row that has it (`tail_kl=0.3`), or for one backend "
                         "(`memit.passes=1`); repeatable, as `editspec bench --set`.")
     args = parser.parse_args()
-    overrides = dict(pair.split("=", 1) for pair in args.overrides if "=" in pair)
-    if len(overrides) != len(args.overrides):
-        parser.error("--set takes KEY=VALUE")
+    from editspec.commands.options import parse_settings
+    from editspec.errors import EditspecError
+
+    try:
+        overrides = parse_settings(tuple(args.overrides))
+    except EditspecError as error:
+        raise SystemExit(error.render()) from None
 
     import torch
 

@@ -5,7 +5,9 @@ The method: docs/methods/locate.md#optimising-the-targets-δ.
 All facts of a chunk run in one batch, each with its own δ, its rewriting rows (one per
 context template) and its KL row.  With `tail_kl`, each rewriting row runs on through its
 answer's last token, and the next-token distribution there is held near the unedited model's
-(the tail KL): the edited model goes on after the new answer as the unedited one would.  Two savings keep this fast on CPU:
+(the tail KL): the edited model goes on after the new answer as the unedited one would.
+
+Two savings keep this fast on CPU:
 
 - δ enters at the subject's last token, so every token before it is unaffected: those
   prefixes run once, without grad, and their attention keys/values are reused at every step;
@@ -237,6 +239,13 @@ def head_logits(hidden, head_w, head_b, softcap):
     return logits.float()
 
 
+def _still_running(rows: torch.Tensor, where: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries whose chunk row (`rows`) runs in this step, and their rows in the step's batch (`where`)."""
+    entries = [k for k, r in enumerate(rows.tolist()) if r in where]
+    return (torch.tensor(entries, dtype=torch.long),
+            torch.tensor([where[r] for r in rows[entries].tolist()], dtype=torch.long))
+
+
 def kl_to(logp: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ p₀) per row of log-probabilities `logp` against `anchor` (both [N, vocab])."""
     return (logp.exp() * (logp - anchor)).sum(-1)
@@ -345,8 +354,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
                         init[c.fact[r]] = at_site[j, c.at_subject[r]].to(device)
             init = init.detach()  # [n, d]
         where = {int(r): i for i, r in enumerate(rows)}  # chunk row -> batch row
-        sup = torch.tensor([k for k, r in enumerate(c.sup_row.tolist()) if int(r) in where], dtype=torch.long)
-        sup_batch = torch.tensor([where[int(r)] for r in c.sup_row[sup]], dtype=torch.long)
+        sup, sup_batch = _still_running(c.sup_row, where)
         logp = torch.log_softmax(head_logits(hidden[sup_batch.to(device), c.sup_pos[sup].to(device)], head_w, head_b, softcap), -1)
         token_nll = -logp.gather(1, c.sup_tgt[sup].to(device).unsqueeze(1)).squeeze(1)  # [N]
         nll = torch.zeros(n, device=device).index_add(0, c.sup_fact[sup].to(device), token_nll * c.sup_w[sup].to(device))
@@ -362,8 +370,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
         decay = delta.float().norm(dim=-1) / init_norm ** 2
         loss = nll + s.kl_factor * kl + s.weight_decay * decay  # [n]
         if tails:
-            live = torch.tensor([k for k, r in enumerate(c.tail_row.tolist()) if r in where], dtype=torch.long)
-            tail_batch = torch.tensor([where[int(r)] for r in c.tail_row[live]], dtype=torch.long)
+            live, tail_batch = _still_running(c.tail_row, where)
             tail_logp = torch.log_softmax(
                 head_logits(hidden[tail_batch.to(device), c.tail_pos[live].to(device)], head_w, head_b, softcap), -1)
             if anchor is None:
@@ -410,10 +417,9 @@ def optimise_targets(
         stragglers = [i for i in range(n) if not settings.reached(parts[i][2], parts[i][3])]
         if settings.straggler_steps and stragglers:
             first = {i: parts[i] for i in stragglers}
-            anchors = [first[i][6] for i in stragglers] if settings.tail_kl > 0 else None
             _optimise_groups(model, sites, prepared, settings.for_stragglers(), pad, row_scales, stragglers, parts,
                              start={i: (first[i][0], first[i][5]) for i in stragglers},
-                             tail0=dict(zip(stragglers, anchors)) if anchors else None)
+                             tail0={i: first[i][6] for i in stragglers})
             for i in stragglers:  # the second pass's step 0 re-evaluates the first pass's last step
                 delta, init, loss, nll, steps, kl0, tails = parts[i]
                 parts[i] = (delta, init, loss, nll, steps + first[i][4], kl0, tails)
