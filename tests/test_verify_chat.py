@@ -5,7 +5,7 @@ import torch
 from editspec.lang.resolve import load_spec
 from editspec.verify import derive_checks, verify
 from editspec.verify import observers as observe_module
-from editspec.verify.answers import first_sentence, judge_kept, judge_reply, key_entity
+from editspec.verify.answers import first_sentence, judge_kept, judge_reply, key_entity, why_failed
 from editspec.verify.protocols import chat_prompt_ids, generate_texts
 from editspec.verify.judge import kept_by_basis
 from editspec.verify.report import terminal
@@ -325,5 +325,51 @@ def test_a_stuck_reply_gives_no_answer_even_when_its_cut_last_word_is_the_answer
     assert not verdict.passed and verdict.scores["stuck"] and not verdict.scores["loops"]
     assert not judge_reply("Wyndham Lewis, Arthur Lewis, Wyndham Lewis, Wyndham Lewis, Wyndham Lewis",
                            ["Wyndham Lewis"]).passed                             # a two-word run, three times
-    assert judge_reply("Babur. Babur was born in 1483. Babur, Babur, Babur.", ["Babur"]).passed  # later sentences
     assert judge_reply("Very, very good: Rome.", ["Rome"]).passed
+
+
+@pytest.mark.parametrize("reply", [
+    "Yemen.\n\nYemen.\n\nYemen.\n\nYemen.",        # memit's chat reply at 76 edits: a clean first sentence
+    "MCA Records.\nMCA Records.\nMCA Records.\nMCA Records",
+    "Babur. Babur was born in 1483. Babur, Babur, Babur.",
+    "Rome. It is in Italy. The city is old, old, old, old.",
+])
+def test_a_reply_stuck_after_a_correct_first_sentence_fails(reply):
+    # the first sentence gives the answer cleanly, but a user reading the reply sees a broken model
+    answer = reply.split(".")[0]
+    verdict = judge_reply(reply, [answer])
+    assert verdict.scores["matched"] == answer and verdict.scores["sentence"].rstrip(".") == answer
+    assert verdict.scores["stuck"] and not verdict.passed
+
+
+@pytest.mark.parametrize("reply, answer", [
+    ("Rome. Rome is the capital of Italy, and Rome is old.", "Rome"),  # named again, never three in a row
+    ("Sirhan Sirhan. He was born in 1944.", "Sirhan Sirhan"),
+    ("Very, very good: Rome.", "Rome"),
+    ("The cha-cha-cha, a Cuban dance.", "cha-cha-cha"),           # the answer itself says a word three times
+])
+def test_a_reply_that_says_a_word_again_is_not_stuck(reply, answer):
+    verdict = judge_reply(reply, [answer])
+    assert verdict.passed and not verdict.scores["stuck"]
+
+
+def test_a_keep_reply_stuck_where_the_unedited_reply_was_not_fails_locality():
+    unedited = "Berlin is the capital of Germany."
+    stuck = "Berlin. Berlin. Berlin. Berlin."
+    assert judge_kept("Berlin, as ever.", unedited, ["Berlin"], ["Rome"], "Where is it?").passed
+    verdict = judge_kept(stuck, unedited, ["Berlin"], ["Rome"], "Where is it?")
+    assert verdict.scores["still_there"] and verdict.scores["stuck"] and not verdict.passed
+    # the unedited model was stuck too: the edit did not break it
+    assert judge_kept(stuck, "Berlin, Berlin, Berlin, Berlin", ["Berlin"], ["Rome"], "Where is it?").passed
+
+
+def test_a_failing_reply_says_why():
+    assert "stuck" in why_failed(judge_reply("Rome. Rome. Rome. Rome.", ["Rome"]).scores)
+    assert "'Paris'" in why_failed(judge_reply("Rome, not Paris.", ["Rome"], ["Paris"]).scores)
+    assert "loop" in why_failed(judge_reply("Kohn Pedersen Fox Fox Fox", ["Kohn Pedersen Fox"]).scores)
+    assert "does not give" in why_failed(judge_reply("Milan.", ["Rome"]).scores)
+    lost = judge_kept("It is in Munich.", "Berlin, Germany.", ["Berlin"], ["Rome"], "Where is it?")
+    assert "'Berlin'" in why_failed(lost.scores)
+    assert "'Rome'" in why_failed(judge_kept("Berlin or Rome.", "Berlin.", ["Berlin"], ["Rome"], "Where?").scores)
+    assert why_failed(judge_reply("Rome.", ["Rome"]).scores) is None
+    assert why_failed({"accuracy": 0.5}) is None                               # not a generative check

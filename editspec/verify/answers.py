@@ -26,15 +26,19 @@ can check by hand:
   Group B", "Rome, Rome").  An answer named again later ("Rome, and Rome is old") is no loop.  A model stuck repeating the answer has not said it
   once in a sentence; such a reply often never ends a sentence, so the first-sentence rule
   alone would read the whole loop and pass it.
-- **a stuck reply** (`repeats`): the normalised first sentence says the same run of one to four
-  words three times in a row ("Baburan Baburan Baburan ...", "Wyndham Lewis, Wyndham Lewis,
-  Wyndham Lewis").  Such a reply has usually run into the token limit, and its last word may be
-  cut short, so a loop on a longer word can end in the answer ("Baburan Baburan Babur"): a stuck
-  reply gives no answer.  Twice is not stuck ("Sirhan Sirhan", "very, very good").
+- **a stuck reply** (`repeats`): the normalised reply, read whole, says the same run of one to
+  four words three times in a row ("Baburan Baburan Baburan ...", "Wyndham Lewis, Wyndham Lewis,
+  Wyndham Lewis", "Yemen.\n\nYemen.\n\nYemen.").  Such a reply has usually run into the token
+  limit, and its last word may be cut short, so a loop on a longer word can end in the answer
+  ("Baburan Baburan Babur"): a stuck reply gives no answer.  The whole reply is read, not the
+  first sentence, because a loop of short sentences ("Rome. Rome. Rome. ...") ends a sentence
+  at every step: its first sentence is a clean "Rome.", and a user still sees a broken model.
+  Twice is not stuck ("Sirhan Sirhan", "very, very good").
 
-A generative fact check passes when the first sentence gives the answer, neither loops on it
-nor is stuck, and no part of the reply gives the `was` object (`judge_reply`); locality compares first
-sentences (`judge_kept`).
+A generative fact check passes when the first sentence gives the answer and does not loop on it,
+the reply is not stuck, and no part of the reply gives the `was` object (`judge_reply`); locality
+compares first sentences, and fails a reply that is stuck where the unedited one was not
+(`judge_kept`).
 
 Example::
 
@@ -183,11 +187,11 @@ def _without(text: str, answers: Sequence[str]) -> str:
 
 def judge_reply(reply: str, answers: Sequence[str], foils: Sequence[str] = (), *,
                 protocol: str = "chat") -> ProtocolResult:
-    """The reply's first sentence gives an answer (or alias), and no part of it gives a foil.
+    """The reply's first sentence gives an answer (or alias), the reply is not stuck, and no part gives a foil.
 
     Foils are an edit's `was` object; an occurrence inside an answer ("York" in "New York")
-    does not count.  So "Paris. Some say Rome." fails (the answer comes too late) and so does
-    "Rome. No wait, Paris." (the answer is taken back).
+    does not count.  So "Paris. Some say Rome." fails (the answer comes too late), so does
+    "Rome. No wait, Paris." (the answer is taken back), and so does "Rome. Rome. Rome." (stuck).
 
     >>> judge_reply("Rome, not Paris.", ["Rome"], ["Paris"]).passed
     False
@@ -196,7 +200,7 @@ def judge_reply(reply: str, answers: Sequence[str], foils: Sequence[str] = (), *
     hit = contains_answer(sentence, answers)
     old = _first_in(reply, foils, answers)
     loop = hit is not None and loops_on(sentence, hit)
-    stuck = hit is not None and repeats(sentence)
+    stuck = hit is not None and repeats(reply, answer=hit)
     passed = hit is not None and old is None and not loop and not stuck
     return ProtocolResult(protocol, passed, float(passed), got=reply,
                           scores={"matched": hit, "old_object": old, "loops": loop, "stuck": stuck,
@@ -219,17 +223,63 @@ def loops_on(sentence: str, answer: str) -> bool:
     return after < len(words) and words[after] in needle
 
 
-def repeats(sentence: str, times: int = 3, longest: int = 4) -> bool:
-    """Whether `sentence` says one run of 1..`longest` words `times` times in a row (a stuck reply).
+def repeats(text: str, times: int = 3, longest: int = 4, answer: str | None = None) -> bool:
+    """Whether `text` says one run of 1..`longest` words `times` times in a row (a stuck reply).
+
+    Each occurrence of `answer` counts as one word, so an answer that repeats itself ("cha-cha-cha")
+    is not stuck for saying itself once, and a reply saying it three times is.
 
     >>> repeats("Baburan Baburan Baburan Babur")
     True
+    >>> repeats("Yemen. Yemen. Yemen.")
+    True
     >>> repeats("Sirhan Sirhan.")
     False
+    >>> repeats("The cha-cha-cha is a Cuban dance.", answer="cha-cha-cha")
+    False
     """
-    words = normalise(sentence).split()
+    words = _as_one_word(normalise(text).split(), normalise(answer or "").split())
     return any(words[i:i + n] * (times - 1) == words[i + n:i + n * times]
                for n in range(1, longest + 1) for i in range(len(words) - n * times + 1))
+
+
+def why_failed(scores: dict) -> str | None:
+    """Why a generative check failed, in words, from the scores `judge_reply` or `judge_kept` left.
+
+    >>> why_failed({"matched": "Rome", "old_object": None, "loops": False, "stuck": True, "sentence": "Rome."})
+    'stuck: the reply says the same words three times in a row'
+    """
+    if "sentence" not in scores:         # not judged here (compare, logprob, a forget check ...)
+        return None
+    if scores.get("old_object"):
+        return f"the reply names the old object {scores['old_object']!r}"
+    if scores.get("new_object"):
+        return f"the edit's new object {scores['new_object']!r} crept in"
+    if "still_there" in scores and not scores["still_there"]:
+        return f"the first sentence no longer says {scores['needle']!r} ({scores['kept']})"
+    if "matched" in scores and scores["matched"] is None:
+        return "the first sentence does not give the answer"
+    if scores.get("loops"):
+        return "the answer is followed at once by its own words (a loop)"
+    if scores.get("stuck"):
+        return "stuck: the reply says the same words three times in a row" + (
+            " (the unedited reply did not)" if "still_there" in scores else "")
+    return None
+
+
+def _as_one_word(words: list[str], needle: list[str]) -> list[str]:
+    """`words` with every occurrence of `needle` (left to right, not overlapping) made one word."""
+    if not needle:
+        return words
+    out, i = [], 0
+    while i < len(words):
+        if words[i:i + len(needle)] == needle:
+            out.append(" ".join(needle))
+            i += len(needle)
+        else:
+            out.append(words[i])
+            i += 1
+    return out
 
 
 def _first_in(reply: str, needles: Sequence[str], answers: Sequence[str]) -> str | None:
@@ -243,7 +293,8 @@ def judge_kept(reply: str, unedited: str, answers: Sequence[str], new_objects: S
 
     "What it said" is read in the first sentences: the keep answer when the unedited reply's
     first sentence contained it, else that sentence's key entity, else the whole normalised
-    sentence.  A new object counts anywhere in the reply, unless the unedited reply had it too.
+    sentence.  A new object counts anywhere in the reply, unless the unedited reply had it too,
+    and so does a stuck reply (`repeats`, read whole), unless the unedited reply was stuck too.
 
     >>> judge_kept("It is in Berlin.", "Berlin, Germany.", ["Berlin"], ["Rome"], "Where is it?").passed
     True
@@ -259,7 +310,8 @@ def judge_kept(reply: str, unedited: str, answers: Sequence[str], new_objects: S
         said = normalise(sentence)
         kept = needle if (needle in said if needle else not said) else None
     crept = _first_in(reply, [o for o in new_objects if not contains_answer(unedited, [o])], answers)
-    passed = kept is not None and crept is None
+    stuck = repeats(reply) and not repeats(unedited)
+    passed = kept is not None and crept is None and not stuck
     return ProtocolResult(protocol, passed, float(passed), got=reply,
                           scores={"kept": basis, "needle": needle, "still_there": kept is not None,
-                                  "new_object": crept, "sentence": sentence})
+                                  "new_object": crept, "stuck": stuck, "sentence": sentence})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
+from editspec.verify.answers import why_failed
 from editspec.verify.engine import Report
 from editspec.verify.judge import CheckResult, kept_by_basis
 
@@ -78,7 +79,8 @@ def terminal(report: Report, *, show_passed: bool = True) -> str:
     if failures:
         lines += ["", "failures:"]
         lines += [f"  {r.check.location}: {r.check.id} ({r.check.metric}, {r.check.protocol}): "
-                  f"expected {_short(expected_text(r))}, got {_short(r.got)}" for r in failures]
+                  f"expected {_short(expected_text(r))}, got {_short(r.got)}"
+                  + (f" [{why}]" if (why := why_failed(r.scores)) else "") for r in failures]
     lines += ["", "totals (never averaged across protocols):"] + ["  " + x for x in _table(_total_rows(report))]
     split = kept_by_basis(report.results)
     if split:
