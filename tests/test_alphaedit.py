@@ -73,6 +73,35 @@ def test_sequential_batches_keep_preserved_outputs_and_grow_state():
     assert [log["nullspace_rank"] for log in first.layers] == [D - 30, D - 30]
 
 
+def test_a_second_round_is_one_round_on_the_model_the_first_edited_under_the_same_null_space():
+    model, tok = tiny_model("llama", layers=4), tiny_tokenizer()
+    groups = context_templates(model, tok, ((2, 6),), seed=0)
+    k0 = _low_rank_keys(rank=30)
+    stats = {l: k0.T @ k0 / len(k0) for l in range(4)}
+    config = AlphaEditConfig(layers=(1, 2), nullspace_threshold=1e-8, v_num_grad_steps=4, l2=1.0, passes=2)
+    facts = [EditRequest("The capital of {} is", "France", "Rome"), EditRequest("{} plays", "Michael Jordan", "football")]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result, state = alphaedit_deltas(model, tok, facts, config, stats=stats, templates=groups)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [log["round"] for log in result.layers] == [1, 1, 2, 2] and len(result.deltas) == 4
+    # Round 1 is passes=1's; round 2 is passes=1 at the later rate on the model round 1 edited, with the
+    # state before the batch (its own keys join the preserved set once, after the last round).
+    single, single_state = alphaedit_deltas(model, tok, facts, config.model_copy(update={"passes": 1}), stats=stats,
+                                            templates=groups)
+    assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(result.deltas[:2], single.deltas))
+    with apply_deltas(model, result.deltas[:2]):
+        again, _ = alphaedit_deltas(model, tok, facts, config.model_copy(update={"passes": 1, "v_lr": config.later_v_lr}),
+                                    stats=stats, templates=groups)
+    assert all(torch.allclose(a.dense(), b.dense()) for a, b in zip(result.deltas[2:], again.deltas))
+    assert state.edits == 2 and single_state.edits == 2
+    assert state.preserved[1].shape == single_state.preserved[1].shape
+    # Every round's update stays in C's null space.
+    for d in result.deltas:
+        dense = d.dense()
+        assert (dense @ k0.T).norm() < 1e-8 * max(dense.norm(), 1e-30) * k0.norm()
+    assert all(f["steps"] >= 2 for f in result.facts)
+
+
 def test_needs_statistics():
     model, tok = tiny_model("llama"), tiny_tokenizer()
     with pytest.raises(EditspecError):

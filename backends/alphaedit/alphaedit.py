@@ -23,8 +23,8 @@ import torch
 from editspec.model.chat import chat_enabled
 from editspec.model.layout import layout_for
 from editspec.families.locate import (
-    EditRequest, EditResult, StatsSource, extend_factor, optimise_targets, prepare_requests,
-    request_key_matrix, revert_all, second_moment_for, spread_over_layers, template_keys, templates_for,
+    EditRequest, EditResult, StatsSource, extend_factor, prepare_requests, request_key_matrix, revert_all,
+    round_settings, second_moment_for, spread_in_rounds, template_keys, templates_for,
 )
 from editspec.model.tokens import pad_id
 
@@ -105,7 +105,6 @@ def alphaedit_deltas(
     groups = templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed)
     prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
                                 answer_end=config.answer_end)
-    targets = optimise_targets(model, [layout.block_at(layers[-1])] * len(prepared), prepared, config.optim(), pad=pad)
 
     def solve(layer, keys, residual):
         if layer not in new.projectors:
@@ -115,17 +114,22 @@ def alphaedit_deltas(
         gram = factor @ factor.T if factor is not None else None
         return alphaedit_update(keys, residual, new.projectors[layer], gram, config.l2)
 
-    deltas, handles, logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve, pad=pad)
+    # With `passes` > 1, later rounds correct what the batch's other edits did at each fact's prompts,
+    # under the same projector and preserved keys (this batch's keys join them only after its last round).
+    deltas, handles, logs, rounds = spread_in_rounds(model, layout, prepared, layers, solve, round_settings(config),
+                                                     pad=pad)
     try:
-        # The keys of this batch, on the model with this batch applied, join the preserved set.
+        # The keys of this batch, on the model with every round applied, join the preserved set.
         keys, _ = template_keys(model, layout, prepared, list(layers), pad=pad)
         for layer in layers:
             new.preserved[layer] = extend_factor(new.preserved.get(layer), request_key_matrix(keys[layer], prepared))
     finally:
         revert_all(handles)
     new.edits += len(prepared)
-    for log, layer in zip(logs, layers):
-        log["nullspace_rank"] = int(round(float(torch.trace(new.projectors[layer]))))
-    facts = [{"subject": p.request.subject, "loss": float(targets.loss[i]), "nll": float(targets.nll[i]),
-              "steps": int(targets.steps[i]) + 1, "target": targets.value[i]} for i, p in enumerate(prepared)]
+    for log in logs:
+        log["nullspace_rank"] = int(round(float(torch.trace(new.projectors[log["layer"]]))))
+    first = rounds[0]
+    facts = [{"subject": p.request.subject, "loss": float(first.loss[i]), "nll": float(first.nll[i]),
+              "steps": sum(int(t.steps[i]) + 1 for t in rounds), "target": first.value[i],
+              "final_loss": float(rounds[-1].loss[i])} for i, p in enumerate(prepared)]
     return EditResult(deltas, facts, logs), new

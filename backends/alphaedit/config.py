@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from editspec.families.locate.target_settings import LayerList, ResidualTargetSettings
+from editspec.families.locate.target_settings import LayerList, RoundSettings
 from editspec.build.backend import Capabilities
 
 
@@ -13,7 +13,7 @@ from editspec.build.backend import Capabilities
 CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
-class AlphaEditConfig(ResidualTargetSettings):
+class AlphaEditConfig(RoundSettings):
     """AlphaEdit settings.  Defaults are chosen for SmolLM2-135M.
 
     Why each default: docs/methods/alphaedit.md#settings-and-why-the-defaults.
@@ -30,4 +30,7 @@ class AlphaEditConfig(ResidualTargetSettings):
         0.0, ge=0, description="Weight of a KL term at the position right after each row's whole answer, against what "
         "the unedited model says there (rome and memit default to 0.3); 0: off, alphaedit's default: in its single "
         "round 0.3 cost chat efficacy on 76 zsRE edits (docs/methods/locate.md#optimising-the-targets-δ).")
-
+    passes: int = Field(
+        1, ge=1, description="Rounds of targets and solve (as memit's `passes`): each later round optimises every fact's "
+        "δ again on the model the earlier rounds edited, under the same null-space projector; 1 is the paper's single "
+        "round (docs/methods/alphaedit.md#settings-and-why-the-defaults).")

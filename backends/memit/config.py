@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from editspec.families.locate.target_settings import LayerList, ResidualTargetSettings
+from editspec.families.locate.target_settings import LayerList, RoundSettings
 from editspec.build.backend import Capabilities
 
 
@@ -17,7 +17,7 @@ def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
 CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
-class MemitConfig(ResidualTargetSettings):
+class MemitConfig(RoundSettings):
     """MEMIT settings.  Defaults are chosen for SmolLM2-135M.
 
     Why each default: docs/methods/memit.md#settings-and-why-the-defaults.
@@ -29,16 +29,6 @@ class MemitConfig(ResidualTargetSettings):
         1000.0, ge=0, description="λ: how strongly the preserved keys (λ·C) resist change; higher keeps more of the "
         "neighbourhood and edits less (sweep in docs/benchmarks.md).")
     mom2_ridge: float = Field(1e-4, ge=0, description="Ridge added to C, as a fraction of its mean eigenvalue.")
-    passes: int = Field(
-        2, ge=1, description="Rounds of targets and solve: each later round optimises every fact's δ again on the model "
-        "the earlier rounds edited, so a fact makes up for what the batch's other edits did to its prompts (in chat "
-        "above all); each round costs another target pass and adds its deltas to the payload; 1 is the papers' single "
-        "round (docs/methods/memit.md#rounds-passes).")
-    later_v_lr: float | None = Field(
-        0.25, gt=0, description="Adam learning rate for δ in the rounds after the first (`passes`); None: `v_lr`. "
-        "A later round only corrects what the earlier ones left short, and Adam's first step moves every coordinate "
-        "by about the rate (a step of norm rate·√d whatever the gradient), so the first round's rate overshoots there "
-        "(docs/methods/memit.md#rounds-passes).")
     preserve_keep: bool = Field(
         True, description="Put the spec's `keep` facts in every layer's solve as keys whose output must not move "
         "(the keep prompt with its answer at every position, and the keep question in chat form), weighted by "

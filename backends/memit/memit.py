@@ -14,8 +14,8 @@ import torch
 from editspec.model.chat import chat_enabled
 from editspec.model.layout import layout_for
 from editspec.families.locate import (
-    EditRequest, EditResult, StatsSource, keys_at, least_squares_update, optimise_targets, prepare_requests,
-    revert_all, second_moment_for, spread_over_layers, templates_for,
+    EditRequest, EditResult, StatsSource, keys_at, least_squares_update, prepare_requests, revert_all,
+    round_settings, second_moment_for, spread_in_rounds, templates_for,
 )
 from editspec.model.tokens import pad_id
 
@@ -101,30 +101,17 @@ def memit_deltas(
     groups = templates_for(model, tokenizer, templates, config.context_template_counts, config.template_seed)
     prepared = prepare_requests(tokenizer, requests, groups, chat=chat_enabled(tokenizer, config.chat),
                                 answer_end=config.answer_end)
-    last = layers[-1]
     held = (lambda layer: keys_at(model, layout, keep, layer, pad=pad)) if keep else None
     solve = memit_solver(stats, config, held, keep_share)
-    deltas, handles, logs, rounds = [], [], [], []
-    try:
-        later = config.model_copy(update={"v_lr": config.later_v_lr}) if config.later_v_lr is not None else config
-        for round_ in range(config.passes):
-            # Later rounds start from the model the earlier ones edited: each fact's δ is what is still missing,
-            # found with the smaller steps of `later_v_lr`.
-            settings = (later if round_ else config).optim()
-            # The tail KL's anchor is the unedited model's, in every round.
-            targets = optimise_targets(model, [layout.block_at(last)] * len(prepared), prepared, settings, pad=pad,
-                                       tail0=rounds[0].tail0 if rounds else None)
-            solve.weights.clear()
-            stage, applied, stage_logs = spread_over_layers(model, layout, prepared, layers, targets.value, solve,
-                                                            pad=pad)
-            if solve.weights:  # the held weight each layer used (backed off with `keep_fit`)
-                stage_logs = [{**log, "keep_weight": weight} for log, weight in zip(stage_logs, solve.weights)]
-            deltas += stage
-            handles += applied
-            logs += [{**log, "round": round_ + 1} for log in stage_logs]
-            rounds.append(targets)
-    finally:
-        revert_all(handles)
+
+    def with_held_weights(stage_logs):
+        """The held weight each layer's solve used (backed off with `keep_fit`), in the round's logs."""
+        weights, solve.weights[:] = list(solve.weights), []
+        return [{**log, "keep_weight": w} for log, w in zip(stage_logs, weights)] if weights else stage_logs
+
+    deltas, handles, logs, rounds = spread_in_rounds(model, layout, prepared, layers, solve, round_settings(config),
+                                                     pad=pad, annotate=with_held_weights)
+    revert_all(handles)
     first = rounds[0]
     facts = [{"subject": p.request.subject, "loss": float(first.loss[i]), "nll": float(first.nll[i]),
               "steps": sum(int(t.steps[i]) + 1 for t in rounds), "target": first.value[i],

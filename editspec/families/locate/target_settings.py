@@ -87,3 +87,18 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
                              stop_prob=self.stop_prob, straggler_steps=self.straggler_steps,
                              straggler_clamp_factor=self.straggler_clamp_factor, bf16_steps=self.bf16_steps,
                              tail_kl=self.tail_kl)
+
+
+class RoundSettings(ResidualTargetSettings):
+    """Settings of the methods that spread targets over layers in rounds (MEMIT, AlphaEdit)."""
+
+    passes: int = Field(
+        2, ge=1, description="Rounds of targets and solve: each later round optimises every fact's δ again on the model "
+        "the earlier rounds edited, so a fact makes up for what the batch's other edits did to its prompts (in chat "
+        "above all); each round costs another target pass and adds its deltas to the payload; 1 is the papers' single "
+        "round (docs/methods/memit.md#rounds-passes).")
+    later_v_lr: float | None = Field(
+        0.25, gt=0, description="Adam learning rate for δ in the rounds after the first (`passes`); None: `v_lr`. "
+        "A later round only corrects what the earlier ones left short, and Adam's first step moves every coordinate "
+        "by about the rate (a step of norm rate·√d whatever the gradient), so the first round's rate overshoots there "
+        "(docs/methods/memit.md#rounds-passes).")
