@@ -28,8 +28,9 @@ class AlphaEditConfig(RoundSettings):
     l2: float = Field(10.0, ge=0, description="α: ridge on the projected solve (keeps it well posed).")
     tail_kl: float = Field(
         0.0, ge=0, description="Weight of a KL term at the position right after each row's whole answer, against what "
-        "the unedited model says there (rome and memit default to 0.3); 0: off, alphaedit's default: in its single "
-        "round 0.3 cost chat efficacy on 76 zsRE edits (docs/methods/locate.md#optimising-the-targets-δ).")
+        "the unedited model says there (rome and memit default to 0.3); 0: off, alphaedit's default: with one round "
+        "(`passes 1`) 0.3 cost chat efficacy on 76 zsRE edits, with `passes 2` it raised it "
+        "(docs/methods/alphaedit.md#settings-and-why-the-defaults).")
     passes: int = Field(
         1, ge=1, description="Rounds of targets and solve (as memit's `passes`): each later round optimises every fact's "
         "δ again on the model the earlier rounds edited, under the same null-space projector; 1 is the paper's single "
