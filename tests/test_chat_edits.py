@@ -258,3 +258,37 @@ def test_tail_kl_keeps_what_follows_the_answer_and_its_anchor_carries_over():
     assert torch.equal(again.delta, held.delta)
     moved = optimise_targets(model, [site], prepared, held_settings, pad=0, tail0=[held.tail0[0].roll(1, -1)])
     assert not torch.allclose(moved.delta, held.delta)
+
+
+
+def test_tail_tokens_follow_the_unedited_continuation_and_enter_the_objective_past_the_first_position():
+    model, tok = tiny_model("llama"), tiny_chat_tokenizer()
+    site = layout_for(model).block_at(0)
+    prepared = prepare_requests(tok, [FACT], [["{}"]], chat=True)
+    settings = OptimSettings(steps=40, lr=2.0, stop_loss=0.0, tail_kl=1.0, tail_tokens=3)
+    held = optimise_targets(model, [site], prepared, settings, pad=0)
+    prep = prepared[0]
+    # The tails are the unedited model's greedy continuation after each row's whole answer.
+    for r in range(prep.num_rows):
+        row = prep.rows[r] + prep.targets[r][-1:]
+        for _ in range(2):
+            with torch.no_grad():
+                row = row + [int(model(torch.tensor([row])).logits[0, -1].argmax())]
+        assert prep.tails[r] == row[-2:]
+    # One anchor per tail position, row by row: after the answer's last token, then after each continuation token.
+    assert held.tail0[0].shape[0] == 3 * prep.num_rows
+    free = optimise_targets(model, [site], prepared, OptimSettings(steps=40, lr=2.0, stop_loss=0.0), pad=0)
+    assert _chat_nll(model, site, prep, held.delta[0]) < _chat_nll(model, site, prep, 0 * free.delta[0]) - 0.25
+    # A later round on the same requests reuses the tails and the anchor: the same objective ...
+    again = optimise_targets(model, [site], prepared, settings, pad=0, tail0=held.tail0)
+    assert torch.equal(again.delta, held.delta)
+    # ... and the positions past the first are in it: moving only their anchors moves δ.
+    later = held.tail0[0].clone()
+    later[1::3], later[2::3] = later[1::3].roll(1, -1), later[2::3].roll(1, -1)
+    moved = optimise_targets(model, [site], prepared, settings, pad=0, tail0=[later])
+    assert not torch.allclose(moved.delta, held.delta)
+    # One position (the default) reads none of the continuation, whatever the requests carry.
+    one = OptimSettings(steps=40, lr=2.0, stop_loss=0.0, tail_kl=1.0)
+    bare = prepare_requests(tok, [FACT], [["{}"]], chat=True)
+    assert torch.equal(optimise_targets(model, [site], prepared, one, pad=0).delta,
+                       optimise_targets(model, [site], bare, one, pad=0).delta) and not bare[0].tails

@@ -65,6 +65,8 @@ class PreparedRequest:
     chat: list[bool] = field(default_factory=list)
     kl_row: list[int] = field(default_factory=list)
     kl_index: int = 0
+    tails: list[list[int]] = field(default_factory=list)  # per rewriting row: the unedited continuation after its answer (`fill_tails`)
+    tail_tokens: int = 0  # how many tokens `tails` was asked for (a row's is shorter where the model ended)
 
     @property
     def num_rows(self) -> int:

@@ -54,6 +54,11 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
         "the unedited model says there: the edited model goes on after the new answer as the unedited one would, "
         "instead of repeating it (\"Yemen , Yemen , Yemen\"); higher holds δ back from the answer too; 0: off "
         "(docs/methods/locate.md#optimising-the-targets-δ).")
+    tail_tokens: int = Field(
+        1, ge=1, le=8, description="Positions the tail KL covers: the one right after the answer, then one after each "
+        "token of the unedited model's own greedy continuation there, up to this many in all (the tail KL is their "
+        "mean), so the edited model also goes on as the unedited one did a few tokens later, where a reply that "
+        "starts again (\"Yemen.\\n\\nYemen.\") turns; 1: the first position only.")
     stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
     stop_prob: float = Field(
         0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never); "
@@ -86,7 +91,7 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
                              self.clamp_norm_factor, self.stop_loss, self.facts_per_batch,
                              stop_prob=self.stop_prob, straggler_steps=self.straggler_steps,
                              straggler_clamp_factor=self.straggler_clamp_factor, bf16_steps=self.bf16_steps,
-                             tail_kl=self.tail_kl)
+                             tail_kl=self.tail_kl, tail_tokens=self.tail_tokens)
 
 
 class RoundSettings(ResidualTargetSettings):

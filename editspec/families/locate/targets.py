@@ -5,7 +5,9 @@ The method: docs/methods/locate.md#optimising-the-targets-δ.
 All facts of a chunk run in one batch, each with its own δ, its rewriting rows (one per
 context template) and its KL row.  With `tail_kl`, each rewriting row runs on through its
 answer's last token, and the next-token distribution there is held near the unedited model's
-(the tail KL): the edited model goes on after the new answer as the unedited one would.
+(the tail KL): the edited model goes on after the new answer as the unedited one would.  With
+`tail_tokens` above 1 the row runs on further, through the unedited model's own greedy
+continuation of the answer (`fill_tails`), and the tail KL is the mean over those positions.
 
 Two savings keep this fast on CPU:
 
@@ -66,6 +68,7 @@ class OptimSettings:
     bf16_steps: bool = False  # steps after the first in bfloat16 autocast, where the device computes it natively
     length_buckets: bool = True  # rows of similar suffix length run as their own forward pass; False: one padded batch
     tail_kl: float = 0.0  # weight of the KL at the position after each row's whole answer (0: off)
+    tail_tokens: int = 1  # positions of the tail KL: after the answer, then after each of the unedited continuation's tokens
 
     def reached(self, loss: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
         """Which facts met a stop criterion: loss below `stop_loss`, or target probability `stop_prob`."""
@@ -85,7 +88,7 @@ class Targets:
     loss: torch.Tensor
     nll: torch.Tensor
     steps: torch.Tensor
-    tail0: list | None = None  # per fact: the unedited log-probabilities after each row's answer [rows, vocab]
+    tail0: list | None = None  # per fact: the unedited log-probabilities after each row's answer [tail positions, vocab]
 
     @property
     def value(self) -> torch.Tensor:
@@ -175,7 +178,7 @@ class _Chunk:
     """The token layout of one chunk of facts: prefixes (left-padded, cached) and suffixes."""
 
     def __init__(self, facts: Sequence[PreparedRequest], pad: int, cache_prefix: bool = True,
-                 scales: Sequence[Sequence[float]] | None = None, tails: bool = False):
+                 scales: Sequence[Sequence[float]] | None = None, tails: int = 0):
         self.rows, self.fact, self.subject, self.bare, scale = [], [], [], [], []
         sup_row, sup_pos, sup_tgt, sup_w, self.kl_rows = [], [], [], [], []
         tail_row, tail_pos, tail_w = [], [], []
@@ -197,11 +200,14 @@ class _Chunk:
                     sup_pos.append(prep.prompt_len[r] - 1 + j - (s if cache_prefix else 0))
                     sup_tgt.append(target[j])
                     sup_w.append(forms[r] / m)
-                if tails:  # the row goes on to the answer's last token, whose logits say what follows the answer
+                # With `tails` positions the row goes on to the answer's last token (whose logits say what
+                # follows the answer) and through the first tails - 1 tokens of the unedited continuation.
+                more = ([target[-1]] + list(prep.tails[r][:tails - 1] if prep.tails else [])) if tails else []
+                for j in range(len(more)):
                     tail_row.append(row)
-                    tail_pos.append(prep.prompt_len[r] - 1 + m - (s if cache_prefix else 0))
-                    tail_w.append(forms[r])
-                self._add(list(prep.rows[r]) + ([target[-1]] if tails else []), s, f)
+                    tail_pos.append(prep.prompt_len[r] - 1 + m + j - (s if cache_prefix else 0))
+                    tail_w.append(forms[r] / len(more))
+                self._add(list(prep.rows[r]) + more, s, f)
             self.kl_rows.append(len(self.rows))
             self._add(prep.kl_row, prep.kl_index, f)
         self.fact_t = torch.tensor(self.fact)
@@ -255,7 +261,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
                     scales: Sequence[Sequence[float]] | None = None,
                     start: tuple[torch.Tensor, torch.Tensor] | None = None, tail0: Sequence[torch.Tensor] | None = None):
     """One chunk's δ; `start` (δ, unedited KL-row log-probabilities) goes on from an earlier pass;
-    `tail0` (per fact, log-probabilities after each row's answer) anchors the tail KL (None: this pass's step 0)."""
+    `tail0` (per fact, log-probabilities at each row's tail positions) anchors the tail KL (None: this pass's step 0)."""
     base = model.base_model
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -265,7 +271,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     longest = max(len(r) for p in facts for r in (*p.rows, p.kl_row))
     tails = s.tail_kl > 0
     c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window), scales=scales,
-               tails=tails)
+               tails=s.tail_tokens if tails else 0)
     anchor = torch.cat([t.to(device) for t in tail0]) if tails and tail0 is not None else None
     n = len(facts)
     kwarg = cache_kwarg(base)
@@ -409,10 +415,15 @@ def optimise_targets(
     back in request order, float64 on CPU.  The model's weights are never changed.
     `row_scales[i]` (one number per rewriting row, then one for the KL row) multiplies δ in
     each of request i's rows; None adds δ unscaled everywhere.
+    With `settings.tail_tokens` above 1, requests without their tail continuations get them here,
+    from the model as it is now (`fill_tails`); later passes on the same requests reuse them.
     """
     n = len(prepared)
     parts: dict[int, tuple] = {}
     with frozen(model):
+        if settings.tail_kl > 0 and settings.tail_tokens > 1:
+            fill_tails(model, [p for p in prepared if p.tail_tokens < settings.tail_tokens - 1],
+                       settings.tail_tokens - 1, pad=pad)
         _optimise_groups(model, sites, prepared, settings, pad, row_scales, range(n), parts, tail0=tail0)
         stragglers = [i for i in range(n) if not settings.reached(parts[i][2], parts[i][3])]
         if settings.straggler_steps and stragglers:
@@ -425,6 +436,48 @@ def optimise_targets(
                 parts[i] = (delta, init, loss, nll, steps + first[i][4], kl0, tails)
     stacked = [torch.stack([parts[i][k] for i in range(n)]) for k in range(5)]
     return Targets(*stacked, tail0=[parts[i][6] for i in range(n)] if settings.tail_kl > 0 else None)
+
+
+def _eos_ids(model) -> set[int]:
+    config = getattr(model, "generation_config", None) or model.config
+    eos = getattr(config, "eos_token_id", None)
+    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+
+
+@torch.no_grad()
+def fill_tails(model, prepared: Sequence[PreparedRequest], tokens: int, *, pad: int, rows_per_batch: int = 64):
+    """Set each request's `tails`: for every rewriting row, the model's greedy continuation (up to
+    `tokens` tokens, cut before an end-of-sequence token) after the row's whole answer.
+
+    Called on the unedited model, these are the tokens the tail KL runs through: after the answer
+    it holds the next `tokens` positions, not only the first, to what the unedited model says
+    there, so an edited model that would say "Yemen.\n\nYemen." is pulled back at the second.
+    """
+    base = model.base_model
+    head_w, head_b = output_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    device = head_w.device
+    eos = _eos_ids(model)
+    seqs = [(prep, r, list(prep.rows[r]) + [prep.targets[r][-1]]) for prep in prepared for r in range(prep.num_rows)]
+    for prep in prepared:
+        prep.tails, prep.tail_tokens = [[] for _ in range(prep.num_rows)], tokens
+    for first in range(0, len(seqs), rows_per_batch):
+        batch = seqs[first:first + rows_per_batch]
+        grown = [list(seq) for _, _, seq in batch]
+        open_ = [True] * len(batch)
+        for _ in range(tokens):
+            ids, mask = right_pad(grown, pad)
+            hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            last = (mask.sum(1) - 1).to(device)
+            nxt = head_logits(hidden[torch.arange(len(grown), device=device), last], head_w, head_b, softcap).argmax(-1)
+            for k, token in enumerate(nxt.tolist()):
+                if open_[k] and token not in eos:
+                    grown[k].append(token)
+                    batch[k][0].tails[batch[k][1]].append(token)
+                else:
+                    open_[k] = False
+            if not any(open_):
+                break
 
 
 def suffix_width(prep: PreparedRequest) -> int:
