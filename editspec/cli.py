@@ -98,3 +98,16 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+def run() -> None:
+    """The `editspec` console command: `main`, with torch's CPU threads fitted to the cores other work leaves free
+    (`editspec.model.threads`; tests call `main` itself).  The front-end commands, which never load torch, skip
+    the fitting's 0.1 s look at the machine."""
+    from editspec.commands.frontend import COMMANDS as FRONT_END
+    from editspec.model.threads import fit_threads_to_machine
+
+    words = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+    if not words or words[0] not in {command.name for command in FRONT_END}:
+        fit_threads_to_machine()
+    main()
