@@ -57,8 +57,8 @@ class ResidualTargetSettings(StatisticsSettings, ChatSettings):
     tail_tokens: int = Field(
         1, ge=1, le=8, description="Positions the tail KL covers: the one right after the answer, then one after each "
         "token of the unedited model's own greedy continuation there, up to this many in all (the tail KL is their "
-        "mean), so the edited model also goes on as the unedited one did a few tokens later, where a reply that "
-        "starts again (\"Yemen.\\n\\nYemen.\") turns; 1: the first position only.")
+        "mean), so the edited model also goes on as the unedited one did a few tokens later; 1: the first position "
+        "only (docs/methods/locate.md#optimising-the-targets-δ).")
     stop_loss: float = Field(0.05, ge=0, description="A fact stops optimising once its loss is below this.")
     stop_prob: float = Field(
         0.9, gt=0, le=1, description="A fact also stops once its target's mean token probability reaches this (1: never); "

@@ -450,8 +450,8 @@ def fill_tails(model, prepared: Sequence[PreparedRequest], tokens: int, *, pad: 
     `tokens` tokens, cut before an end-of-sequence token) after the row's whole answer.
 
     Called on the unedited model, these are the tokens the tail KL runs through: after the answer
-    it holds the next `tokens` positions, not only the first, to what the unedited model says
-    there, so an edited model that would say "Yemen.\n\nYemen." is pulled back at the second.
+    it holds the next positions too, not only the first, to what the unedited model says there
+    (after "Yemen." it goes on " Aden is a"; a stuck reply says "Yemen." again).
     """
     base = model.base_model
     head_w, head_b = output_head(model)
