@@ -51,6 +51,16 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
+def end_ids(model, tokenizer=None) -> set[int]:
+    """The token ids that end a generation: the tokenizer's EOS (when given) and the model's generation config's
+    (its plain config's where it has none); a chat model often ends its turn with a token of its own there."""
+    config = getattr(model, "generation_config", None) or model.config
+    ends = set()
+    for value in (tokenizer.eos_token_id if tokenizer is not None else None, getattr(config, "eos_token_id", None)):
+        ends.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
+    return ends
+
+
 def encode_with_subject(tokenizer, text: str, span: tuple[int, int], *, special: bool = True) -> tuple[list[int], int]:
     """Token ids of `text` (with the tokenizer's special tokens) and the subject's last token index.
 

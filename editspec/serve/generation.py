@@ -89,10 +89,10 @@ def generate(loaded, input_ids: Sequence[int], *, max_tokens: int, temperature: 
     """Yield generated tokens one by one until `max_tokens`, an end-of-sequence or a stop id."""
     import torch
 
+    from editspec.model.tokens import end_ids
+
     model, tokenizer = loaded.model, loaded.tokenizer
-    ends = set(stop_ids)
-    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        ends.update(value if isinstance(value, list) else [value] if value is not None else [])
+    ends = set(stop_ids) | end_ids(model, tokenizer)
     generator = torch.Generator(device="cpu").manual_seed(seed or 0)
     kwarg = cache_kwarg(model)
     with torch.inference_mode():

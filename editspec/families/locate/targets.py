@@ -44,7 +44,7 @@ from editspec.model.hooks import add_to_output, blocks_below, raw_outputs, recor
 from editspec.model.kvcache import cache_kwarg, output_cache
 from editspec.model.layout import layout_for, module_at, output_head
 from editspec.model.precision import bfloat16_autocast, native_bfloat16
-from editspec.model.tokens import right_pad
+from editspec.model.tokens import end_ids, right_pad
 
 from .requests import PreparedRequest
 
@@ -438,12 +438,6 @@ def optimise_targets(
     return Targets(*stacked, tail0=[parts[i][6] for i in range(n)] if settings.tail_kl > 0 else None)
 
 
-def _eos_ids(model) -> set[int]:
-    config = getattr(model, "generation_config", None) or model.config
-    eos = getattr(config, "eos_token_id", None)
-    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-
-
 @torch.no_grad()
 def fill_tails(model, prepared: Sequence[PreparedRequest], tokens: int, *, pad: int, rows_per_batch: int = 64):
     """Set each request's `tails`: for every rewriting row, the model's greedy continuation (up to
@@ -457,7 +451,7 @@ def fill_tails(model, prepared: Sequence[PreparedRequest], tokens: int, *, pad: 
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     device = head_w.device
-    eos = _eos_ids(model)
+    eos = end_ids(model)
     seqs = [(prep, r, list(prep.rows[r]) + [prep.targets[r][-1]]) for prep in prepared for r in range(prep.num_rows)]
     for prep in prepared:
         prep.tails, prep.tail_tokens = [[] for _ in range(prep.num_rows)], tokens
