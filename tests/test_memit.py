@@ -194,6 +194,37 @@ def test_keep_texts_are_the_keep_prompts_with_answers_and_their_chat_questions()
     assert chat[1][-1] == len(chat[0]) - 1 and chat[1][0] > 0
 
 
+def test_keep_replies_extend_each_chat_keep_text_through_the_unedited_reply_verify_reads():
+    """With `replies` (`keep_reply_tokens`), a chat keep text goes on through the unedited model's
+    greedy reply, held at every position to its end; the reply is the one verify's chat protocol
+    generates, and the raw keep texts are unchanged."""
+    from editspec.families.locate.backend import _reply_reader, keep_texts
+    from editspec.lang.resolve import load_spec
+    from editspec.model.chat import chat_prompt_ids
+    from editspec.verify.protocols import generate_texts
+    from tiny import tiny_chat_tokenizer
+
+    spec = load_spec("x.edit", text='relation city {\n  prompt "The {subject} is located in"\n'
+                     '  question "Where is the {subject}?"\n}\n'
+                     'edit city("Eiffel Tower") -> "Rome" {\n  keep { city("Colosseum") -> "Rome" }\n'
+                     '  keep { city("Louvre") -> "Paris" }\n}\n')
+    tok = tiny_chat_tokenizer()
+    model = tiny_model("llama", dtype=torch.float32)
+    read = _reply_reader(model, tok, 6)
+    replies = read(["Where is the Colosseum?", "Where is the Louvre?"])
+    assert [tok.decode(r, skip_special_tokens=True) for r in replies] == generate_texts(
+        model, tok, ["Where is the Colosseum?", "Where is the Louvre?"], max_new_tokens=6, chat=True)
+    assert all(0 < len(r) <= 6 for r in replies)
+    plain = keep_texts(spec.edits, spec.relations, tok, chat=True)
+    held = keep_texts(spec.edits, spec.relations, tok, chat=True, replies=read)
+    assert [held[0], held[2]] == [plain[0], plain[2]]  # the raw prompt-and-answer texts
+    assert [plain[1][0], plain[3][0]] == [chat_prompt_ids(tok, "Where is the Colosseum?"),
+                                          chat_prompt_ids(tok, "Where is the Louvre?")]
+    for (ids, positions), (turn, turn_positions), reply in zip((held[1], held[3]), (plain[1], plain[3]), replies):
+        assert ids == turn + reply
+        assert positions == list(range(turn_positions[0], len(ids)))
+
+
 def test_keep_facts_share_the_weight_once_they_outnumber_the_edits():
     from editspec.families.locate.backend import keep_share
     from editspec.lang.resolve import load_spec

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from editspec.families.locate.target_settings import LayerList, RoundSettings
+from editspec.families.locate.target_settings import KeepReplySettings, LayerList, RoundSettings
 from editspec.build.backend import Capabilities
 
 
@@ -17,7 +17,7 @@ def default_layers(num_layers: int, count: int = 5) -> tuple[int, ...]:
 CAPABILITIES = Capabilities(white_box=True, batch=True, sequential=True, reversible=True)
 
 
-class MemitConfig(RoundSettings):
+class MemitConfig(RoundSettings, KeepReplySettings):
     """MEMIT settings.  Defaults are chosen for SmolLM2-135M.
 
     Why each default: docs/methods/memit.md#settings-and-why-the-defaults.

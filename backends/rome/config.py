@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from editspec.families.locate.target_settings import ResidualTargetSettings
+from editspec.families.locate.target_settings import KeepReplySettings, ResidualTargetSettings
 from editspec.build.backend import Capabilities
 
 
@@ -13,7 +13,7 @@ from editspec.build.backend import Capabilities
 CAPABILITIES = Capabilities(white_box=True, batch=False, sequential=True, reversible=True)
 
 
-class RomeConfig(ResidualTargetSettings):
+class RomeConfig(ResidualTargetSettings, KeepReplySettings):
     """ROME settings.  Defaults are chosen for SmolLM2-135M.
 
     Why each default: docs/methods/rome.md#settings-and-why-the-defaults.

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from editspec.errors import EditspecError
+from editspec.model.continuation import model_device
 from editspec.model.kvcache import cache_kwarg, output_cache
 
 SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
@@ -111,10 +112,6 @@ def right_pad(sequences: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.inference_mode()
 def sample_context_templates(
     model,
@@ -132,7 +129,7 @@ def sample_context_templates(
     seed, seeded by `seed_words` in turn, so the result depends only on the model and arguments.
     """
     generator = torch.Generator().manual_seed(seed)
-    device = _device(model)
+    device = model_device(model)
     kwarg = cache_kwarg(model)
     groups: list[list[str]] = [["{}"]]
     for n, max_len in counts:

@@ -21,7 +21,8 @@ from typing import Sequence
 import torch
 
 from editspec.model.tokens import pad_id, right_pad
-from editspec.verify.protocols import Scored, _device
+from editspec.model.continuation import model_device
+from editspec.verify.protocols import Scored
 
 TEXT_CHUNK = 256          # preserve texts are scored in windows of this many tokens
 
@@ -63,7 +64,7 @@ def _text_windows(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 def text_logprobs(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> list[torch.Tensor]:
     """Next-token log-distributions over every token of `texts`: one [tokens - 1, vocab] tensor per window."""
     windows = _text_windows(tokenizer, texts)
-    device, out = _device(model), []
+    device, out = model_device(model), []
     for start in range(0, len(windows), batch_size):
         rows = windows[start:start + batch_size]
         ids, mask = right_pad(rows, pad_id(tokenizer))

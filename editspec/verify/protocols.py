@@ -39,6 +39,7 @@ from typing import Sequence
 import torch
 
 from editspec.model.chat import chat_prompt_ids, has_chat_template  # noqa: F401  (re-exported for the observers)
+from editspec.model.continuation import continuations, model_device
 from editspec.model.kvcache import cache_kwarg, output_cache
 from editspec.lang.metrics import PROTOCOLS  # noqa: F401  (re-exported; the names live with the spec language)
 from editspec.model.tokens import pad_id, right_pad, target_token_ids
@@ -90,11 +91,6 @@ class ProtocolResult:
     scores: dict
 
 
-def _device(model) -> torch.device:
-    embeddings = model.get_input_embeddings()
-    return embeddings.weight.device if embeddings is not None else next(model.parameters()).device
-
-
 def _chunks(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -118,7 +114,7 @@ def _score_chunk(model, heads: list[list[int]], wanted: list[tuple[int, list[int
     row (repeated per target) with explicit positions, so an answer and its foils share the
     prompt's forward pass.
     """
-    device = _device(model)
+    device = model_device(model)
     ids, mask = right_pad(heads, pad)
     ids, mask = ids.to(device), mask.to(device)
     lengths = mask.sum(dim=1)
@@ -196,30 +192,16 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     ['The capital of France is Paris.']
     """
     unique = list(dict.fromkeys(prompts))
-    device, pad = _device(model), pad_id(tokenizer)
     if chat:
         encoded = [chat_prompt_ids(tokenizer, p) for p in unique]
     else:
         encoded = [list(tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"]) for p in unique]
     draws = draws if sample_top_k else 1
-    order = [(i, d) for i in sorted(range(len(unique)), key=lambda i: len(encoded[i])) for d in range(draws)]
-    found: dict[tuple[str, int], str] = {}
-    if sample_top_k:
-        torch.manual_seed(seed)
-    for entries in _chunks(order, batch_size):
-        rows = [i for i, _ in entries]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[r, width - len(encoded[i]):] = 1
-        options = dict(do_sample=True, top_k=sample_top_k, top_p=1.0, temperature=1.0) if sample_top_k else \
-            dict(do_sample=False, top_k=None, top_p=None, temperature=None)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id if chat else None, **options)
-        for r, (i, d) in enumerate(entries):
-            found[unique[i], d] = tokenizer.decode(out[r, width:].tolist(), skip_special_tokens=True)
+    ids = continuations(model, encoded, max_new_tokens=max_new_tokens, pad=pad_id(tokenizer),
+                        eos=tokenizer.eos_token_id if chat else None, batch_size=batch_size,
+                        sample_top_k=sample_top_k, seed=seed, draws=draws)
+    found = {(p, d): tokenizer.decode(ids[i * draws + d], skip_special_tokens=True)
+             for i, p in enumerate(unique) for d in range(draws)}
     return [found[p, d] for p in prompts for d in range(draws)]
 
 

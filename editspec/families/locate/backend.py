@@ -93,7 +93,12 @@ class LocateBackend(DeltaBackend):
         config, tokenizer = job.config, job.model.tokenizer
         if not getattr(config, "preserve_keep", False):
             return {"keep": None, "keep_share": 1.0}
-        keep = keep_texts(job.edits, job.spec.relations, tokenizer, chat=chat_enabled(tokenizer, config.chat))
+        chat = chat_enabled(tokenizer, config.chat)
+        reply_tokens = getattr(config, "keep_reply_tokens", 0) if chat else 0
+        if reply_tokens:
+            job.progress(f"{self.name}: the unedited model's chat replies to the keep questions (up to {reply_tokens} tokens)")
+        keep = keep_texts(job.edits, job.spec.relations, tokenizer, chat=chat,
+                          replies=_reply_reader(job.model.model, tokenizer, reply_tokens) if reply_tokens else None)
         share = keep_share(job.edits)
         job.progress(f"{self.name}: {len(keep)} keep text(s) held in place"
                      + (f", each at {share:.3g} of keep_weight (more keep facts than edits)" if share < 1 else ""))
@@ -148,39 +153,56 @@ def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:
     return requests
 
 
-def keep_texts(edits: Sequence[Edit], relations, tokenizer, *, chat: bool = False) -> list[tuple[list[int], list[int]]]:
+def keep_texts(edits: Sequence[Edit], relations, tokenizer, *, chat: bool = False,
+               replies=None) -> list[tuple[list[int], list[int]]]:
     """The `keep` facts of `edits` as ``(ids, positions)`` texts whose keys an update should leave alone.
 
     Each keep prompt with its answer, teacher-forced, at every position before the answer's
     last token (every MLP output there reaches the kept answer's prediction); with `chat`, each
     keep question (its relation's `question` templates, else its prompts, as verify asks them)
     as a user turn through the chat template, at every position from the message on (the system
-    turn every chat text shares is left out).
+    turn every chat text shares is left out).  `replies`, when given, maps those messages to the
+    unedited model's reply ids (`_reply_reader`): each chat text then goes on through its reply,
+    so the positions that write the reply are held too (`keep_reply_tokens`).
     """
     from editspec.model.chat import chat_questions, user_turn
     from editspec.model.tokens import target_token_ids
 
     by_name = {r.name: r for r in relations}
-    texts, seen = [], set()
+    parts: list[list[int] | str] = []  # raw texts (ids) and chat messages, in the order they are held
     for edit in edits:
         for fact in edit.keep:
             for prompt in fact.prompts:
                 head = list(tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"])
-                ids = head + target_token_ids(tokenizer, prompt, fact.answer)
-                _add_text(texts, seen, ids, range(len(ids) - 1))
-            if not chat:
-                continue
-            relation = by_name.get(fact.relation) if fact.relation else None
-            questions = [q.replace("{subject}", fact.subject) for q in relation.questions] \
-                if relation is not None and fact.subject is not None else []
-            for message in chat_questions(questions, fact.prompts[0] if fact.prompts else ""):
-                if not message.strip():
-                    continue
-                text = user_turn(tokenizer, message)
-                ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-                start = len(tokenizer(text[: text.rfind(message)], add_special_tokens=False)["input_ids"])
-                _add_text(texts, seen, ids, range(min(start, len(ids) - 1), len(ids)))
+                parts.append(head + target_token_ids(tokenizer, prompt, fact.answer))
+            if chat:
+                relation = by_name.get(fact.relation) if fact.relation else None
+                questions = [q.replace("{subject}", fact.subject) for q in relation.questions] \
+                    if relation is not None and fact.subject is not None else []
+                parts += [m for m in chat_questions(questions, fact.prompts[0] if fact.prompts else "") if m.strip()]
+    messages = list(dict.fromkeys(p for p in parts if isinstance(p, str)))
+    said = dict(zip(messages, replies(messages))) if replies is not None and messages else {}
+    texts, seen = [], set()
+    for part in parts:
+        if isinstance(part, str):
+            text = user_turn(tokenizer, part)
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            start = min(len(tokenizer(text[: text.rfind(part)], add_special_tokens=False)["input_ids"]), len(ids) - 1)
+            ids += said.get(part, [])
+            _add_text(texts, seen, ids, range(start, len(ids)))
+        else:
+            _add_text(texts, seen, part, range(len(part) - 1))
     return texts
+
+
+def _reply_reader(model, tokenizer, tokens: int):
+    """Messages -> the (unedited) `model`'s greedy chat reply ids to each, at most `tokens` of them
+    (a reply's last position is then held too: it says the end of the turn, or the next token)."""
+    from editspec.model.continuation import chat_replies
+
+    def read(messages):
+        return [reply for _, reply, _ in chat_replies(model, tokenizer, messages, max_new_tokens=tokens)]
+    return read
 
 
 def _add_text(texts, seen, ids, positions):

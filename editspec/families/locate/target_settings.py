@@ -35,6 +35,18 @@ class StatisticsSettings(BaseModel):
         None, description="A text or .jsonl file of documents for C; none means the packaged Wikipedia summaries.")
 
 
+class KeepReplySettings(BaseModel):
+    """How much of a keep question's chat exchange the methods that hold keep facts hold (rome, memit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_reply_tokens: int = Field(
+        0, ge=0, le=256, description="With `preserve_keep` and chat on: also hold the unedited model's greedy chat "
+        "reply to each keep question, its first n tokens read after the user turn, so the edited model's reply to "
+        "what the spec keeps stays the reply it was (verify's chat locality compares the two); 0: the question's "
+        "turn only (docs/methods/locate.md#keep-facts-held).")
+
+
 class ResidualTargetSettings(StatisticsSettings, ChatSettings):
     """How the target vectors δ are optimised; a backend config adds its own solve settings."""
 

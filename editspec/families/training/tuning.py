@@ -19,9 +19,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from editspec.model.chat import answer_ids, chat_prompt_ids, user_turn
+from editspec.model.chat import answer_ids, user_turn
 from editspec.errors import EditspecError
 from editspec.families.training.objectives import Target
+from editspec.model.continuation import chat_replies, model_device
 from editspec.model.tokens import pad_id, right_pad, target_token_ids
 
 ANCHOR_TOKENS = 32  # anchor texts are cut into windows of this many tokens; chat replies are this long at most
@@ -100,28 +101,20 @@ def encode_targets(tokenizer, targets: Sequence[Target]) -> list[Encoded]:
     return encoded
 
 
-def _device(model) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
 @torch.no_grad()
 def chat_anchors(model, tokenizer, messages: Sequence[str], *, limit: int = 64,
                  reply_tokens: int = ANCHOR_TOKENS) -> list[ChatAnchor]:
     """Each of (at most `limit`) `messages` as a user turn and the unedited `model`'s greedy reply.
 
-    The reply is generated as verify's `chat` protocol generates it (greedy, ending with the
-    assistant's turn, here after at most `reply_tokens`), each message alone, so the anchor
-    holds the very answer the chat locality check compares with.
+    The reply is generated as verify's `chat` protocol generates it (`chat_replies`: greedy,
+    ending with the assistant's turn, here after at most `reply_tokens`), so the anchor holds
+    the very answer the chat locality check compares with; a reply that ended keeps its EOS.
     """
-    device, found = _device(model), []
     eos = tokenizer.eos_token_id
-    for message in list(dict.fromkeys(messages))[:limit]:
-        prompt = chat_prompt_ids(tokenizer, message)
-        ids = torch.tensor([prompt], device=device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=reply_tokens,
-                             do_sample=False, top_k=None, top_p=None, temperature=None,
-                             pad_token_id=pad_id(tokenizer), eos_token_id=eos)
-        reply = out[0, len(prompt):].tolist()
+    found = []
+    for prompt, reply, ended in chat_replies(model, tokenizer, list(dict.fromkeys(messages))[:limit],
+                                             max_new_tokens=reply_tokens):
+        reply = reply + [eos] if ended else reply
         if reply:
             found.append(ChatAnchor(tuple(prompt + reply), len(prompt) - 1))
     return found
@@ -185,14 +178,14 @@ def reference_anchors(model, tokenizer, groups: Sequence[Sequence[str | ChatAnch
     refs = []
     for start in range(0, len(windows), 8):
         chunk = slice(start, start + 8)
-        logits = model(input_ids=ids[chunk].to(_device(model)), attention_mask=mask[chunk].to(_device(model))).logits
+        logits = model(input_ids=ids[chunk].to(model_device(model)), attention_mask=mask[chunk].to(model_device(model))).logits
         refs.append(torch.log_softmax(logits.float(), dim=-1).to(torch.float16).cpu())
     return Anchors(ids, mask, torch.cat(refs), counted)
 
 
 def anchor_kl(model, anchors: Anchors, rows: torch.Tensor) -> torch.Tensor:
     """``KL(p_unedited ‖ p_model)`` summed over the counted positions of `rows`, averaged over them."""
-    device = _device(model)
+    device = model_device(model)
     ids, mask = anchors.ids[rows].to(device), anchors.mask[rows].to(device)
     counted = mask if anchors.counted is None else anchors.counted[rows].to(device)
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
@@ -215,7 +208,7 @@ def target_losses(model, tokenizer, encoded: Sequence[Encoded], forget_logp: flo
         if e.foil:
             sequences.append(e.head + e.foil)
     ids, mask = right_pad(sequences, pad_id(tokenizer))
-    device = _device(model)
+    device = model_device(model)
     logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1)
     losses, row = [], 0
     for e in encoded:
