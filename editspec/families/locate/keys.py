@@ -5,15 +5,12 @@ from typing import Sequence
 
 import torch
 
+from editspec.model.continuation import model_device
 from editspec.model.hooks import gather_positions, record_inputs, record_outputs, stop_after
 from editspec.model.layout import ModelLayout
 from editspec.model.tokens import right_pad
 
 from .requests import PreparedRequest
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -29,7 +26,7 @@ def collect_at(
     after that module, saving the layers above it.
     """
     found: dict[str, list[torch.Tensor]] = {p: [] for p in (*inputs, *outputs)}
-    device = _device(model)
+    device = model_device(model)
     for start in range(0, len(sequences), batch_size):
         chunk = [list(s) for s in sequences[start:start + batch_size]]
         ids, mask = right_pad(chunk, pad)
@@ -119,7 +116,7 @@ def keys_at(
     """
     path = layout.mlp_out_at(layer)
     found = []
-    device = _device(model)
+    device = model_device(model)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         ids, mask = right_pad([list(t[0]) for t in chunk], pad)
