@@ -216,13 +216,25 @@ def test_keep_replies_extend_each_chat_keep_text_through_the_unedited_reply_veri
         model, tok, ["Where is the Colosseum?", "Where is the Louvre?"], max_new_tokens=6, chat=True)
     assert all(0 < len(r) <= 6 for r in replies)
     plain = keep_texts(spec.edits, spec.relations, tok, chat=True)
-    held = keep_texts(spec.edits, spec.relations, tok, chat=True, replies=read)
-    assert [held[0], held[2]] == [plain[0], plain[2]]  # the raw prompt-and-answer texts
+    held = keep_texts(spec.edits, spec.relations, tok, chat=True, replies=read, reply_weight=0.25)
     assert [plain[1][0], plain[3][0]] == [chat_prompt_ids(tok, "Where is the Colosseum?"),
                                           chat_prompt_ids(tok, "Where is the Louvre?")]
-    for (ids, positions), (turn, turn_positions), reply in zip((held[1], held[3]), (plain[1], plain[3]), replies):
-        assert ids == turn + reply
-        assert positions == list(range(turn_positions[0], len(ids)))
+    # Each turn as before, then the turn with its reply, held at the reply's positions at the reply weight.
+    assert held[:2] == plain[:2] and held[3:5] == plain[2:4]
+    for (ids, positions, weight), (turn, _), reply in zip((held[2], held[5]), (plain[1], plain[3]), replies):
+        assert ids == turn + reply and weight == 0.25
+        assert positions == list(range(len(turn), len(ids)))
+
+
+def test_a_weighted_keep_text_counts_its_weight_in_the_held_moment():
+    from editspec.families.locate import keys_at
+
+    model, tok = tiny_model("llama", layers=2), tiny_tokenizer()
+    ids = list(tok("The capital of Italy is Rome")["input_ids"])
+    plain = keys_at(model, layout_for(model), [(ids, [1, 2, 3])], 1, pad=0)
+    weighted = keys_at(model, layout_for(model), [(ids, [1, 2, 3]), (ids, [2], 0.25)], 1, pad=0)
+    assert torch.equal(weighted[:3], plain)
+    assert torch.allclose(weighted[3:].T @ weighted[3:], 0.25 * plain[1:2].T @ plain[1:2])
 
 
 def test_keep_facts_share_the_weight_once_they_outnumber_the_edits():

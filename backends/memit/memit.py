@@ -82,7 +82,7 @@ def delivered(update: tuple[torch.Tensor, torch.Tensor], keys: torch.Tensor, res
 def memit_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: MemitConfig = MemitConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
-    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None, keep_share: float = 1.0,
+    keep: Sequence[tuple] | None = None, keep_share: float = 1.0,
 ) -> EditResult:
     """One delta per edited layer and round (rank ≤ number of facts each); the model is left unchanged.
 

@@ -87,7 +87,7 @@ def held_moment(cov: torch.Tensor | None, held: torch.Tensor, weight: float) -> 
 def rome_deltas(
     model, tokenizer, requests: Sequence[EditRequest], config: RomeConfig = RomeConfig(), *,
     stats: StatsSource = None, templates: Sequence[Sequence[str]] | None = None,
-    keep: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None, keep_share: float = 1.0,
+    keep: Sequence[tuple] | None = None, keep_share: float = 1.0,
 ) -> EditResult:
     """One rank-one delta per request (inserted one after another); the model is left unchanged.
 

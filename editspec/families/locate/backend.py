@@ -98,7 +98,8 @@ class LocateBackend(DeltaBackend):
         if reply_tokens:
             job.progress(f"{self.name}: the unedited model's chat replies to the keep questions (up to {reply_tokens} tokens)")
         keep = keep_texts(job.edits, job.spec.relations, tokenizer, chat=chat,
-                          replies=_reply_reader(job.model.model, tokenizer, reply_tokens) if reply_tokens else None)
+                          replies=_reply_reader(job.model.model, tokenizer, reply_tokens) if reply_tokens else None,
+                          reply_weight=getattr(config, "keep_reply_weight", 1.0))
         share = keep_share(job.edits)
         job.progress(f"{self.name}: {len(keep)} keep text(s) held in place"
                      + (f", each at {share:.3g} of keep_weight (more keep facts than edits)" if share < 1 else ""))
@@ -154,7 +155,7 @@ def edit_requests(edits: Sequence[Edit], tokenizer) -> list[EditRequest]:
 
 
 def keep_texts(edits: Sequence[Edit], relations, tokenizer, *, chat: bool = False,
-               replies=None) -> list[tuple[list[int], list[int]]]:
+               replies=None, reply_weight: float = 1.0) -> list[tuple]:
     """The `keep` facts of `edits` as ``(ids, positions)`` texts whose keys an update should leave alone.
 
     Each keep prompt with its answer, teacher-forced, at every position before the answer's
@@ -162,8 +163,9 @@ def keep_texts(edits: Sequence[Edit], relations, tokenizer, *, chat: bool = Fals
     keep question (its relation's `question` templates, else its prompts, as verify asks them)
     as a user turn through the chat template, at every position from the message on (the system
     turn every chat text shares is left out).  `replies`, when given, maps those messages to the
-    unedited model's reply ids (`_reply_reader`): each chat text then goes on through its reply,
-    so the positions that write the reply are held too (`keep_reply_tokens`).
+    unedited model's reply ids (`_reply_reader`): each turn is then followed by a text
+    ``(turn + reply, the reply's positions, reply_weight)``, so the positions that write the reply
+    are held too, each key counting `reply_weight` of a turn's (`keep_reply_tokens`, `keys_at`).
     """
     from editspec.model.chat import chat_questions, user_turn
     from editspec.model.tokens import target_token_ids
@@ -188,8 +190,9 @@ def keep_texts(edits: Sequence[Edit], relations, tokenizer, *, chat: bool = Fals
             text = user_turn(tokenizer, part)
             ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
             start = min(len(tokenizer(text[: text.rfind(part)], add_special_tokens=False)["input_ids"]), len(ids) - 1)
-            ids += said.get(part, [])
             _add_text(texts, seen, ids, range(start, len(ids)))
+            if said.get(part):
+                _add_text(texts, seen, ids + said[part], range(len(ids), len(ids) + len(said[part])), reply_weight)
         else:
             _add_text(texts, seen, part, range(len(part) - 1))
     return texts
@@ -205,11 +208,11 @@ def _reply_reader(model, tokenizer, tokens: int):
     return read
 
 
-def _add_text(texts, seen, ids, positions):
+def _add_text(texts, seen, ids, positions, weight: float = 1.0):
     key = tuple(ids)
     if key not in seen and len(ids) > 1:
         seen.add(key)
-        texts.append((ids, list(positions)))
+        texts.append((ids, list(positions)) if weight == 1.0 else (ids, list(positions), weight))
 
 
 def sampled_templates(loaded, counts, seed: int) -> list[list[str]]:

@@ -105,14 +105,16 @@ def request_keys(
 
 @torch.no_grad()
 def keys_at(
-    model, layout: ModelLayout, texts: Sequence[tuple[Sequence[int], Sequence[int]]], layer: int, *,
+    model, layout: ModelLayout, texts: Sequence[tuple], layer: int, *,
     pad: int, batch_size: int = 64,
 ) -> torch.Tensor:
     """MLP keys at `layer` of every ``(ids, positions)`` text, at each of its positions: [m, d_k] float64.
 
     Used for the keys an update should leave alone (a spec's `keep` facts): every position whose
-    MLP output reaches the kept answer's prediction.  Right-padded batches, so a text gives the
-    same keys alone or in a batch; the forward pass stops at the layer's value projection.
+    MLP output reaches the kept answer's prediction.  A text ``(ids, positions, weight)`` has its
+    keys scaled by √weight, so each counts `weight` of a plain text's key in a moment kkᵀ.
+    Right-padded batches, so a text gives the same keys alone or in a batch; the forward pass
+    stops at the layer's value projection.
     """
     path = layout.mlp_out_at(layer)
     found = []
@@ -123,8 +125,9 @@ def keys_at(
         with record_inputs(model, [path]) as seen, stop_after(model, path):
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
         states = seen[path]
-        for row, (_, positions) in enumerate(chunk):
-            found.append(states[row, list(positions)].to("cpu", torch.float64))
+        for row, (_, positions, *weight) in enumerate(chunk):
+            keys = states[row, list(positions)].to("cpu", torch.float64)
+            found.append(keys * weight[0] ** 0.5 if weight else keys)
     if not found:
         return torch.zeros(0, 0, dtype=torch.float64)
     return torch.cat(found)
