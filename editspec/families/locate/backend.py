@@ -199,8 +199,9 @@ def keep_texts(edits: Sequence[Edit], relations, tokenizer, *, chat: bool = Fals
 
 
 def _reply_reader(model, tokenizer, tokens: int):
-    """Messages -> the (unedited) `model`'s greedy chat reply ids to each, at most `tokens` of them
-    (a reply's last position is then held too: it says the end of the turn, or the next token)."""
+    """Messages -> `model`'s greedy chat reply ids to each, at most `tokens` of them: the model the
+    compile starts from (unedited, or with `--on` the earlier stages attached), as the held keys are
+    read on it.  A reply's last position is held too: it says the end of the turn, or the next token."""
     from editspec.model.continuation import chat_replies
 
     def read(messages):

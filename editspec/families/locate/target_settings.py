@@ -41,10 +41,11 @@ class KeepReplySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     keep_reply_tokens: int = Field(
-        0, ge=0, le=256, description="With `preserve_keep` and chat on: also hold the unedited model's greedy chat "
-        "reply to each keep question, its first n tokens read after the user turn, so the edited model's reply to "
-        "what the spec keeps stays the reply it was (verify's chat locality compares the two); 0: the question's "
-        "turn only (docs/methods/locate.md#keep-facts-held).")
+        0, ge=0, le=256, description="With `preserve_keep` and chat on: also hold the greedy chat reply to each keep "
+        "question of the model this compile starts from (the unedited one; with --on, the one earlier stages edited), "
+        "its first n tokens read after the user turn, so the edited model's reply to what the spec keeps stays the "
+        "reply it was (verify's chat locality compares the two); 0: the question's turn only "
+        "(docs/methods/locate.md#keep-facts-held).")
     keep_reply_weight: float = Field(
         1.0, gt=0, le=1, description="With `keep_reply_tokens`: the share of `keep_weight` each held reply position "
         "counts; the reply's many positions at the full weight crowd the edits out of the solve "
