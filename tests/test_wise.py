@@ -1,4 +1,5 @@
 """WISE's side memory on tiny tensors and a tiny model: routing, TIES merging, threshold calibration."""
+import pytest
 import torch
 
 from editspec.backends.wise.memory import SideMemory, best_threshold, routing_hook, scores, ties_merge
@@ -53,3 +54,30 @@ def test_threshold_separates_what_should_route_from_what_should_not_locality_fir
     # An overlap: one keep position above two edit positions costs more than it gains.
     t = best_threshold(torch.tensor([1.0, 1.2, 3.0]), torch.tensor([0.1, 1.3]), leak_cost=10.0)
     assert t > 1.3
+
+
+def test_a_shard_trains_the_same_with_its_prefixes_cached():
+    from types import SimpleNamespace
+
+    from editspec.backends.wise.backend import train_shard
+    from editspec.backends.wise.config import WiseConfig
+    from editspec.families.memory.codebook import KeyedText
+    from tiny import tiny_tokenizer
+
+    model, tok = tiny_model("llama").float(), tiny_tokenizer()  # float32, as the memory is
+    path = "model.layers.1.mlp.down_proj"
+    module = model.model.layers[1].mlp.down_proj
+    # Texts of different lengths, answers at different depths: the prefixes and suffixes are ragged.
+    keyed = [KeyedText("a", (5, 17, 33, 2, 9, 41), (3, 4), (9, 41)),
+             KeyedText("b", (8, 3, 12, 7), (1, 2), (12, 7)),
+             KeyedText("c", (4, 4, 6, 19, 22, 30, 11, 2), (5, 6), (30, 11))]
+    job = SimpleNamespace(config=WiseConfig(n_iter=3, stop_loss=0.0), model=SimpleNamespace(model=model, tokenizer=tok))
+    base = _random(*module.weight.shape, seed=4) * 1e-3
+    mask = (torch.rand(base.shape, generator=torch.Generator().manual_seed(5)) < 0.5).float()
+    edit_in, edit_out = _random(4, module.weight.shape[1], seed=6), _random(4, seed=7).abs() + 1
+    ref_in, ref_out = _random(6, module.weight.shape[1], seed=8), _random(6, seed=9).abs() + 1
+    a = train_shard(job, path, keyed, base, mask, edit_in, edit_out, ref_in, ref_out)
+    b = train_shard(job, path, keyed, base, mask, edit_in, edit_out, ref_in, ref_out, cache_prefix=False)
+    assert a[2] == b[2] == 3 and a[0].abs().sum() > 0
+    assert torch.allclose(a[0], b[0], rtol=1e-4, atol=1e-6)
+    assert a[1] == pytest.approx(b[1], rel=1e-4)

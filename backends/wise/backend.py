@@ -163,28 +163,35 @@ def _scope_activations(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.
 
 
 def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.Tensor, mask: torch.Tensor,
-                edit_in, edit_out, ref_in, ref_out) -> tuple[torch.Tensor, list[float], int]:
+                edit_in, edit_out, ref_in, ref_out, cache_prefix: bool = True) -> tuple[torch.Tensor, list[float], int]:
     """Adam on the masked entries of one shard: its answers' NLL plus the two margin losses
     (`edit_in` / `edit_out`: inputs and output norms at positions that must route, the memory's
     earlier edits' anchors among them).
 
-    The blocks below the memory's layer run once; later steps replay their recorded output.
+    ΔW is added only at the answer-predicting positions, so every token before a text's first
+    one computes the same at every step: those prefixes run once, as a KV cache, and each step
+    runs only the rest (`cache_prefix`; False runs whole texts, the same up to float noise).
+    The blocks below the memory's layer run once too; later steps replay their recorded output.
     Returns the shard's change to `base`, each text's final NLL and the steps taken.
     """
     from editspec.families.locate import frozen
     from editspec.families.locate.targets import head_logits
-    from editspec.model.tokens import pad_id, right_pad
+    from editspec.model.prefix_cache import SplitRows, prefix_fits
+    from editspec.model.tokens import pad_id
 
     config: WiseConfig = job.config
     model, tokenizer = job.model.model, job.model.tokenizer
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     device = head_w.device
-    ids, attention = right_pad([list(k.ids) for k in keyed], pad_id(tokenizer))
+    texts = [list(k.ids) for k in keyed]
+    cached = cache_prefix and prefix_fits(model, max(len(t) for t in texts))
+    split = [k.positions[0] if cached else 0 for k in keyed]
+    layout = SplitRows(texts, split, pad_id(tokenizer))
     rows = torch.tensor([r for r, k in enumerate(keyed) for _ in k.positions])
-    cols = torch.tensor([p for k in keyed for p in k.positions])
+    cols = torch.tensor([p - split[r] for r, k in enumerate(keyed) for p in k.positions])  # suffix coordinates
     labels = torch.tensor([l for k in keyed for l in k.labels])
-    where = torch.zeros(ids.shape, dtype=torch.bool)
+    where = torch.zeros(layout.suffix_ids.shape, dtype=torch.bool)
     where[rows, cols] = True
     weight = torch.tensor([1.0 / len(k.positions) for k in keyed for _ in k.positions])
     param = torch.zeros_like(base, requires_grad=True)
@@ -202,11 +209,12 @@ def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.
 
     per_text, steps = [], 0
     with frozen(model):
+        kv = layout.prefix_cache(model.base_model, device)
         for steps in range(config.n_iter + 1):
             handle = module_at(model, path).register_forward_hook(add_memory)
             try:
                 with raw_outputs(model, below[-1:] if recorded is None else []) as top, replaying(model, below, recorded):
-                    hidden = model.base_model(input_ids=ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+                    hidden = model.base_model(**layout.inputs(kv, model, device)).last_hidden_state
             finally:
                 handle.remove()
             if recorded is None and top and isinstance(top[0], torch.Tensor):

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from editspec.model.hooks import add_to_output, blocks_below, raw_outputs, record_outputs, replaying
-from editspec.model.kvcache import cache_kwarg, output_cache
+from editspec.model.prefix_cache import SplitRows, prefix_fits
 from editspec.model.layout import layout_for, module_at, output_head
 from editspec.model.precision import bfloat16_autocast, native_bfloat16
 from editspec.model.tokens import end_ids, right_pad
@@ -110,23 +110,6 @@ def frozen(model):
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(training)
-
-
-def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))
-
-
-def _make_cache(kv, rows: torch.Tensor, config, width: int | None = None):
-    from transformers import DynamicCache
-
-    # Layers may sit on several devices; `width` keeps the first prefix positions only.
-    data = [(k[rows.to(k.device), :, :width], v[rows.to(v.device), :, :width]) for k, v in kv]
-    try:
-        return DynamicCache(ddp_cache_data=data, config=config)
-    except TypeError:  # transformers < 4.56
-        return DynamicCache.from_legacy_cache(tuple(data))
 
 
 def row_weights(prep: PreparedRequest) -> list[float]:
@@ -222,12 +205,9 @@ class _Chunk:
         # Rows split at the subject's last token; without a prefix cache the whole row is the suffix.
         self.split = list(self.subject) if cache_prefix else [0] * len(self.rows)
         self.at_subject = torch.tensor([s - p for s, p in zip(self.subject, self.split)])
-        prefixes = [r[:p] for r, p in zip(self.rows, self.split)]
-        self.width = max(len(p) for p in prefixes)
-        # Right-padded, so real prefix tokens never see a pad; the mask hides pads from the suffix.
-        self.prefix_ids, self.prefix_mask = right_pad(prefixes, pad) if self.width else (None, None)
-        self.prefix_len = torch.tensor([len(p) for p in prefixes])
-        self.suffix_ids, self.suffix_mask = right_pad([r[p:] for r, p in zip(self.rows, self.split)], pad)
+        self.layout = SplitRows(self.rows, self.split, pad)
+        self.width, self.prefix_len = self.layout.width, self.layout.prefix_len
+        self.suffix_ids, self.suffix_mask = self.layout.suffix_ids, self.layout.suffix_mask
 
     def _add(self, row, s, f):
         self.rows.append(list(row))
@@ -266,25 +246,13 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
     head_w, head_b = output_head(model)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     device, dtype = head_w.device, head_w.dtype
-    # A sliding window shorter than the rows would see the pad gap between prefix and suffix.
-    window = getattr(model.config.get_text_config(), "sliding_window", None)
     longest = max(len(r) for p in facts for r in (*p.rows, p.kl_row))
     tails = s.tail_kl > 0
-    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and (not window or longest < window), scales=scales,
+    c = _Chunk(facts, pad, cache_prefix=s.cache_prefix and prefix_fits(model, longest), scales=scales,
                tails=s.tail_tokens if tails else 0)
     anchor = torch.cat([t.to(device) for t in tail0]) if tails and tail0 is not None else None
     n = len(facts)
-    kwarg = cache_kwarg(base)
-    kv = None
-    if c.width:
-        # Every position attends (causally) in this pass: a row made only of pads would otherwise
-        # have no key to attend to and turn NaN in float64.  Pads sit after the real tokens, so
-        # the real tokens' keys and values are exact; the pads' are finite and masked out later.
-        pos = torch.arange(c.width).expand(len(c.rows), -1)
-        with torch.no_grad():
-            out = base(input_ids=c.prefix_ids.to(device), attention_mask=torch.ones_like(c.prefix_ids).to(device),
-                       position_ids=pos.to(device), use_cache=True)
-        kv = _kv_of(output_cache(out))
+    kv = c.layout.prefix_cache(base, device)
     # Both sites (MLP output, block output) live in the residual width d_model.
     delta = torch.zeros(n, head_w.shape[1], dtype=dtype, device=device)
     init = kl0 = replay = None
@@ -312,14 +280,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
             local = torch.tensor(bucket, dtype=torch.long)
             brows = rows[local]
             suffix_len = int(suffix_lens[brows].max())
-            ids = c.suffix_ids[brows, :suffix_len]
-            mask = c.suffix_mask[brows, :suffix_len]
-            kwargs = {}
-            if kv is not None:
-                prefix = max(int(c.prefix_len[brows].max()), 1)  # right-padded: later columns are all pads
-                mask = torch.cat([c.prefix_mask[brows, :prefix], mask], 1)
-                kwargs = {kwarg: _make_cache(kv, brows.to(device), model.config, prefix)}
-            positions = c.prefix_len[brows].unsqueeze(1) + torch.arange(suffix_len)
+            inputs = c.layout.inputs(kv, model, device, rows=brows, suffix_len=suffix_len)
             row_delta = delta[c.fact_t[brows].to(device)] * c.scale[brows].to(device, dtype).unsqueeze(1)  # [rows, d]
             at_subject = c.at_subject[brows]  # the subject's last token, in suffix coordinates
             # The recorder is registered first, so it sees the site output before δ is added.
@@ -328,8 +289,7 @@ def _optimise_chunk(model, site: str, facts: Sequence[PreparedRequest], s: Optim
                     raw_outputs(model, below[-1:] if first else []) as top_below, \
                     replaying(model, below, recorded), add_to_output(model, site, row_delta, at_subject), \
                     bfloat16_autocast(device, fast and it > 0):
-                out = base(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=positions.to(device), use_cache=kv is not None, **kwargs).last_hidden_state
+                out = base(**inputs).last_hidden_state
             # Under a device map the last block may sit on another device than the (tied) head: δ,
             # the losses and the bookkeeping all live on the head's device.
             parts.append((local, out.to(device)))
