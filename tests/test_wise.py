@@ -76,8 +76,18 @@ def test_a_shard_trains_the_same_with_its_prefixes_cached():
     mask = (torch.rand(base.shape, generator=torch.Generator().manual_seed(5)) < 0.5).float()
     edit_in, edit_out = _random(4, module.weight.shape[1], seed=6), _random(4, seed=7).abs() + 1
     ref_in, ref_out = _random(6, module.weight.shape[1], seed=8), _random(6, seed=9).abs() + 1
-    a = train_shard(job, path, keyed, base, mask, edit_in, edit_out, ref_in, ref_out)
-    b = train_shard(job, path, keyed, base, mask, edit_in, edit_out, ref_in, ref_out, cache_prefix=False)
+    a = train_shard(job, path, keyed, base, mask, edit_in, edit_out, [(ref_in, ref_out)])
+    b = train_shard(job, path, keyed, base, mask, edit_in, edit_out, [(ref_in, ref_out)], cache_prefix=False)
     assert a[2] == b[2] == 3 and a[0].abs().sum() > 0
     assert torch.allclose(a[0], b[0], rtol=1e-4, atol=1e-6)
     assert a[1] == pytest.approx(b[1], rel=1e-4)
+
+
+def test_a_small_group_of_hard_negatives_counts_on_its_own_in_the_threshold():
+    positive = torch.tensor([2.0, 2.1, 2.2, 2.3])
+    easy = torch.zeros(200)
+    hard = torch.tensor([2.15])  # one keep answer scoring among the edits
+    pooled = best_threshold(positive, torch.cat([easy, hard]), leak_cost=10.0)
+    grouped = best_threshold(positive, [hard, easy], leak_cost=10.0)
+    assert pooled < 2.0          # pooled, 1 in 201 leaked costs less than the edits gained
+    assert grouped > 2.15        # as its own group, routing it costs a whole group's fraction

@@ -66,11 +66,10 @@ class WiseBackend(Backend):
             current = len(memory)
         base = memory.deltas[current] if current < len(memory) else torch.zeros(edit_out.shape[1], edit_in.shape[1])
         old_in, old_norms = memory.anchors_of(current)  # the continued memory's earlier edits: they must keep routing
-        ref_in, ref_out = _reference(job, path)
-        if len(ref_in):
-            ref_in, ref_out = torch.cat([ref_in, prefix_in]), torch.cat([ref_out, prefix_out])
-        else:
-            ref_in, ref_out = prefix_in, prefix_out
+        keep, other = _reference(job, path)
+        # The edit prompts' own earlier tokens must not route either (unrelated prompts share them).
+        negatives = [keep, (torch.cat([other[0], prefix_in]), torch.cat([other[1], prefix_out])) if len(other[0])
+                     else (prefix_in, prefix_out)]
         generator = torch.Generator().manual_seed(job.seed)
         order = torch.randperm(len(job.edits), generator=generator).tolist()
         groups = [set(job.edits[i].id for i in order[s::config.shards]) for s in range(config.shards)]
@@ -82,7 +81,7 @@ class WiseBackend(Backend):
             job.progress(f"wise: shard {s + 1}/{config.shards}, {len(group)} edit(s)")
             change, losses, taken = train_shard(job, path, [keyed[t] for t in members], base, mask,
                                                 torch.cat([edit_in[rows], old_in]),
-                                                torch.cat([edit_out[rows].norm(dim=-1), old_norms]), ref_in, ref_out)
+                                                torch.cat([edit_out[rows].norm(dim=-1), old_norms]), negatives)
             changes.append(change)
             per_text.update({t: loss for t, loss in zip(members, losses)})
             steps.append(taken)
@@ -91,7 +90,7 @@ class WiseBackend(Backend):
             raise EditspecError("the WISE memory became NaN or inf; refusing it", hint="try a smaller `lr`")
         positive = torch.cat([scores(delta, edit_in, edit_out), scores(delta, old_in, old_norms),
                               scores(delta, *_scope_activations(job, path))])
-        negative = scores(delta, ref_in, ref_out)
+        negative = [scores(delta, *group) for group in negatives]
         threshold = best_threshold(positive, negative, config.leak_cost)
         held = int(memory.edits[current]) if current < len(memory) else 0
         memory.put(current, delta, threshold, held + len(job.edits))
@@ -102,7 +101,7 @@ class WiseBackend(Backend):
         return CompileResult(files=[PAYLOAD], edits=edits, details={
             "module": path, "memories": len(memory), "memory": current, "threshold": round(threshold, 6),
             "steps": steps, "edit_routed": round(float((final > threshold).float().mean()), 4),
-            "reference_routed": round(float((negative > threshold).float().mean()), 4) if len(negative) else None})
+            "keep_routed": _routed(negative[0], threshold), "reference_routed": _routed(negative[1], threshold)})
 
     def attach(self, model, artifact: Artifact) -> HookAttachment:
         memory, path = load_memory(artifact.file(PAYLOAD))
@@ -129,26 +128,48 @@ def _answer_activations(model, tokenizer, path, keyed):
     return torch.cat(rows_in), torch.cat(rows_out), owner, torch.cat(prefix_in), torch.cat(prefix_out)
 
 
-def _reference(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and outputs at every position of text that must not route: the new edits' keep facts
-    and `reference_samples` documents of general text (a fixed cost per compile).  The edit
-    prompts' own earlier tokens join them in `compile`."""
-    from editspec.families.training.objectives import fact_texts
+def _routed(negative: torch.Tensor, threshold: float) -> float | None:
+    return round(float((negative > threshold).float().mean()), 4) if len(negative) else None
 
+
+def _reference(job: CompileJob, path: str) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Inputs and outputs of text that must not route, in two groups that count apart: (1) the
+    positions that predict the new edits' keep answers (the hard ones: a CounterFact neighbour
+    shares the edit's relation prompt, and a few such positions would be lost among the many
+    tokens of the rest), (2) every other position of the keep facts and of `reference_samples`
+    documents of general text (a fixed cost per compile).  The edit prompts' own earlier tokens
+    join group 2 in `compile`."""
     config: WiseConfig = job.config
-    texts = [text for edit in job.edits for text in fact_texts(edit.keep)]
+    tokenizer, model = job.model.tokenizer, job.model.model
+    encode = lambda text: list(tokenizer(text, add_special_tokens=True)["input_ids"])[:REFERENCE_TOKENS]
+    keep_ids, answer_at = [], []
+    for edit in job.edits:
+        for fact in edit.keep:
+            for prompt in fact.prompts:
+                ids = encode(f"{prompt.rstrip()} {fact.answer.strip()}")
+                first = len(encode(prompt.rstrip())) - 1  # the last prompt token predicts the answer
+                if ids and 0 <= first < len(ids) - 1:
+                    keep_ids.append(ids)
+                    answer_at.append(range(first, len(ids) - 1))
+    docs = []
     if config.reference_samples:
         from editspec.model.corpus import load_corpus
 
-        texts += load_corpus(config.reference_corpus).sample(config.reference_samples)
-    tokenizer, model = job.model.tokenizer, job.model.model
-    ids = [i for i in (list(tokenizer(t, add_special_tokens=True)["input_ids"])[:REFERENCE_TOKENS] for t in texts) if i]
-    if not ids:
-        empty = torch.zeros(0, 1)
-        return empty, empty
-    inputs = torch.cat(reference_activations(model, tokenizer, path, ids, where="input"))
-    outputs = torch.cat(reference_activations(model, tokenizer, path, ids, where="output"))
-    return inputs, outputs
+        docs = [i for i in map(encode, load_corpus(config.reference_corpus).sample(config.reference_samples)) if i]
+    empty = (torch.zeros(0, 1), torch.zeros(0, 1))
+    keep, other = ([], []), ([], [])
+    if keep_ids:
+        for a, o, at in zip(activations(model, tokenizer, path, keep_ids, where="input"),
+                            activations(model, tokenizer, path, keep_ids, where="output"), answer_at):
+            hard = torch.zeros(len(a), dtype=torch.bool)
+            hard[list(at)] = True
+            for group, rows in ((keep, hard), (other, ~hard)):
+                group[0].append(a[rows])
+                group[1].append(o[rows])
+    if docs:
+        other[0].extend(reference_activations(model, tokenizer, path, docs, where="input"))
+        other[1].extend(reference_activations(model, tokenizer, path, docs, where="output"))
+    return tuple((torch.cat(g[0]), torch.cat(g[1])) if g[0] else empty for g in (keep, other))
 
 
 def _scope_activations(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,10 +184,12 @@ def _scope_activations(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.
 
 
 def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.Tensor, mask: torch.Tensor,
-                edit_in, edit_out, ref_in, ref_out, cache_prefix: bool = True) -> tuple[torch.Tensor, list[float], int]:
-    """Adam on the masked entries of one shard: its answers' NLL plus the two margin losses
+                edit_in, edit_out, negatives: list[tuple[torch.Tensor, torch.Tensor]],
+                cache_prefix: bool = True) -> tuple[torch.Tensor, list[float], int]:
+    """Adam on the masked entries of one shard: its answers' NLL plus the margin losses
     (`edit_in` / `edit_out`: inputs and output norms at positions that must route, the memory's
-    earlier edits' anchors among them).
+    earlier edits' anchors among them; `negatives`: groups of inputs and outputs at positions
+    that must not, each group's mean hinge counted on its own).
 
     ΔW is added only at the answer-predicting positions, so every token before a text's first
     one computes the same at every step: those prefixes run once, as a KV cache, and each step
@@ -224,8 +247,9 @@ def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.
             text_nll = torch.zeros(len(keyed)).index_add(0, rows, nll)
             d = delta()
             margin = torch.relu(config.edit_margin - scores(d, edit_in, edit_out)).mean()
-            if len(ref_in):
-                margin = margin + torch.relu(scores(d, ref_in, ref_out) - config.keep_margin).mean()
+            for group_in, group_out in negatives:
+                if len(group_in):
+                    margin = margin + torch.relu(scores(d, group_in, group_out) - config.keep_margin).mean()
             per_text = [float(x) for x in text_nll.detach()]
             if steps == config.n_iter or (max(per_text) < config.stop_loss and float(margin) == 0.0):
                 break

@@ -19,7 +19,7 @@ class WiseConfig(ChatSettings):
 
     layer: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="Layer whose MLP value projection gets the side memory; `auto`: 75% of the depth (22 of SmolLM2's 30).")
-    lr: float = Field(0.01, gt=0, description="Adam learning rate for the side memory's entries.")
+    lr: float = Field(0.04, gt=0, description="Adam learning rate for the side memory's entries.")
     n_iter: int = Field(40, ge=1, description="Most optimisation steps per shard.")
     stop_loss: float = Field(0.05, ge=0, description="A shard stops once every answer's mean NLL is below this and the margins hold.")
     edit_margin: float = Field(
