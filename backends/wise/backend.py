@@ -19,7 +19,7 @@ import torch
 
 from editspec.build.artifact import Artifact
 from editspec.build.backend import Backend, CompileJob, CompileResult
-from editspec.families.memory.codebook import KeyedText, activations
+from editspec.families.memory.codebook import KeyedText, activation_pairs
 from editspec.errors import EditspecError
 from editspec.model.hooks import _hidden, _with_hidden, blocks_below, raw_outputs, replaying
 from editspec.model.layout import module_at, output_head
@@ -116,10 +116,8 @@ def _answer_activations(model, tokenizer, path, keyed):
     """Projection inputs and outputs at every answer-predicting position [n, d], each row's text, and
     the inputs and outputs at the prompts' earlier tokens (shared with unrelated prompts: they must not route)."""
     sequences = [k.ids for k in keyed]
-    inputs = activations(model, tokenizer, path, sequences, where="input")
-    outputs = activations(model, tokenizer, path, sequences, where="output")
     rows_in, rows_out, owner, prefix_in, prefix_out = [], [], [], [], []
-    for t, (text, a, o) in enumerate(zip(keyed, inputs, outputs)):
+    for t, (text, (a, o)) in enumerate(zip(keyed, activation_pairs(model, tokenizer, path, sequences))):
         rows_in.append(a[list(text.positions)])
         rows_out.append(o[list(text.positions)])
         owner += [t] * len(text.positions)
@@ -159,8 +157,7 @@ def _reference(job: CompileJob, path: str) -> tuple[tuple[torch.Tensor, torch.Te
     empty = (torch.zeros(0, 1), torch.zeros(0, 1))
     keep, other = ([], []), ([], [])
     if keep_ids:
-        for a, o, at in zip(activations(model, tokenizer, path, keep_ids, where="input"),
-                            activations(model, tokenizer, path, keep_ids, where="output"), answer_at):
+        for (a, o), at in zip(activation_pairs(model, tokenizer, path, keep_ids), answer_at):
             hard = torch.zeros(len(a), dtype=torch.bool)
             hard[list(at)] = True
             for group, rows in ((keep, hard), (other, ~hard)):
@@ -178,9 +175,8 @@ def _scope_activations(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.
     ids = [tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"] for e in job.edits for p in e.scope]
     if not ids:
         return torch.zeros(0, 1), torch.zeros(0, 1)
-    inputs = activations(model, tokenizer, path, ids, where="input")
-    outputs = activations(model, tokenizer, path, ids, where="output")
-    return torch.stack([a[-1] for a in inputs]), torch.stack([o[-1] for o in outputs])
+    pairs = activation_pairs(model, tokenizer, path, ids)
+    return torch.stack([a[-1] for a, _ in pairs]), torch.stack([o[-1] for _, o in pairs])
 
 
 def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.Tensor, mask: torch.Tensor,

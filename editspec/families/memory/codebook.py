@@ -154,6 +154,22 @@ def activations(model, tokenizer, path: str, sequences: Sequence[Sequence[int]],
     return found
 
 
+def activation_pairs(model, tokenizer, path: str, sequences: Sequence[Sequence[int]], *,
+                     batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Module `path`'s input and output ([len, d_in], [len, d_out] per sequence, float32, CPU) from
+    one forward pass, which stops at `path`."""
+    device = model.get_input_embeddings().weight.device
+    found: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, len(sequences), batch_size):
+        rows = [list(s) for s in sequences[start:start + batch_size]]
+        ids, mask = right_pad(rows, pad_id(tokenizer))
+        with record_inputs(model, [path]) as seen_in, record_outputs(model, [path]) as seen_out, stop_after(model, path):
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        inputs, outputs = seen_in[path].float().cpu(), seen_out[path].float().cpu()
+        found += [(inputs[r, : len(row)], outputs[r, : len(row)]) for r, row in enumerate(rows)]
+    return found
+
+
 SAME_POINT = 1e-4  # a reference row this close (relative to the key's norm) is the key itself
 
 
