@@ -34,7 +34,8 @@ class WiseConfig(ChatSettings):
     density: float = Field(0.5, gt=0, le=1, description="Fraction of the side memory's entries a shard trains (its random mask).")
     merge_density: float = Field(0.8, gt=0, le=1, description="TIES merge: each shard keeps this fraction of its largest changes before signs are elected.")
     edits_per_memory: int = Field(
-        1000, ge=1, description="A side memory holds at most this many edits; the next compile that would pass it starts a new one.")
+        100, ge=1, description="A side memory holds at most this many edits; the next compile that would pass it starts a new one "
+        "(earlier memories are then left as they are).")
     reference_corpus: str | None = Field(
         None, description="General text kept out of the memory (margin loss and threshold): a text or .jsonl file, or unset for the built-in Wikipedia summaries.")
     reference_samples: int = Field(16, ge=0, description="Documents of `reference_corpus` used per compile.")
