@@ -247,7 +247,7 @@ def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.
                 if len(group_in):
                     margin = margin + torch.relu(scores(d, group_in, group_out) - config.keep_margin).mean()
             per_text = [float(x) for x in text_nll.detach()]
-            if steps == config.n_iter or (max(per_text) < config.stop_loss and float(margin) == 0.0):
+            if steps == config.n_iter or (max(per_text) < config.stop_loss and float(margin.detach()) == 0.0):
                 break
             optimizer.zero_grad(set_to_none=True)
             (text_nll.mean() + config.margin_weight * margin).backward()
