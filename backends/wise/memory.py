@@ -133,14 +133,13 @@ def best_threshold(positive: torch.Tensor, negative: torch.Tensor | Sequence[tor
     not: the most ``routed positives − leak_cost × routed negatives`` (as fractions), ties to the
     higher threshold (locality first).  `negative` may be several groups: each group's routed
     fraction counts on its own (a small group of hard negatives is not lost among many easy ones)."""
-    groups = [negative] if isinstance(negative, torch.Tensor) else [g for g in negative if len(g)]
+    groups = [g for g in ([negative] if isinstance(negative, torch.Tensor) else negative) if len(g)]
     values = torch.cat([positive, *groups]).float().sort().values
     candidates = torch.cat([values[:1] - TINY, (values[1:] + values[:-1]) / 2, values[-1:] + TINY])
     pos = (positive[None, :] > candidates[:, None]).float().mean(1) if len(positive) else torch.zeros(len(candidates))
     leak = torch.zeros(len(candidates))
     for group in groups:
-        if len(group):
-            leak += (group[None, :] > candidates[:, None]).float().mean(1)
+        leak += (group[None, :] > candidates[:, None]).float().mean(1)
     accuracy = pos - leak_cost * leak
     best = accuracy.max()
     return float(candidates[(accuracy == best).nonzero().max()])

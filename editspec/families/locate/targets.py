@@ -206,7 +206,6 @@ class _Chunk:
         self.split = list(self.subject) if cache_prefix else [0] * len(self.rows)
         self.at_subject = torch.tensor([s - p for s, p in zip(self.subject, self.split)])
         self.layout = SplitRows(self.rows, self.split, pad)
-        self.width, self.prefix_len = self.layout.width, self.layout.prefix_len
         self.suffix_ids, self.suffix_mask = self.layout.suffix_ids, self.layout.suffix_mask
 
     def _add(self, row, s, f):

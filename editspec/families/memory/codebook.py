@@ -141,17 +141,8 @@ def activations(model, tokenizer, path: str, sequences: Sequence[Sequence[int]],
 
     The forward pass stops at `path`: the layers above it and the output head never run.
     """
-    device = model.get_input_embeddings().weight.device
-    found: list[torch.Tensor] = []
-    recorder = record_inputs if where == "input" else record_outputs
-    for start in range(0, len(sequences), batch_size):
-        rows = [list(s) for s in sequences[start:start + batch_size]]
-        ids, mask = right_pad(rows, pad_id(tokenizer))
-        with recorder(model, [path]) as seen, stop_after(model, path):
-            model(input_ids=ids.to(device), attention_mask=mask.to(device))
-        states = seen[path].float().cpu()
-        found += [states[r, : len(row)] for r, row in enumerate(rows)]
-    return found
+    side = 0 if where == "input" else 1
+    return [pair[side] for pair in activation_pairs(model, tokenizer, path, sequences, batch_size=batch_size)]
 
 
 def activation_pairs(model, tokenizer, path: str, sequences: Sequence[Sequence[int]], *,
