@@ -82,29 +82,31 @@ def generate_totals(spec, run, loaded, seed: int) -> list[dict]:
 
 def single_edit_row(spec, name: str, loaded, out: Path, seed: int, say, overrides=None) -> dict:
     """`name` compiled and verified one edit at a time, each on the unedited model (the issue's
-    "rome (single edits)"), its figures pooled over the edits: passes over checks, fluency averaged."""
-    from editspec.bench.runner import BackendRun, run_bench
+    "rome (single edits)"), its figures pooled over the edits: passes over checks, fluency averaged.
 
+    Each edit's figures are saved beside its artifact (`NNN/figures.json`), so a stopped run picks up
+    where it stopped: an edit whose saved figures name the same edit, seed and settings is not run again."""
     pooled: dict = {}
     kept: dict = {}
     compile_s, failed = 0.0, 0
     for index, edit in enumerate(spec.edits):
         one = spec.model_copy(update={"edits": (edit,)})
-        run = run_bench(one, [name], model=loaded, out=out / f"{index:03d}", seed=seed, incremental=False,
-                        overrides=overrides).runs[0]
-        if run.status == "error":
-            raise SystemExit(f"{name}, edit {edit.id}: {run.reason}")
-        failed += run.status != "passed"
-        compile_s += run.compile_s or 0.0
-        for total in [*run.totals, *generate_totals(one, run, loaded, seed)]:
+        figures, saved = single_edit_figures(one, name, loaded, out / f"{index:03d}", seed, overrides)
+        failed += figures["status"] != "passed"
+        compile_s += figures["compile_s"] or 0.0
+        for total in figures["totals"]:
             tally = pooled.setdefault((total["metric"], total["protocol"]), [0, 0, 0.0, 0])
             tally[0] += total.get("passed") or 0
             tally[1] += total.get("count") or 0
             tally[2] += total["value"]
             tally[3] += 1
-        for basis, (passed, count) in run.kept_by_basis.items():
+        for basis, (passed, count) in figures["kept_by_basis"].items():
             kept[basis] = [a + b for a, b in zip(kept.get(basis, [0, 0]), (passed, count))]
-        say(f"{name} (single) {index + 1}/{len(spec.edits)}: {run.status}")
+        chat = [pooled.get((metric, "chat"), [0, 0]) for metric in METRICS]
+        say(f"{name} (single) {index + 1}/{len(spec.edits)}: {figures['status']}{' (saved)' if saved else ''}; "
+            "chat so far " + " / ".join(f"{m[:3]} {p}/{c}" for m, (p, c, *_) in zip(METRICS, chat)))
+    from editspec.bench.runner import BackendRun
+
     totals = [{"metric": metric, "protocol": protocol, "passed": passed, "count": count,
                "value": values / runs if metric == "fluency" or not count else passed / count}
               for (metric, protocol), (passed, count, values, runs) in pooled.items()]
@@ -112,6 +114,26 @@ def single_edit_row(spec, name: str, loaded, out: Path, seed: int, say, override
                      reason=f"{failed} of {len(spec.edits)} single-edit specs failed an expectation" if failed else "",
                      totals=totals, compile_s=compile_s, kept_by_basis=kept)
     return row(run, [], len(spec.edits))
+
+
+def single_edit_figures(one, name: str, loaded, out: Path, seed: int, overrides) -> tuple[dict, bool]:
+    """One single-edit spec's figures ({status, compile_s, totals, kept_by_basis}) and whether they were
+    read from an earlier run's `figures.json` rather than measured now."""
+    from editspec.bench.runner import run_bench
+
+    key = {"edit": one.edits[0].id, "seed": seed, "overrides": {k: str(v) for k, v in (overrides or {}).items()}}
+    saved = out / "figures.json"
+    if saved.exists():
+        figures = json.loads(saved.read_text())
+        if figures.get("key") == key:
+            return figures, True
+    run = run_bench(one, [name], model=loaded, out=out, seed=seed, incremental=False, overrides=overrides).runs[0]
+    if run.status == "error":
+        raise SystemExit(f"{name}, edit {one.edits[0].id}: {run.reason}")
+    figures = {"key": key, "status": run.status, "compile_s": run.compile_s, "kept_by_basis": run.kept_by_basis,
+               "totals": [*run.totals, *generate_totals(one, run, loaded, seed)]}
+    saved.write_text(json.dumps(figures, indent=1))
+    return figures, False
 
 
 def table(rows: list[dict]) -> str:
