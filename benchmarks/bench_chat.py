@@ -77,7 +77,7 @@ def generate_totals(spec, run, loaded, seed: int) -> list[dict]:
     report = verify_spec(spec, artifact=run.artifact, model=loaded, seed=seed, protocol="generate", chat="off",
                          progress=None)
     return [{"metric": t.metric, "protocol": t.protocol, "value": t.value, "passed": t.passed, "count": t.count}
-            for t in report.totals.values()]
+            for t in report.totals.values() if t.protocol == "generate"]  # its other protocols are in the first run
 
 
 def single_edit_row(spec, name: str, loaded, out: Path, seed: int, say, overrides=None) -> dict:
@@ -94,7 +94,7 @@ def single_edit_row(spec, name: str, loaded, out: Path, seed: int, say, override
         figures, saved = single_edit_figures(one, name, loaded, out / f"{index:03d}", seed, overrides)
         failed += figures["status"] != "passed"
         compile_s += figures["compile_s"] or 0.0
-        for total in figures["totals"]:
+        for total in {(t["metric"], t["protocol"]): t for t in reversed(figures["totals"])}.values():  # once each
             tally = pooled.setdefault((total["metric"], total["protocol"]), [0, 0, 0.0, 0])
             tally[0] += total.get("passed") or 0
             tally[1] += total.get("count") or 0
