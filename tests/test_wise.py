@@ -91,3 +91,57 @@ def test_a_small_group_of_hard_negatives_counts_on_its_own_in_the_threshold():
     grouped = best_threshold(positive, [hard, easy], leak_cost=10.0)
     assert pooled < 2.0          # pooled, 1 in 201 leaked costs less than the edits gained
     assert grouped > 2.15        # as its own group, routing it costs a whole group's fraction
+
+
+def test_subject_keys_sit_on_the_subjects_last_token_in_plain_and_chat_texts():
+    from types import SimpleNamespace
+
+    from editspec.backends.wise.backend import _subject_positions
+    from editspec.backends.wise.config import WiseConfig
+    from dataclasses import replace
+
+    from editspec.families.memory.backend import edit_key_targets, edit_keys
+    from editspec.families.memory.codebook import teacher_forced
+    from editspec.families.training.tuning import encode_targets
+    from editspec.lang.resolve import load_spec
+    from tiny import tiny_chat_tokenizer
+
+    spec = load_spec("x.edit", text='relation city {\n  prompt "The {subject} is located in"\n'
+                     '  question "Where is the {subject}?"\n}\nedit city("Eiffel Tower") -> "Rome"\n')
+    tok = tiny_chat_tokenizer()
+    job = SimpleNamespace(edits=spec.edits, model=SimpleNamespace(tokenizer=tok), config=WiseConfig(key="subject"))
+    keyed, targets = edit_keys(job), edit_key_targets(job)
+    keys = _subject_positions(tok, targets, spec.edits, keyed)
+    for text, (key,) in zip(keyed, keys):  # the plain prompt and the chat user turn
+        assert tok.decode(text.ids[: key + 1]).endswith("Eiffel Tower") and key < text.positions[0]
+    # A prompt that does not name the subject keeps its answer positions as keys.
+    unnamed = [replace(targets[0], prompt="It is located in")]
+    (text,) = teacher_forced(tok, encode_targets(tok, unnamed))
+    assert _subject_positions(tok, unnamed, spec.edits, [text]) == [text.positions]
+
+
+def test_a_shard_keyed_at_the_subject_trains_the_same_cached_and_acts_only_there():
+    from types import SimpleNamespace
+
+    from editspec.backends.wise.backend import train_shard
+    from editspec.backends.wise.config import WiseConfig
+    from editspec.families.memory.codebook import KeyedText
+    from tiny import tiny_tokenizer
+
+    model, tok = tiny_model("llama").float(), tiny_tokenizer()
+    path = "model.layers.1.mlp.down_proj"
+    module = model.model.layers[1].mlp.down_proj
+    keyed = [KeyedText("a", (5, 17, 33, 2, 9, 41), (3, 4), (9, 41)),
+             KeyedText("b", (8, 3, 12, 7), (1, 2), (12, 7))]
+    keys = [(1,), (0,)]  # each text's "subject", before its answer
+    job = SimpleNamespace(config=WiseConfig(n_iter=3, stop_loss=0.0), model=SimpleNamespace(model=model, tokenizer=tok))
+    base = torch.zeros(module.weight.shape)
+    mask = torch.ones(base.shape)
+    edit_in, edit_out = _random(2, module.weight.shape[1], seed=6), _random(2, seed=7).abs() + 1
+    ref = [(_random(6, module.weight.shape[1], seed=8), _random(6, seed=9).abs() + 1)]
+    cached = train_shard(job, path, keyed, base, mask, edit_in, edit_out, ref, keys=keys)
+    plain = train_shard(job, path, keyed, base, mask, edit_in, edit_out, ref, cache_prefix=False, keys=keys)
+    at_answers = train_shard(job, path, keyed, base, mask, edit_in, edit_out, ref)
+    assert torch.allclose(cached[0], plain[0], rtol=1e-4, atol=1e-6)
+    assert cached[1] == pytest.approx(plain[1], rel=1e-4)
+    assert not torch.allclose(cached[0], at_answers[0])  # where the memory acts changes what it learns

@@ -24,7 +24,7 @@ from editspec.errors import EditspecError
 from editspec.model.hooks import _hidden, _with_hidden, blocks_below, raw_outputs, replaying
 from editspec.model.layout import module_at, output_head
 from editspec.families.memory.backend import (
-    HookAttachment, edit_keys, per_edit_losses, reference_activations, require_edits, value_projection_at,
+    HookAttachment, edit_key_targets, edit_keys, per_edit_losses, reference_activations, require_edits, value_projection_at,
 )
 
 from .config import CAPABILITIES, WiseConfig
@@ -34,9 +34,10 @@ PAYLOAD = "wise.safetensors"
 REFERENCE_TOKENS = 128
 
 
-def wise_layer(model, layer) -> str:
-    """The value projection WISE keeps its side memory at (`auto`: 75% of the depth)."""
-    return value_projection_at(model, layer, 0.75)
+def wise_layer(model, layer, key: str = "subject") -> str:
+    """The value projection WISE keeps its side memory at (`auto`: 27% of the depth keyed at the subject,
+    8 of SmolLM2's 30; 75% keyed at the answer, 22 of 30)."""
+    return value_projection_at(model, layer, 0.27 if key == "subject" else 0.75)
 
 
 class WiseBackend(Backend):
@@ -51,9 +52,11 @@ class WiseBackend(Backend):
         config: WiseConfig = job.config
         require_edits(job, self.name)
         model, tokenizer = job.model.model, job.model.tokenizer
-        path = wise_layer(model, config.layer)
+        path = wise_layer(model, config.layer, config.key)
         keyed = edit_keys(job)
-        edit_in, edit_out, owner, prefix_in, prefix_out = _answer_activations(model, tokenizer, path, keyed)
+        keys = (_subject_positions(tokenizer, edit_key_targets(job), job.edits, keyed) if config.key == "subject"
+                else [k.positions for k in keyed])
+        edit_in, edit_out, owner, prefix_in, prefix_out = _key_activations(model, tokenizer, path, keyed, keys)
         if job.previous is not None:
             memory, module = load_memory(job.previous.file(PAYLOAD))
             if module != path:
@@ -81,7 +84,8 @@ class WiseBackend(Backend):
             job.progress(f"wise: shard {s + 1}/{config.shards}, {len(group)} edit(s)")
             change, losses, taken = train_shard(job, path, [keyed[t] for t in members], base, mask,
                                                 torch.cat([edit_in[rows], old_in]),
-                                                torch.cat([edit_out[rows].norm(dim=-1), old_norms]), negatives)
+                                                torch.cat([edit_out[rows].norm(dim=-1), old_norms]), negatives,
+                                                keys=[keys[t] for t in members])
             changes.append(change)
             per_text.update({t: loss for t, loss in zip(members, losses)})
             steps.append(taken)
@@ -112,18 +116,38 @@ class WiseBackend(Backend):
                             hint="use it with `editspec.load_edited(model, ARTIFACT)`, or compile with `ultraedit` or `memit`")
 
 
-def _answer_activations(model, tokenizer, path, keyed):
-    """Projection inputs and outputs at every answer-predicting position [n, d], each row's text, and
+def _key_activations(model, tokenizer, path, keyed, keys):
+    """Projection inputs and outputs at every key position [n, d] (`keys`, per text), each row's text, and
     the inputs and outputs at the prompts' earlier tokens (shared with unrelated prompts: they must not route)."""
     sequences = [k.ids for k in keyed]
     rows_in, rows_out, owner, prefix_in, prefix_out = [], [], [], [], []
-    for t, (text, (a, o)) in enumerate(zip(keyed, activation_pairs(model, tokenizer, path, sequences))):
-        rows_in.append(a[list(text.positions)])
-        rows_out.append(o[list(text.positions)])
-        owner += [t] * len(text.positions)
-        prefix_in.append(a[: text.positions[0]])
-        prefix_out.append(o[: text.positions[0]])
+    for t, (at, (a, o)) in enumerate(zip(keys, activation_pairs(model, tokenizer, path, sequences))):
+        rows_in.append(a[list(at)])
+        rows_out.append(o[list(at)])
+        owner += [t] * len(at)
+        prefix_in.append(a[: at[0]])
+        prefix_out.append(o[: at[0]])
     return torch.cat(rows_in), torch.cat(rows_out), owner, torch.cat(prefix_in), torch.cat(prefix_out)
+
+
+def _subject_positions(tokenizer, targets, edits, keyed) -> list[tuple[int, ...]]:
+    """For each keyed text, the position of its subject's last token (the last mention in its prompt);
+    a prompt that does not name the subject keeps its answer positions."""
+    from editspec.model.chat import user_turn
+    from editspec.model.tokens import encode_with_subject
+
+    subject = {e.id: e.subject for e in edits}
+    found = []
+    for target, text in zip(targets, keyed):
+        prompt = user_turn(tokenizer, target.prompt) if target.chat else target.prompt.rstrip()
+        name = subject.get(target.source) or ""
+        start = prompt.rfind(name) if name else -1
+        if start < 0:
+            found.append(text.positions)
+            continue
+        ids, index = encode_with_subject(tokenizer, prompt, (start, start + len(name)), special=not target.chat)
+        found.append((index,) if tuple(ids) == text.ids[: len(ids)] and index < text.positions[0] + 1 else text.positions)
+    return found
 
 
 def _routed(negative: torch.Tensor, threshold: float) -> float | None:
@@ -159,7 +183,7 @@ def _reference(job: CompileJob, path: str) -> tuple[tuple[torch.Tensor, torch.Te
     if keep_ids:
         for (a, o), at in zip(activation_pairs(model, tokenizer, path, keep_ids), answer_at):
             hard = torch.zeros(len(a), dtype=torch.bool)
-            hard[list(at)] = True
+            hard[list(at) if config.key == "answer" else slice(None)] = True  # a neighbour's subject must not route
             for group, rows in ((keep, hard), (other, ~hard)):
                 group[0].append(a[rows])
                 group[1].append(o[rows])
@@ -170,18 +194,30 @@ def _reference(job: CompileJob, path: str) -> tuple[tuple[torch.Tensor, torch.Te
 
 
 def _scope_activations(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and outputs at the last token of each new edit's `scope` prompts (rephrasings that should route)."""
+    """Inputs and outputs at the last token of each new edit's `scope` prompts (rephrasings that should route),
+    or with `key` subject at the subject's last token where a scope prompt names it."""
+    from editspec.model.tokens import encode_with_subject
+
     tokenizer, model = job.model.tokenizer, job.model.model
-    ids = [tokenizer(p.rstrip(), add_special_tokens=True)["input_ids"] for e in job.edits for p in e.scope]
+    ids, at = [], []
+    for edit in job.edits:
+        for prompt in (p.rstrip() for p in edit.scope):
+            start = prompt.rfind(edit.subject) if job.config.key == "subject" and edit.subject else -1
+            if start >= 0:
+                row, index = encode_with_subject(tokenizer, prompt, (start, start + len(edit.subject)))
+            else:
+                row, index = tokenizer(prompt, add_special_tokens=True)["input_ids"], -1
+            ids.append(row)
+            at.append(index)
     if not ids:
         return torch.zeros(0, 1), torch.zeros(0, 1)
     pairs = activation_pairs(model, tokenizer, path, ids)
-    return torch.stack([a[-1] for a, _ in pairs]), torch.stack([o[-1] for _, o in pairs])
+    return torch.stack([a[i] for (a, _), i in zip(pairs, at)]), torch.stack([o[i] for (_, o), i in zip(pairs, at)])
 
 
 def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.Tensor, mask: torch.Tensor,
                 edit_in, edit_out, negatives: list[tuple[torch.Tensor, torch.Tensor]],
-                cache_prefix: bool = True) -> tuple[torch.Tensor, list[float], int]:
+                cache_prefix: bool = True, keys: list[tuple[int, ...]] | None = None) -> tuple[torch.Tensor, list[float], int]:
     """Adam on the masked entries of one shard: its answers' NLL plus the margin losses
     (`edit_in` / `edit_out`: inputs and output norms at positions that must route, the memory's
     earlier edits' anchors among them; `negatives`: groups of inputs and outputs at positions
@@ -204,14 +240,16 @@ def train_shard(job: CompileJob, path: str, keyed: list[KeyedText], base: torch.
     softcap = getattr(model.config, "final_logit_softcapping", None)
     device = head_w.device
     texts = [list(k.ids) for k in keyed]
+    keys = keys if keys is not None else [k.positions for k in keyed]
     cached = cache_prefix and prefix_fits(model, max(len(t) for t in texts))
-    split = [k.positions[0] if cached else 0 for k in keyed]
+    split = [min(at[0], k.positions[0]) if cached else 0 for k, at in zip(keyed, keys)]
     layout = SplitRows(texts, split, pad_id(tokenizer))
     rows = torch.tensor([r for r, k in enumerate(keyed) for _ in k.positions])
     cols = torch.tensor([p - split[r] for r, k in enumerate(keyed) for p in k.positions])  # suffix coordinates
     labels = torch.tensor([l for k in keyed for l in k.labels])
     where = torch.zeros(layout.suffix_ids.shape, dtype=torch.bool)
-    where[rows, cols] = True
+    for r, at in enumerate(keys):
+        where[r, [p - split[r] for p in at]] = True
     weight = torch.tensor([1.0 / len(k.positions) for k in keyed for _ in k.positions])
     param = torch.zeros_like(base, requires_grad=True)
     optimizer = torch.optim.Adam([param], lr=config.lr)

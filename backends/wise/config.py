@@ -18,9 +18,14 @@ class WiseConfig(ChatSettings):
     model_config = ConfigDict(extra="forbid")
 
     layer: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto", description="Layer whose MLP value projection gets the side memory; `auto`: 75% of the depth (22 of SmolLM2's 30).")
+        "auto", description="Layer whose MLP value projection gets the side memory; `auto`: 27% of the depth keyed at the "
+        "subject (8 of SmolLM2's 30), 75% keyed at the answer (22 of 30).")
+    key: Literal["answer", "subject"] = Field(
+        "subject", description="Where the memory acts and routes: `answer`, the positions that predict the answer; "
+        "`subject`, the subject's last token (as ROME keys a fact), so a rephrasing that names the subject routes "
+        "and a neighbour that shares only the relation does not.")
     lr: float = Field(0.04, gt=0, description="Adam learning rate for the side memory's entries.")
-    n_iter: int = Field(40, ge=1, description="Most optimisation steps per shard.")
+    n_iter: int = Field(20, ge=1, description="Most optimisation steps per shard.")
     stop_loss: float = Field(0.05, ge=0, description="A shard stops once every answer's mean NLL is below this and the margins hold.")
     edit_margin: float = Field(
         1.0, gt=0, description="β: at an edit's answer positions the activation score ‖ΔW a‖ / ‖W a‖ is trained above this.")

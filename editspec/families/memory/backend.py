@@ -66,10 +66,14 @@ def edit_keys(job: CompileJob) -> list[KeyedText]:
     from editspec.families.training.tuning import encode_targets
 
     tokenizer = job.model.tokenizer
-    chat = chat_enabled(tokenizer, job.config.chat)
-    targets = [t for edit in job.edits for t in edit_targets(edit, chat=chat)]
-    encoded = encode_targets(tokenizer, targets)
+    encoded = encode_targets(tokenizer, edit_key_targets(job))
     return teacher_forced(tokenizer, encoded, answer_ends(tokenizer, encoded, getattr(job.config, "answer_end", "")))
+
+
+def edit_key_targets(job: CompileJob) -> list:
+    """The targets `edit_keys` keys, in its order: each edit's prompts, and its chat forms with `chat` on."""
+    chat = chat_enabled(job.model.tokenizer, job.config.chat)
+    return [t for edit in job.edits for t in edit_targets(edit, chat=chat)]
 
 
 def answer_ends(tokenizer, encoded, end: str) -> list[int | None]:
