@@ -3,10 +3,12 @@
 Each compile trains the new edits into the current side memory (a delta ΔW of the projection):
 the edits are split into shards, each shard trains ΔW in its own random subspace (a mask over
 the entries) on its edits' answers, with margin losses that push the activation score
-``‖ΔW a‖ / ‖W a‖`` above `edit_margin` at the edits' answer positions and below `keep_margin`
-on keep facts and reference text; the shards' changes are then merged by TIES.  The routing
-threshold is calibrated on the spec's own prompts: the one that best separates the edits'
-answer positions and their `scope` prompts from keep facts and reference text.
+``‖ΔW a‖ / ‖W a‖`` above `edit_margin` at the edits' key positions and below `keep_margin`
+on keep facts and reference text; the shards' changes are then merged by TIES.  The keys are
+the subject's last token (`key subject`, as ROME keys a fact) or the answer-predicting
+positions (`key answer`).  The routing threshold is calibrated on the spec's own prompts: the
+one that best separates the edits' keys and their `scope` prompts from keep facts and
+reference text (docs/methods/wise.md).
 
 A memory that would pass `edits_per_memory` edits is closed; the next compile starts a new
 one, and routing picks the memory with the highest score.  The payload is `wise.safetensors`
@@ -134,20 +136,23 @@ def _subject_positions(tokenizer, targets, edits, keyed) -> list[tuple[int, ...]
     """For each keyed text, the position of its subject's last token (the last mention in its prompt);
     a prompt that does not name the subject keeps its answer positions."""
     from editspec.model.chat import user_turn
-    from editspec.model.tokens import encode_with_subject
 
     subject = {e.id: e.subject for e in edits}
     found = []
     for target, text in zip(targets, keyed):
         prompt = user_turn(tokenizer, target.prompt) if target.chat else target.prompt.rstrip()
-        name = subject.get(target.source) or ""
-        start = prompt.rfind(name) if name else -1
-        if start < 0:
-            found.append(text.positions)
-            continue
-        ids, index = encode_with_subject(tokenizer, prompt, (start, start + len(name)), special=not target.chat)
-        found.append((index,) if tuple(ids) == text.ids[: len(ids)] and index < text.positions[0] + 1 else text.positions)
+        named = _subject_token(tokenizer, prompt, subject.get(target.source), special=not target.chat)
+        fits = named is not None and tuple(named[0]) == text.ids[: len(named[0])] and named[1] <= text.positions[0]
+        found.append((named[1],) if fits else text.positions)
     return found
+
+
+def _subject_token(tokenizer, text: str, subject: str | None, special: bool = True) -> tuple[list[int], int] | None:
+    """`text`'s ids and the index of the last token of its last mention of `subject` (None: not named)."""
+    from editspec.model.tokens import encode_with_subject
+
+    start = text.rfind(subject) if subject else -1
+    return encode_with_subject(tokenizer, text, (start, start + len(subject)), special=special) if start >= 0 else None
 
 
 def _routed(negative: torch.Tensor, threshold: float) -> float | None:
@@ -196,17 +201,12 @@ def _reference(job: CompileJob, path: str) -> tuple[tuple[torch.Tensor, torch.Te
 def _scope_activations(job: CompileJob, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and outputs at the last token of each new edit's `scope` prompts (rephrasings that should route),
     or with `key` subject at the subject's last token where a scope prompt names it."""
-    from editspec.model.tokens import encode_with_subject
-
     tokenizer, model = job.model.tokenizer, job.model.model
     ids, at = [], []
     for edit in job.edits:
         for prompt in (p.rstrip() for p in edit.scope):
-            start = prompt.rfind(edit.subject) if job.config.key == "subject" and edit.subject else -1
-            if start >= 0:
-                row, index = encode_with_subject(tokenizer, prompt, (start, start + len(edit.subject)))
-            else:
-                row, index = tokenizer(prompt, add_special_tokens=True)["input_ids"], -1
+            named = _subject_token(tokenizer, prompt, edit.subject) if job.config.key == "subject" else None
+            row, index = named or (tokenizer(prompt, add_special_tokens=True)["input_ids"], -1)
             ids.append(row)
             at.append(index)
     if not ids:

@@ -28,7 +28,7 @@ class WiseConfig(ChatSettings):
     n_iter: int = Field(20, ge=1, description="Most optimisation steps per shard.")
     stop_loss: float = Field(0.05, ge=0, description="A shard stops once every answer's mean NLL is below this and the margins hold.")
     edit_margin: float = Field(
-        1.0, gt=0, description="β: at an edit's answer positions the activation score ‖ΔW a‖ / ‖W a‖ is trained above this.")
+        1.0, gt=0, description="β: at an edit's key positions the activation score ‖ΔW a‖ / ‖W a‖ is trained above this.")
     keep_margin: float = Field(
         0.2, gt=0, description="α: on keep facts and reference text the activation score is trained below this.")
     margin_weight: float = Field(10.0, ge=0, description="Weight of the two margin (routing) losses beside the answers' NLL.")

@@ -16,7 +16,7 @@ from editspec.build.backend import Attachment, CompileJob
 from editspec.model.chat import chat_enabled, ended_answer
 from editspec.families.memory.codebook import KeyedText, activations, nearest_distances, teacher_forced
 from editspec.errors import EditspecError
-from editspec.families.training.objectives import edit_targets, fact_texts
+from editspec.families.training.objectives import Target, edit_targets, fact_texts
 
 # Model -> (its state, {(path, where, token ids): activation}): reference text already run.
 _REFERENCE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -70,7 +70,7 @@ def edit_keys(job: CompileJob) -> list[KeyedText]:
     return teacher_forced(tokenizer, encoded, answer_ends(tokenizer, encoded, getattr(job.config, "answer_end", "")))
 
 
-def edit_key_targets(job: CompileJob) -> list:
+def edit_key_targets(job: CompileJob) -> list[Target]:
     """The targets `edit_keys` keys, in its order: each edit's prompts, and its chat forms with `chat` on."""
     chat = chat_enabled(job.model.tokenizer, job.config.chat)
     return [t for edit in job.edits for t in edit_targets(edit, chat=chat)]
